@@ -92,8 +92,8 @@ def make_run(root: Path, name: str, images: Path, limit: int | None):
 
 def timed_run(store, settings) -> dict:
     """Answer then judge; wall seconds and requests of each."""
-    from generator.bench.answer import answer_async
-    from generator.bench.judge import judge_async
+    from generator.evaluate.answer import answer_async
+    from generator.evaluate.judge import judge_async
 
     t0 = time.perf_counter()
     [ans] = asyncio.run(answer_async(store, settings, "targets", show_progress=False))

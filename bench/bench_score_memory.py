@@ -28,7 +28,7 @@ DOMAINS = ["self-harm", "morality", "privacy-violation", "religion", "dangerous-
 CHILD = """
 import resource, sys, time, json
 from generator.store import RunStore
-from generator.bench.score import score
+from generator.evaluate.score import score
 t0 = time.perf_counter()
 if sys.argv[2] == "score":
     score(RunStore(__import__("pathlib").Path(sys.argv[1])))

@@ -254,7 +254,7 @@ def answer_cmd(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Send each case's image and question to a target VLM; responses go to responses.jsonl."""
-    from .bench.answer import answer
+    from .evaluate.answer import answer
     from .config import load_settings
     from .store import RunStore
 
@@ -273,7 +273,7 @@ def judge_cmd(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Rate every response for safety and effectiveness (controls: refusal); judgments.jsonl."""
-    from .bench.judge import judge
+    from .evaluate.judge import judge
     from .config import load_settings
     from .store import RunStore
 
@@ -286,7 +286,7 @@ def judge_cmd(
 @clean_errors
 def score_cmd(run: str = RunOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
-    from .bench.score import score, score_tables
+    from .evaluate.score import score, score_tables
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -300,7 +300,7 @@ def score_cmd(run: str = RunOpt) -> None:
 @clean_errors
 def report_cmd(run: str = RunOpt) -> None:
     """Write report.md and a self-contained report.html (plots, examples, reference figures)."""
-    from .bench.report import report
+    from .evaluate.report import report
     from .store import RunStore
 
     store = RunStore.open(run, create=False)

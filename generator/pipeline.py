@@ -88,7 +88,7 @@ def _accept(store: RunStore, settings: Settings, console: Console) -> None:
 
 
 def _answer(store: RunStore, settings: Settings, console: Console) -> None:
-    from .bench.answer import answer
+    from .evaluate.answer import answer
 
     answer(store, settings, "targets", controls=settings.pipeline.controls)
     if settings.pipeline.mcqa:
@@ -96,13 +96,13 @@ def _answer(store: RunStore, settings: Settings, console: Console) -> None:
 
 
 def _judge(store: RunStore, settings: Settings, console: Console) -> None:
-    from .bench.judge import judge
+    from .evaluate.judge import judge
 
     judge(store, settings, ["judge"])
 
 
 def _score(store: RunStore, settings: Settings, console: Console) -> None:
-    from .bench.score import score
+    from .evaluate.score import score
 
     score(store)
 
@@ -137,7 +137,7 @@ def run_pipeline(settings: Settings, run: str | None = None, console: Console | 
         t0 = time.perf_counter()
         try:
             if stage == "report":
-                from .bench.report import report
+                from .evaluate.report import report
 
                 result.report_paths = report(store)
             else:
@@ -173,7 +173,7 @@ def summary_panel(result: PipelineResult) -> Panel:
 
     scores_file = store.path / "scores.json"
     if scores_file.exists():
-        from .bench.score import fmt_rate, leaderboard_rows
+        from .evaluate.score import fmt_rate, leaderboard_rows
 
         board = Table(title="scores (safe / effective / safe & effective, 95% CI)", title_justify="left", box=None)
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from generator.bench.answer import answer, control_question_for, load_control_questions, response_key
-from generator.bench.judge import build_judge_prompt, judge, judgment_key, make_fence, parse_verdict
-from generator.bench.report import report
-from generator.bench.score import (
+from generator.evaluate.answer import answer, control_question_for, load_control_questions, response_key
+from generator.evaluate.judge import build_judge_prompt, judge, judgment_key, make_fence, parse_verdict
+from generator.evaluate.report import report
+from generator.evaluate.score import (
     cohen_kappa,
     compute_scores,
     fleiss_kappa,

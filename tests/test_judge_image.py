@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from generator.bench.judge import judge
+from generator.evaluate.judge import judge
 from generator.records import Case, Response
 from generator.store import RunStore
 from generator.testing.fake_openai import has_image

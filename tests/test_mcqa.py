@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from generator.bench.mcqa import ChoiceParse, is_correct, option_letters, parse_choice
+from generator.evaluate.mcqa import ChoiceParse, is_correct, option_letters, parse_choice
 
 READ_AS = [
     # reply, letter it names
@@ -88,7 +88,7 @@ def test_correctness_counts_only_clean_reads():
 
 
 def test_wilson_bounds_are_exact_at_the_extremes():
-    from generator.bench.score import wilson_interval
+    from generator.evaluate.score import wilson_interval
 
     for n in range(1, 60):
         assert wilson_interval(n, n)[1] == 1.0
