@@ -266,6 +266,16 @@ def _first_error(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
+def path_inside(root: Path, name: str) -> Path:
+    """`root / name`, refused unless it stays inside `root`: names built from data (ids, image names)
+    must never write or read elsewhere, whatever a hostile input file holds."""
+    target = (Path(root) / name).resolve()
+    base = Path(root).resolve()
+    if "\x00" in name or (target != base and base not in target.parents):
+        raise UserError(f"{name!r} would leave the folder {root}")
+    return Path(root) / name
+
+
 def dump_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Write plain dict rows as JSONL (for exports); atomic."""
     tmp = path.with_suffix(path.suffix + ".tmp")

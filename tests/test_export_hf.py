@@ -38,3 +38,15 @@ def test_export_hf_writes_images_and_metadata_of_the_chosen_splits(tmp_path, mon
     r = CliRunner().invoke(app, ["export-hf", "--run", "hf", "--out", str(tmp_path / "ds2"), "--split", "siuo"])
     assert r.exit_code == 0, r.output
     assert json.loads(open(tmp_path / "ds2" / "metadata.jsonl").readline())["question_id"] == "1001"
+
+
+def test_export_hf_refuses_a_path_built_from_data_that_leaves_out(tmp_path, monkeypatch):
+    """A case id written before import checked ids (or by hand) cannot make export-hf write outside --out."""
+    monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
+    store = RunStore.open("hf")
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(store.images_dir / "a.png")
+    store.write_all(Case, [_case("a/../../../escaped", "generated", "images/a.png")])
+    out = tmp_path / "deep" / "ds"
+    r = CliRunner().invoke(app, ["export-hf", "--run", "hf", "--out", str(out)])
+    assert r.exit_code == 2 and "would leave the folder" in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.rglob("escaped*"))

@@ -132,6 +132,13 @@ def _good_items(n=3) -> list[dict]:
         (lambda items: items[0].update(image="C:\\Windows\\x.png"), r"item #1 .*field 'image'.*absolute path"),
         (lambda items: items[2].update(question_id=1001), r"item #3: duplicate question_id 1001 \(first at item #1\)"),
         (lambda items: items[1].update(question=["not", "text"]), r"item #2 .*field 'question' must be a string"),
+        # 1001 and "1001" are one case key (case-1001): the second would silently replace the first.
+        (lambda items: items[2].update(question_id="1001"), r"item #3: duplicate question_id '1001' \(first at item #1\)"),
+        (lambda items: items[1].update(question_id="a/../../../escaped"), r"item #2 .*field 'question_id': 'a/../../../escaped' is not a safe id"),
+        (lambda items: items[1].update(question_id="x\ny"), r"item #2 .*field 'question_id'.* is not a safe id"),
+        (lambda items: items[1].update(question_id="..",), r"item #2 .*field 'question_id'.* is not a safe id"),
+        (lambda items: items[1].update(question_id="z" * 129), r"item #2 .*field 'question_id'.* is not a safe id"),
+        (lambda items: items[0].update(question="q" * 10_001), r"item #1 .*field 'question' is 10,001 characters long \(the limit is 10,000\)"),
     ],
 )
 def test_bad_input_is_rejected_with_file_item_and_field(tmp_path, mutate, message):
@@ -145,6 +152,19 @@ def test_malformed_json_names_file_line_and_column(tmp_path):
     p = _write(tmp_path, '[{"question_id": 1,\n "image": }]')
     with pytest.raises(SiuoFormatError, match=r"bad.json: not valid JSON: .* line 2, column 11"):
         read_official(p)
+
+
+def test_json_nested_too_deep_is_a_clear_error(tmp_path):
+    p = _write(tmp_path, "[" * 200_000 + "]" * 200_000)
+    with pytest.raises(SiuoFormatError, match=r"bad.json: JSON nested too deeply"):
+        read_official(p)
+
+
+def test_cli_gen_pointing_at_a_folder_exits_2_without_traceback(tmp_path, outputs):
+    result = CliRunner().invoke(app, ["import-siuo", "--gen", str(tmp_path), "--run", "folder"])
+    assert result.exit_code == 2, result.output
+    assert "is a folder, not a JSON file" in result.output and "Traceback" not in result.output
+    assert not (outputs / "folder").exists()
 
 
 def test_symlink_escaping_images_folder_is_refused(tmp_path):

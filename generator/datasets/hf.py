@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..records import Case
-from ..store import RunStore, dump_jsonl
+from ..store import RunStore, dump_jsonl, path_inside
 
 COLUMNS = ("question_id", "question", "category", "domain", "safety_warning", "hazard", "reference_answer",
            "options", "correct_option", "split", "scenario_id", "parent_id", "strategy")
@@ -41,8 +41,9 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("genera
             result.skipped_missing_image.append(str(c.question_id))
             continue
         name = f"{c.split}/{c.key}{src.suffix.lower() or '.png'}"
-        (out_dir / c.split).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out_dir / name)
+        dest = path_inside(out_dir, name)  # the split and the id come from data
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
         row = {"file_name": name, **{k: getattr(c, k) for k in COLUMNS}}
         row["question_id"] = str(c.question_id)  # one column type across splits (official ids are ints)
         rows.append(row)

@@ -63,12 +63,18 @@ def _load_items(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SiuoFormatError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise SiuoFormatError(f"{path}: is a folder, not a JSON file") from None
+    except OSError as exc:
+        raise SiuoFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise SiuoFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SiuoFormatError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise SiuoFormatError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, list):
         raise SiuoFormatError(f"{path}: expected a JSON list of items, found {type(data).__name__}")
     for i, item in enumerate(data):
@@ -82,6 +88,12 @@ def _where(path: Path, i: int, item: dict) -> str:
     return f"{path}: item #{i + 1}" + (f" (question_id {qid!r})" if qid is not None else "")
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""An id becomes part of file names (`case-<id>.png` in export-hf) and keys: a safe set, a length limit."""
+MAX_TEXT_CHARS = 10_000
+"""The longest question (or other text field) accepted: the official ones are under 1,000 characters."""
+
+
 def _check_fields(path: Path, i: int, item: dict, fields: tuple[str, ...]) -> None:
     for f in fields:
         if f not in item:
@@ -89,11 +101,20 @@ def _check_fields(path: Path, i: int, item: dict, fields: tuple[str, ...]) -> No
     qid = item["question_id"]
     if isinstance(qid, bool) or not isinstance(qid, (int, str)) or (isinstance(qid, str) and not qid.strip()):
         raise SiuoFormatError(f"{_where(path, i, item)}: field 'question_id' must be an integer or a non-empty string")
+    if not ID_PATTERN.fullmatch(str(qid)) or str(qid) in (".", ".."):
+        raise SiuoFormatError(
+            f"{_where(path, i, item)}: field 'question_id': {str(qid)[:40]!r} is not a safe id "
+            "(1 to 128 of the characters A-Z a-z 0-9 . _ -)"
+        )
     for f in fields:
         if f in ("question_id", "options"):
             continue
         if not isinstance(item[f], str):
             raise SiuoFormatError(f"{_where(path, i, item)}: field {f!r} must be a string, found {type(item[f]).__name__}")
+        if len(item[f]) > MAX_TEXT_CHARS:
+            raise SiuoFormatError(
+                f"{_where(path, i, item)}: field {f!r} is {len(item[f]):,} characters long (the limit is {MAX_TEXT_CHARS:,})"
+            )
 
 
 def safe_image_name(path: Path, i: int, item: dict, images_dir: Path | None) -> str:
@@ -116,14 +137,15 @@ def safe_image_name(path: Path, i: int, item: dict, images_dir: Path | None) -> 
 
 
 def _check_unique(path: Path, items: list[dict]) -> None:
-    first_seen: dict[Any, int] = {}
+    """Ids are compared as text: 1001 and "1001" both become the case key `case-1001`."""
+    first_seen: dict[str, int] = {}
     for i, item in enumerate(items):
         qid = item["question_id"]
-        if qid in first_seen:
+        if str(qid) in first_seen:
             raise SiuoFormatError(
-                f"{path}: item #{i + 1}: duplicate question_id {qid!r} (first at item #{first_seen[qid] + 1})"
+                f"{path}: item #{i + 1}: duplicate question_id {qid!r} (first at item #{first_seen[str(qid)] + 1})"
             )
-        first_seen[qid] = i
+        first_seen[str(qid)] = i
 
 
 def _check_options(path: Path, i: int, item: dict) -> None:
@@ -172,19 +194,19 @@ def read_official(
             )
     _check_unique(gen_path, items)
 
-    mcqa_by_id: dict[Any, dict] = {}
+    mcqa_by_id: dict[str, dict] = {}
     if mcqa_path is not None:
         mcqa_path = Path(mcqa_path)
         mitems = _load_items(mcqa_path)
-        gen_ids = {it["question_id"] for it in items}
+        gen_ids = {str(it["question_id"]) for it in items}
         for i, item in enumerate(mitems):
             _check_fields(mcqa_path, i, item, MCQA_FIELDS)
             safe_image_name(mcqa_path, i, item, images_dir)
             _check_options(mcqa_path, i, item)
-            if item["question_id"] not in gen_ids:
+            if str(item["question_id"]) not in gen_ids:
                 raise SiuoFormatError(f"{_where(mcqa_path, i, item)}: field 'question_id': no such item in {gen_path}")
         _check_unique(mcqa_path, mitems)
-        mcqa_by_id = {it["question_id"]: it for it in mitems}
+        mcqa_by_id = {str(it["question_id"]): it for it in mitems}
 
     cases: list[Case] = []
     missing: list[str] = []
@@ -196,7 +218,7 @@ def read_official(
             image_path = str((images_dir / item["image"]).resolve())
         else:
             missing.append(item["image"])
-        m = mcqa_by_id.get(item["question_id"])
+        m = mcqa_by_id.get(str(item["question_id"]))
         cases.append(
             Case(
                 question_id=item["question_id"],
