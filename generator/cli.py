@@ -30,8 +30,16 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[_scrubbing(RichHandler(console=console, show_path=False))],
     )
+
+
+def _scrubbing(handler: logging.Handler) -> logging.Handler:
+    """`handler` with every known key and key-shaped string masked (debug logs print response headers)."""
+    from .models import ScrubSecrets
+
+    handler.addFilter(ScrubSecrets())
+    return handler
 
 
 def clean_errors(fn: Callable) -> Callable:

@@ -8,9 +8,12 @@ environment variable that holds its key (`api_key_env`), and `redacted()` is wha
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -264,8 +267,16 @@ def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
         return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid TOML: nested too deeply") from None
 
 
 def load_settings(path: str | Path | None = None) -> Settings:
@@ -278,13 +289,45 @@ def load_settings(path: str | Path | None = None) -> Settings:
     return settings_from_dict(data, source=str(path))
 
 
+_SECRET_FIELD = re.compile(
+    r"^(.*[_-])?(api[_-]?key|apikey|key|token|secret|password|passwd|authorization|credentials?)$", re.IGNORECASE
+)
+"""Field names that hold a secret (`api_key`, `access_token`, `client_secret`), not `max_tokens` or `top_k`."""
+
+
+def _secret_paths(value: Any, path: str) -> Iterator[str]:
+    """Dotted paths of fields inside `value` whose name says they hold a secret (`extra_body.api_key`)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and _SECRET_FIELD.match(k):
+                yield f"{path}.{k}"
+            yield from _secret_paths(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _secret_paths(v, f"{path}[{i}]")
+
+
+def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
+    """Keys never sit in the config: it is copied into run.json and reports."""
+    hint = "put the key in an environment variable and name it with `api_key_env`"
+    if "api_key" in ep or "key" in ep:
+        raise ConfigError(f"{source}: endpoints.{name}: API keys do not belong in the config file; {hint}")
+    url = ep.get("base_url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.username or parts.password or "@" in parts.netloc:
+            raise ConfigError(f"{source}: endpoints.{name}.base_url: holds credentials (user:key@host); {hint}")
+        if any(_SECRET_FIELD.match(k) for k in parse_qs(parts.query)):
+            raise ConfigError(f"{source}: endpoints.{name}.base_url: holds a key in its query string; {hint}")
+    for where in _secret_paths(ep.get("extra_body"), f"endpoints.{name}.extra_body"):
+        raise ConfigError(f"{source}: {where}: looks like a secret; keys do not belong in the config file; {hint}")
+
+
 def settings_from_dict(data: dict[str, Any], source: str = "<config>") -> Settings:
-    for name, ep in (data.get("endpoints") or {}).items():
-        if isinstance(ep, dict) and ("api_key" in ep or "key" in ep):
-            raise ConfigError(
-                f"{source}: endpoints.{name}: API keys do not belong in the config file; "
-                "put the key in an environment variable and name it with `api_key_env`"
-            )
+    endpoints = data.get("endpoints")
+    for name, ep in (endpoints.items() if isinstance(endpoints, dict) else ()):
+        if isinstance(ep, dict):
+            _refuse_secrets(source, name, ep)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:

@@ -66,3 +66,32 @@ def test_the_key_never_appears_in_any_file_log_or_error(fake_openai, tmp_path, m
     out = capsys.readouterr()
     for text in (caplog.text, out.out, out.err, json.dumps([f.reason for f in failures])):
         assert KEY not in text and KEY[:-4] not in text
+
+
+def test_a_key_echoed_in_a_response_header_is_scrubbed_from_debug_logs(fake_openai, tmp_path, monkeypatch):
+    """With -v, openai's debug log prints response headers; the CLI's log handler masks the key in them."""
+    import io
+
+    from generator.cli import _scrubbing
+
+    monkeypatch.setenv("SIUO_TEST_API_KEY", KEY)
+    fake_openai.on_chat(lambda body: Fault.status(401, message="denied", headers={"X-Echo-Key": KEY}))
+    settings = fake_openai.settings(api_key_env="SIUO_TEST_API_KEY")
+    stream = io.StringIO()
+    handler = _scrubbing(logging.StreamHandler(stream))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    monkeypatch.setattr(root, "level", logging.DEBUG)
+    logging.getLogger("openai").setLevel(logging.DEBUG)
+    try:
+        async def ask():
+            async with ModelHub(settings, cache=False) as hub:
+                return await hub.chat("targets").complete([user_message("hello")], n=1)
+
+        [r] = asyncio.run(ask())
+    finally:
+        root.removeHandler(handler)
+    logged = stream.getvalue()
+    assert r.error and "HTTP 401" in r.error
+    assert "x-echo-key" in logged.lower(), "the header was logged (the case this test is about)"
+    assert KEY not in logged and KEY[:-4] not in logged

@@ -9,7 +9,7 @@ from .guards import ChatGuard, Guard, GuardVerdict, ModerationGuard, parse_guard
 from .hub import ModelHub
 from .images import ImagesClient
 from .messages import assistant_message, image_data_url, system_message, user_message
-from .resilience import BudgetExceeded, ModelError, scrub
+from .resilience import BudgetExceeded, ModelError, ScrubSecrets, scrub
 from .structured import StructuredResult, parse_structured, strip_fences
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "parse_structured",
     "request_key",
     "scrub",
+    "ScrubSecrets",
     "strip_fences",
     "system_message",
     "user_message",

@@ -18,6 +18,7 @@ from .cache import RequestCache
 from .chat import ChatClient, EndpointRuntime
 from .guards import ChatGuard, Guard, ModerationGuard
 from .images import ImagesClient
+from .resilience import remember_secrets
 from .usage import UsageMeter
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class ModelHub:
         self.meter = UsageMeter(settings.budget.max_cost_usd)
         self._runtimes: dict[str, EndpointRuntime] = {}
         self._closed = False
+        remember_secrets(self.secrets)
         self._last_flush = time.monotonic()
 
     # -- context ----------------------------------------------------------------------------------------

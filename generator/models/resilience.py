@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import random
 import re
 import sys
@@ -77,6 +78,26 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(s, "***")
     text = _KEY_LIKE.sub(r"\1***", text)
     return _BEARER.sub(r"\1***", text)
+
+
+_KNOWN_SECRETS: set[str] = set()
+
+
+def remember_secrets(secrets: Iterable[str]) -> None:
+    """Key values the process has read (ModelHub registers them) so every log line can mask them."""
+    _KNOWN_SECRETS.update(s for s in secrets if s and len(s) >= 4)
+
+
+class ScrubSecrets(logging.Filter):
+    """A handler filter that scrubs each log line: with `-v`, openai's debug log prints response headers,
+    and a server may echo the key in one; no logger of ours or of a library may print it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = scrub(text, _KNOWN_SECRETS)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -47,11 +47,13 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     message: str = "injected fault"
+    headers: dict[str, str] | None = None
 
     @classmethod
-    def status(cls, code: int, retry_after: float | None = None, message: str = "injected fault") -> "Fault":
-        """Answer with HTTP `code` (and a `Retry-After` header when given) and an OpenAI error body."""
-        return cls("status", code=code, retry_after=retry_after, message=message)
+    def status(cls, code: int, retry_after: float | None = None, message: str = "injected fault",
+               headers: dict[str, str] | None = None) -> "Fault":
+        """Answer with HTTP `code` (and a `Retry-After` header when given, plus `headers`) and an OpenAI error body."""
+        return cls("status", code=code, retry_after=retry_after, message=message, headers=headers)
 
     @classmethod
     def hang(cls, seconds: float) -> "Fault":
@@ -174,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_fault(self, fault: Fault) -> bool:
         """Act out a fault; True when the request is answered (or dropped), False to answer normally."""
         if fault.kind == "status":
-            headers = {}
+            headers = dict(fault.headers or {})
             if fault.retry_after is not None:
                 ra = fault.retry_after
                 headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
