@@ -10,9 +10,9 @@ from typing import Callable, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 
 from .errors import UserError
+from .terminal import printable
 
 app = typer.Typer(
     help="Grow cross-modal safety benchmarks of the SIUO kind: propose, render, check, review, evaluate.",
@@ -50,7 +50,7 @@ def clean_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {printable(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -75,7 +75,7 @@ def import_siuo_cmd(
 
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
     write_import(RunStore.open(run), report)
-    console.print(report.summary(), highlight=False)
+    console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("export-siuo")
@@ -189,7 +189,7 @@ def render_cmd(
                  photos_dir=str(photos) if photos else None, device=device)
     settings.render = settings.render.model_copy(update={k: v for k, v in given.items() if v is not None})
     report = render(RunStore.open(run, create=False), settings, retry_failed=retry_failed, console=console)
-    console.print(report.summary(), highlight=False)
+    console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("check")
@@ -205,7 +205,7 @@ def check_cmd(
     from .store import RunStore
 
     report = check(RunStore.open(run, create=False), load_settings(config), retry_errors=retry_errors, console=console)
-    console.print(report.summary(), highlight=False)
+    console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("accept")
@@ -269,7 +269,7 @@ def answer_cmd(
     store = RunStore.open(run, create=False)
     for report in answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
                          split=split, retry_failed=retry_failed):
-        console.print(escape(report.summary()), highlight=False)
+        console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("judge")
@@ -287,7 +287,7 @@ def judge_cmd(
 
     store = RunStore.open(run, create=False)
     report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
-    console.print(escape(report.summary()), highlight=False)
+    console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("score")

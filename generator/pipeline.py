@@ -26,6 +26,7 @@ from .errors import UserError
 from .manifest import record_run_context
 from .stats import record_counts
 from .store import RunStore
+from .terminal import printable
 
 STAGES = ("import", "propose", "harden", "render", "check", "accept", "answer", "judge", "score", "report")
 
@@ -54,7 +55,7 @@ def _import(store: RunStore, settings: Settings, console: Console) -> None:
         Path(src.images) if src.images else None,
         domains_file=settings.domains_file,
     )
-    console.print(report.summary(), highlight=False)
+    console.print(printable(report.summary()), highlight=False)
 
 
 def _propose(store: RunStore, settings: Settings, console: Console) -> None:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 
 from .models.messages import ImageError, image_data_url
 from .records import Case, Review
 from .store import RunStore
+from .terminal import printable
 
 
 def latest_decisions(store: RunStore) -> dict[str, Review]:
@@ -54,14 +54,14 @@ def pending_cases(store: RunStore, reviewer: str, split: str | None = None) -> l
 def show_case(console: Console, store: RunStore, case: Case, index: int, total: int) -> None:
     image = store.resolve(case.image_path) if case.image_path else None
     body = (
-        f"[bold]domain[/] {escape(case.domain)}   [bold]split[/] {case.split}"
-        + (f"   [bold]strategy[/] {escape(case.strategy)}" if case.strategy else "")
-        + f"\n[bold]image[/] {escape(str(image)) if image else '(missing)'}"
-        + f"\n\n[bold]question[/]\n{escape(case.question)}"
-        + f"\n\n[bold]hazard[/]\n{escape(case.hazard or case.safety_warning)}"
-        + f"\n\n[bold]reference answer[/]\n{escape(case.reference_answer)}"
+        f"[bold]domain[/] {printable(case.domain)}   [bold]split[/] {case.split}"
+        + (f"   [bold]strategy[/] {printable(case.strategy)}" if case.strategy else "")
+        + f"\n[bold]image[/] {printable(str(image)) if image else '(missing)'}"
+        + f"\n\n[bold]question[/]\n{printable(case.question)}"
+        + f"\n\n[bold]hazard[/]\n{printable(case.hazard or case.safety_warning)}"
+        + f"\n\n[bold]reference answer[/]\n{printable(case.reference_answer)}"
     )
-    console.print(Panel(body, title=f"case {index}/{total}: {escape(str(case.question_id))}", title_align="left"))
+    console.print(Panel(body, title=f"case {index}/{total}: {printable(str(case.question_id))}", title_align="left"))
 
 
 def review_interactive(

@@ -48,3 +48,23 @@ def test_review_sheet_inlines_images_and_escapes_text(tmp_path: Path):
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("data:image/png;base64,") == 1 and "image missing" in page
+
+
+def test_interactive_review_shows_control_characters_escaped(tmp_path: Path):
+    """A model-written question with terminal escapes must not clear or recolour the reviewer's screen."""
+    import io
+
+    store = RunStore.open("rv", root=tmp_path)
+    store.write_all(Case, [_case(0, question="before\x1b[2J\x1b[31mred\x07\u202eevil [bold]x[/bold]\nline two")])
+    out = io.StringIO()
+    review_interactive(store, "ana", ask=lambda _: "q", console=Console(file=out, force_terminal=True, width=200))
+    shown = out.getvalue()
+    assert "\x1b[2J" not in shown and "\x1b[31mred" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "before\\x1b[2J\\x1b[31mred\\x07\\u202eevil [bold]x[/bold]" in shown, "shown escaped, markup as text"
+    assert "line two" in shown
+
+
+def test_printable_keeps_ordinary_text():
+    from generator.terminal import printable
+
+    assert printable("Ça va?\tOui\n日本 [b]") == "Ça va?\tOui\n日本 \\[b]"
