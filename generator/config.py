@@ -186,6 +186,9 @@ class BenchSettings(_Section):
     max_tokens: int = 512
     image_max_side: int | None = 1024
     """Downscale images to this longest side before sending; None: send as is."""
+    image_max_pixels: int = Field(50_000_000, ge=1)
+    """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
+    case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""
     judge_sees_image: bool = True
     """Show the judge the case image with the response (as SIUO's GPT evaluation does), unless the judge
     endpoint has `supports_images = false`; off: the judge reads the safety warning only."""

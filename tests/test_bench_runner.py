@@ -525,3 +525,37 @@ def test_score_without_responses_is_a_clean_error(outputs):
     result = CliRunner().invoke(app, ["score", "--run", "empty"])
     assert result.exit_code == 2
     assert "no responses yet" in result.output
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header says `width` x `height` (a decompression bomb as Pillow sees it)."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + type of the IHDR chunk
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+def test_a_decompression_bomb_fails_its_case_only(store, settings, fake, outputs):
+    """A PNG saying 20000x20000 used to crash `answer` for good; now it is a recorded failure of its case."""
+    fake.on_chat(Script())
+    cases = {c.question_id: c for c in store.read(Case)}
+    Path(cases[1005].image_path).write_bytes(_png_claiming(20_000, 20_000))  # over Pillow's own 2x limit
+    Path(cases[1006].image_path).write_bytes(_png_claiming(4_000, 4_000))  # under Pillow's 2x error, over ours
+    settings.bench.image_max_pixels = 10_000_000
+    for _ in range(2):  # a re-run goes the same way instead of crashing
+        [rep] = answer(store, settings, "fake", show_progress=False)
+        assert sorted(rep.unreadable_images) == sorted([cases[1005].image, cases[1006].image])
+    asked = {_qid_of(last_user_text(b)) for b in fake.chat_requests()}
+    assert asked.isdisjoint({1005, 1006}) and len(asked) == rep.cases - 2
+    failures = [f for f in store.read(Failure) if f.work_key.startswith((cases[1005].key, cases[1006].key))]
+    assert any("4000x4000 pixels is over the limit of 10,000,000" in f.reason for f in failures), [f.reason for f in failures]
+    assert any("too many pixels" in f.reason or "over the limit" in f.reason for f in failures
+               if f.work_key.startswith(cases[1005].key))
+    assert len(store.latest_by_key(Response)) == (rep.cases - 2) * 3

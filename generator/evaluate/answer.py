@@ -143,6 +143,9 @@ async def answer_async(
     """
     from ..models import ModelHub, user_message
 
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = settings.bench.image_max_pixels  # Pillow's own bomb guard, at our limit
     samples = samples or settings.bench.samples
     if samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")

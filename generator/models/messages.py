@@ -90,17 +90,36 @@ def _sniff_mime(data: bytes) -> str | None:
 def _encode_bytes(data: bytes, mime: str, max_side: int | None, name: str = "<bytes>") -> str:
     if max_side is not None:
         data, mime = _downscale(data, mime, max_side, name)
+    else:
+        _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _downscale(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, str]:
-    """Shrink to `max_side` (aspect kept); unchanged bytes when already small enough."""
+def _open_image(data: bytes, name: str):
+    """The image opened lazily (header only), refused when its pixel count is over Pillow's
+    `Image.MAX_IMAGE_PIXELS` (set from `bench.image_max_pixels`): a bomb is never decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{name}: not a readable image: {exc}") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise ImageError(f"{name}: refused, {img.width}x{img.height} pixels is over the limit of {limit:,} (bench.image_max_pixels)")
+    return img
+
+
+def _downscale(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, str]:
+    """Shrink to `max_side` (aspect kept); unchanged bytes when already small enough."""
+    from PIL import Image
+
+    img = _open_image(data, name)
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's kinds for a truncated or broken file
         raise ImageError(f"{name}: not a readable image: {exc}") from None
     if max(img.size) <= max_side:
         return data, mime
