@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .store import write_text_atomic
 
 
 class ConfigError(UserError):
@@ -317,4 +318,4 @@ def write_starter_config(template: str, out: Path, force: bool = False) -> None:
     if out.exists() and not force:
         raise ConfigError(f"{out} exists already (use --force to overwrite)")
     load_settings(src)
-    out.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    write_text_atomic(out, src.read_text(encoding="utf-8"))

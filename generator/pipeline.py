@@ -120,15 +120,22 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], None]] = {
 }
 
 
-def run_pipeline(settings: Settings, run: str | None = None, console: Console | None = None) -> PipelineResult:
-    """Run the configured stages in order on the run folder `run` (default: `pipeline.run`)."""
-    from .models import BudgetExceeded
-
+def run_pipeline(settings: Settings, run: str | None = None, console: Console | None = None,
+                 wait: bool = False) -> PipelineResult:
+    """Run the configured stages in order on the run folder `run` (default: `pipeline.run`), holding the
+    run's writer lock throughout (`wait`: queue behind another writer instead of stopping)."""
     console = console or Console(stderr=True)
     unknown = [s for s in settings.pipeline.stages if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
     store = RunStore.open(run or settings.pipeline.run)
+    with store.writing(wait=wait):
+        return _run_stages(store, settings, console)
+
+
+def _run_stages(store: RunStore, settings: Settings, console: Console) -> PipelineResult:
+    from .models import BudgetExceeded
+
     record_run_context(store, settings)
     result = PipelineResult(store)
     wanted = [s for s in STAGES if s in settings.pipeline.stages]
