@@ -123,7 +123,7 @@ def _chunks(items: Sequence[_Work], size: int) -> Iterator[Sequence[_Work]]:
 
 
 def _fail(store: RunStore, report: RenderReport, work: _Work, reason: str, model: str) -> None:
-    store.append(Failure(stage=STAGE, work_key=work.key, reason=reason, model=model,
+    store.put(Failure(stage=STAGE, work_key=work.key, reason=reason, model=model,
                          raw=json.dumps({"scenario_id": work.scenario.key, "candidate": work.candidate})))
     report.failed += 1
     report.failures.append(f"{work.scenario.key} c{work.candidate}: {reason}")

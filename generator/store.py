@@ -182,15 +182,38 @@ class RunStore:
         path = self.file_for(records[0].__class__)
         data = b"".join((r.model_dump_json() + "\n").encode("utf-8") for r in records)
         with self._lock(path.name):
-            self._repair_tail(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:  # a regular file takes it in one go; loop in case of a short write
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            self._append_locked(path, data)
         return len(records)
+
+    def _append_locked(self, path: Path, data: bytes) -> None:
+        """Append `data` in one write call; the caller holds the file's lock."""
+        self._repair_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it in one go; loop in case of a short write
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def put(self, record: Record) -> None:
+        """Write a record keeping one line per key: a new key is appended; an existing one is replaced
+        in place by an atomic rewrite of the file (the new record keeps the old one's position).
+
+        Why: a failure recorded again by a retry that failed again must not add a duplicate line per try.
+        """
+        path = self.file_for(type(record))
+        with self._lock(path.name):
+            existing = list(self.iter_records(type(record)))
+            if all(r.key != record.key for r in existing):
+                self._append_locked(path, (record.model_dump_json() + "\n").encode("utf-8"))
+                return
+            kept: dict[str, Record] = {}
+            for r in existing:
+                kept[r.key] = record if r.key == record.key else r
+            with atomic_writer(path) as fh:
+                fh.writelines(r.model_dump_json() + "\n" for r in kept.values())
+            self._repaired.add(path.name)
 
     def write_all(self, record_type: type[R], records: Iterable[R]) -> int:
         """Replace a record file whole, atomically (temp file + rename): nothing half-written on failure."""

@@ -334,6 +334,17 @@ def test_retry_failed_asks_only_the_failed_calls(store, settings, fake, outputs)
     assert latest[key].text == SAMPLES[FAILING % 4][0]
 
 
+def test_a_retry_that_fails_again_keeps_one_failure_line_per_key(store, settings, fake, outputs):
+    fake.on_chat(Script())
+    answer(store, settings, "fake", show_progress=False)
+    lines = store.file_for(Failure).read_text().splitlines()
+    for _ in range(2):
+        answer(store, settings, "fake", retry_failed=True, show_progress=False)
+    again = store.file_for(Failure).read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in again]
+    assert len(again) == len(lines) and len(keys) == len(set(keys))  # replaced, not added
+
+
 def test_missing_images_are_skipped_never_sent(store, settings, fake, outputs):
     script = Script()
     fake.on_chat(script)

@@ -150,3 +150,18 @@ def test_wait_queues_behind_the_holder(tmp_path):
         waited = time.monotonic() - t0
     assert waited > 1.0  # the holder kept it 1.5 s after saying "locked"
     holder.wait()
+
+
+# ----------------------------------------------------------------------------------------------------
+# One line per key
+# ----------------------------------------------------------------------------------------------------
+
+def test_put_replaces_a_key_in_place_and_appends_a_new_one(tmp_path):
+    from generator.records import Failure
+
+    store = RunStore.open("r", root=tmp_path)
+    store.put(Failure(stage="answer", work_key="a", reason="first"))
+    store.put(Failure(stage="answer", work_key="b", reason="other"))
+    store.put(Failure(stage="answer", work_key="a", reason="failed again"))
+    lines = store.file_for(Failure).read_text().splitlines()
+    assert [f.reason for f in store.iter_records(Failure)] == ["failed again", "other"] and len(lines) == 2

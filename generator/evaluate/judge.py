@@ -275,7 +275,7 @@ async def judge_async(
                 store.append(judgment)
                 if verdict in (ERROR, UNPARSABLE):
                     reason = error if verdict == ERROR else "judge reply has no valid final VERDICT line"
-                    store.append(Failure(stage="judge", work_key=judgment.key, reason=reason or "", raw=result.text, model=client.model))
+                    store.put(Failure(stage="judge", work_key=judgment.key, reason=reason or "", raw=result.text, model=client.model))
                 report.verdicts[verdict] += 1
                 report.requested += 1
                 progress.advance(task)
