@@ -35,6 +35,19 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     )
 
 
+EXIT_FAILED_RECORDS = 3
+"""Exit code of a stage that finished but recorded failed requests (and of `siuo run` stopped by them)."""
+
+
+def exit_if_failed(failed: int, asked: int) -> None:
+    """End a stage that recorded failures with a last line saying so and exit code 3, so a script
+    never mistakes a server outage for a finished stage."""
+    if failed:
+        console.print(f"[bold yellow]{failed} of {asked} request(s) failed[/] (recorded in failures.jsonl); "
+                      "fix the cause and re-run with --retry-failed", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED_RECORDS)
+
+
 def clean_errors(fn: Callable) -> Callable:
     """Turn the project's own errors (bad input, bad config) into one clear line and exit code 2."""
 
@@ -280,9 +293,11 @@ def answer_cmd(
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
-        for report in answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
-                             split=split, retry_failed=retry_failed):
-            console.print(escape(report.summary()), highlight=False)
+        reports = answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
+                         split=split, retry_failed=retry_failed)
+    for report in reports:
+        console.print(escape(report.summary()), highlight=False)
+    exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports))
 
 
 @app.command("judge")
@@ -303,6 +318,7 @@ def judge_cmd(
     with store.writing(wait):
         report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
     console.print(escape(report.summary()), highlight=False)
+    exit_if_failed(report.failed, report.requested)
 
 
 @app.command("score")
@@ -352,6 +368,9 @@ def run_cmd(
 
     result = run_pipeline(load_settings(config), run=run, console=console, wait=wait)
     Console().print(summary_panel(result))
+    if result.failed_stage:
+        console.print(f"[bold yellow]stopped:[/] {escape(result.stopped or '')}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
 @app.command("init")

@@ -104,6 +104,11 @@ class AnswerReport:
     """Image files that exist but cannot be read or decoded: not asked, recorded as failures."""
     written: Counter = field(default_factory=Counter)
 
+    @property
+    def failed(self) -> int:
+        """Requests of this invocation recorded as failed."""
+        return self.errors
+
     def summary(self) -> str:
         lines = [
             f"{self.target}: {self.cases} case(s), forms {', '.join(self.forms)}: "

@@ -162,6 +162,11 @@ class JudgeReport:
     unknown_case: int = 0
     """Responses whose case is no longer in cases.jsonl: skipped."""
 
+    @property
+    def failed(self) -> int:
+        """Judge calls of this invocation recorded as failed."""
+        return self.verdicts.get(ERROR, 0)
+
     def summary(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.verdicts.items())) or "none"
         lines = [
