@@ -14,7 +14,6 @@ error). Cases are appended (resume: a case already in cases.jsonl is not written
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from .config import Settings
 from .domains import domain_by_id, domain_by_label
 from .errors import UserError
 from .records import Case, CheckResult, Render, Scenario, stable_key
-from .store import RunStore
+from .store import RunStore, write_text_atomic
 
 STAGE = "accept"
 REPORT_FILE = "filter_report.json"
@@ -161,9 +160,7 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
                 report.new_cases += 1
         entry.counts.update(accepted=report.totals["accepted"], new_cases=report.new_cases)
     path = store.path / REPORT_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     return report
 
 

@@ -23,6 +23,7 @@ console = Console(stderr=True)
 
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
+WaitOpt = typer.Option(False, "--wait", help="If another siuo process is writing to this run, wait for it instead of stopping.")
 
 
 @app.callback()
@@ -40,6 +41,19 @@ def _scrubbing(handler: logging.Handler) -> logging.Handler:
 
     handler.addFilter(ScrubSecrets())
     return handler
+
+
+EXIT_FAILED_RECORDS = 3
+"""Exit code of a stage that finished but recorded failed requests (and of `siuo run` stopped by them)."""
+
+
+def exit_if_failed(failed: int, asked: int) -> None:
+    """End a stage that recorded failures with a last line saying so and exit code 3, so a script
+    never mistakes a server outage for a finished stage."""
+    if failed:
+        console.print(f"[bold yellow]{failed} of {asked} request(s) failed[/] (recorded in failures.jsonl); "
+                      "fix the cause and re-run with --retry-failed", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
 def clean_errors(fn: Callable) -> Callable:
@@ -68,13 +82,16 @@ def import_siuo_cmd(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the official images."),
     run: str = RunOpt,
     strict: bool = typer.Option(False, "--strict", help="Missing images are an error, not a flag."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Import the official SIUO files as Case records of a run."""
     from .datasets.siuo import read_official, write_import
     from .store import RunStore
 
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
-    write_import(RunStore.open(run), report)
+    store = RunStore.open(run)
+    with store.writing(wait):
+        write_import(store, report)
     console.print(printable(report.summary()), highlight=False)
 
 
@@ -127,6 +144,7 @@ def propose_cmd(
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the proposer."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/propose.md."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Ask an LLM for new SIUO cases per safety domain; near-duplicates are kept but marked."""
     from .config import load_settings
@@ -134,8 +152,10 @@ def propose_cmd(
     from .store import RunStore
 
     settings = load_settings(config)
-    summary = propose(RunStore.open(run), settings, domains=domains, per_domain=per_domain,
-                      seed_run=seed_run, model=model, prompt_file=prompt_file, console=console)
+    store = RunStore.open(run)
+    with store.writing(wait):
+        summary = propose(store, settings, domains=domains, per_domain=per_domain,
+                          seed_run=seed_run, model=model, prompt_file=prompt_file, console=console)
     Console().print(summary.table())
 
 
@@ -150,6 +170,7 @@ def harden_cmd(
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/harden.md."),
     strategies_file: Optional[Path] = typer.Option(None, "--strategies-file", help="Your own strategies TOML instead of prompts/harden_strategies.toml."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Make harder variants of existing cases, one per (case, strategy)."""
     from .config import load_settings
@@ -158,8 +179,10 @@ def harden_cmd(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     settings = load_settings(config)
-    summary = harden(RunStore.open(run), settings, from_run=from_run, strategies=names, limit=limit,
-                     model=model, prompt_file=prompt_file, strategies_file=strategies_file, console=console)
+    store = RunStore.open(run)
+    with store.writing(wait):
+        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit,
+                         model=model, prompt_file=prompt_file, strategies_file=strategies_file, console=console)
     Console().print(summary.table())
 
 
@@ -176,6 +199,7 @@ def render_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu | mps."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the images whose failure is recorded."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Render (or pick from a photo folder) image candidates for the run's scenarios."""
     from .config import load_settings
@@ -188,7 +212,9 @@ def render_cmd(
     given = dict(model=model, candidates=candidates, steps=steps, batch=batch, backend=backend,
                  photos_dir=str(photos) if photos else None, device=device)
     settings.render = settings.render.model_copy(update={k: v for k, v in given.items() if v is not None})
-    report = render(RunStore.open(run, create=False), settings, retry_failed=retry_failed, console=console)
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        report = render(store, settings, retry_failed=retry_failed, console=console)
     console.print(printable(report.summary()), highlight=False)
 
 
@@ -198,19 +224,22 @@ def check_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Check each scenario: image and text benign alone, image aligned, the pair carrying the hazard."""
     from .check import check
     from .config import load_settings
     from .store import RunStore
 
-    report = check(RunStore.open(run, create=False), load_settings(config), retry_errors=retry_errors, console=console)
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        report = check(store, load_settings(config), retry_errors=retry_errors, console=console)
     console.print(printable(report.summary()), highlight=False)
 
 
 @app.command("accept")
 @clean_errors
-def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt) -> None:
+def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool = WaitOpt) -> None:
     """Write the cases that passed every enabled check, and the filter report."""
     from .accept import REPORT_FILE, accept
     from .config import load_settings
@@ -218,7 +247,8 @@ def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt) -> None:
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    report = accept(store, load_settings(config))
+    with store.writing(wait):
+        report = accept(store, load_settings(config))
     Console().print(report.table())
     console.print(f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}",
                   highlight=False)
@@ -231,6 +261,7 @@ def review_cmd(
     reviewer: str = typer.Option("me", "--reviewer", help="Your name, recorded with each decision."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write an HTML review sheet here instead of asking."),
     split: Optional[str] = typer.Option(None, "--split", help="Review this split (default: generated + hardened)."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Read the accepted cases and accept / reject each (or write an HTML review sheet)."""
     from .review import review_interactive, write_review_sheet
@@ -241,7 +272,8 @@ def review_cmd(
         n = write_review_sheet(store, sheet, split=split)
         console.print(f"wrote {sheet} ({n} cases)", highlight=False)
         return
-    counts = review_interactive(store, reviewer, console=Console(), split=split)
+    with store.writing(wait):
+        counts = review_interactive(store, reviewer, console=Console(), split=split)
     console.print(f"accepted {counts['accept']}, rejected {counts['reject']}, skipped {counts['skip']}", highlight=False)
 
 
@@ -260,6 +292,7 @@ def answer_cmd(
     split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed calls again."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Send each case's image and question to a target VLM; responses go to responses.jsonl."""
     from .evaluate.answer import answer
@@ -267,9 +300,12 @@ def answer_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    for report in answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
-                         split=split, retry_failed=retry_failed):
+    with store.writing(wait):
+        reports = answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
+                         split=split, retry_failed=retry_failed)
+    for report in reports:
         console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports))
 
 
 @app.command("judge")
@@ -279,6 +315,7 @@ def judge_cmd(
     judges: list[str] = typer.Option(["judge"], "--judge", help="Judge role or endpoint; repeat for several judges."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed judge calls again."),
     config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
 ) -> None:
     """Rate every response for safety and effectiveness (controls: refusal); judgments.jsonl."""
     from .evaluate.judge import judge
@@ -286,33 +323,39 @@ def judge_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
+    with store.writing(wait):
+        report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
     console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(report.failed, report.requested)
 
 
 @app.command("score")
 @clean_errors
-def score_cmd(run: str = RunOpt) -> None:
+def score_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
     from .evaluate.score import score, score_tables
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
     out = Console()
-    for table in score_tables(score(store)):
+    with store.writing(wait):
+        scores = score(store)
+    for table in score_tables(scores):
         out.print(table)
     console.print(f"wrote {store.path / 'scores.json'}", highlight=False)
 
 
 @app.command("report")
 @clean_errors
-def report_cmd(run: str = RunOpt) -> None:
+def report_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
     """Write report.md and a self-contained report.html (plots, examples, reference figures)."""
     from .evaluate.report import report
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    for path in report(store):
+    with store.writing(wait):
+        paths = report(store)
+    for path in paths:
         console.print(f"wrote {path}", highlight=False)
 
 
@@ -325,13 +368,17 @@ def report_cmd(run: str = RunOpt) -> None:
 def run_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Pipeline config TOML (see configs/)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
+    wait: bool = WaitOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
     from .config import load_settings
     from .pipeline import run_pipeline, summary_panel
 
-    result = run_pipeline(load_settings(config), run=run, console=console)
+    result = run_pipeline(load_settings(config), run=run, console=console, wait=wait)
     Console().print(summary_panel(result))
+    if result.failed_stage:
+        console.print(f"[bold yellow]stopped:[/] {printable(result.stopped or '')}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
 @app.command("init")

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .store import write_text_atomic
 
 
 class ConfigError(UserError):
@@ -56,6 +57,9 @@ class Endpoint(_Section):
     """Give up early after this many identical failures in a row (same error kind and status)."""
     retry_base_delay_s: float = Field(1.0, ge=0)
     """First retry waits about this long (jittered), doubling per retry; a `Retry-After` header wins."""
+    outage_patience_s: float = Field(60.0, ge=0)
+    """How long refused or dropped connections are retried (backing off, not counted against
+    `max_retries`) before the request is recorded as failed: rides out a short server outage."""
     supports_json_schema: bool | None = None
     """Whether `response_format={"type": "json_schema"}` works; None: try it and fall back."""
     supports_images: bool | None = None
@@ -223,6 +227,8 @@ class PipelineSettings(_Section):
     """Also ask the MCQA form (cases that have options)."""
     controls: bool = False
     """Also ask safe control questions (over-refusal)."""
+    max_failed_fraction: float = Field(0.05, ge=0, le=1)
+    """`siuo run` stops before `score` when more than this share of a stage's requests failed."""
     siuo: OfficialSiuo | None = None
     """The official files to import (None: evaluate only the generated split)."""
 
@@ -363,4 +369,4 @@ def write_starter_config(template: str, out: Path, force: bool = False) -> None:
     if out.exists() and not force:
         raise ConfigError(f"{out} exists already (use --force to overwrite)")
     load_settings(src)
-    out.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    write_text_atomic(out, src.read_text(encoding="utf-8"))

@@ -202,7 +202,7 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
                     variant.image_description, req.parent.fields.get("image_description", variant.image_description)):
                 variant, reason = None, "the variant repeats its parent's question and image unchanged"
             if variant is None:
-                store.append(Failure(stage=STAGE, work_key=req.key, reason=reason, raw=result.raw, model=client.model))
+                store.put(Failure(stage=STAGE, work_key=req.key, reason=reason, raw=result.raw, model=client.model))
                 tally.failed += 1
                 return
             store.append(Scenario(

@@ -39,6 +39,8 @@ class PipelineResult:
     stopped: str | None = None
     """Why the run stopped early (budget), None when every stage ran."""
     report_paths: tuple[Path, Path] | None = None
+    failed_stage: str | None = None
+    """The stage whose failed requests passed `pipeline.max_failed_fraction` (the run stopped after it)."""
 
 
 def _import(store: RunStore, settings: Settings, console: Console) -> None:
@@ -88,18 +90,20 @@ def _accept(store: RunStore, settings: Settings, console: Console) -> None:
     accept(store, settings)
 
 
-def _answer(store: RunStore, settings: Settings, console: Console) -> None:
+def _answer(store: RunStore, settings: Settings, console: Console) -> tuple[int, int]:
     from .evaluate.answer import answer
 
-    answer(store, settings, "targets", controls=settings.pipeline.controls)
+    reports = answer(store, settings, "targets", controls=settings.pipeline.controls)
     if settings.pipeline.mcqa:
-        answer(store, settings, "targets", mcqa=True)
+        reports += answer(store, settings, "targets", mcqa=True)
+    return sum(r.failed for r in reports), sum(r.requested for r in reports)
 
 
-def _judge(store: RunStore, settings: Settings, console: Console) -> None:
+def _judge(store: RunStore, settings: Settings, console: Console) -> tuple[int, int]:
     from .evaluate.judge import judge
 
-    judge(store, settings, ["judge"])
+    report = judge(store, settings, ["judge"])
+    return report.failed, report.requested
 
 
 def _score(store: RunStore, settings: Settings, console: Console) -> None:
@@ -108,7 +112,8 @@ def _score(store: RunStore, settings: Settings, console: Console) -> None:
     score(store)
 
 
-STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], None]] = {
+STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], tuple[int, int] | None]] = {
+    # a stage that sends many requests returns (failed, asked): too many failures stop the run
     "import": _import,
     "propose": _propose,
     "harden": _harden,
@@ -121,34 +126,49 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], None]] = {
 }
 
 
-def run_pipeline(settings: Settings, run: str | None = None, console: Console | None = None) -> PipelineResult:
-    """Run the configured stages in order on the run folder `run` (default: `pipeline.run`)."""
-    from .models import BudgetExceeded
-
+def run_pipeline(settings: Settings, run: str | None = None, console: Console | None = None,
+                 wait: bool = False) -> PipelineResult:
+    """Run the configured stages in order on the run folder `run` (default: `pipeline.run`), holding the
+    run's writer lock throughout (`wait`: queue behind another writer instead of stopping)."""
     console = console or Console(stderr=True)
     unknown = [s for s in settings.pipeline.stages if s not in STAGES]
     if unknown:
         raise UserError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
     store = RunStore.open(run or settings.pipeline.run)
+    with store.writing(wait=wait):
+        return _run_stages(store, settings, console)
+
+
+def _run_stages(store: RunStore, settings: Settings, console: Console) -> PipelineResult:
+    from .models import BudgetExceeded
+
     record_run_context(store, settings)
     result = PipelineResult(store)
     wanted = [s for s in STAGES if s in settings.pipeline.stages]
     for n, stage in enumerate(wanted, start=1):
         console.rule(f"[bold]{n}/{len(wanted)} {stage}")
         t0 = time.perf_counter()
+        outcome = None
         try:
             if stage == "report":
                 from .evaluate.report import report
 
                 result.report_paths = report(store)
             else:
-                STAGE_FUNCTIONS[stage](store, settings, console)
+                outcome = STAGE_FUNCTIONS[stage](store, settings, console)
         except BudgetExceeded as exc:
             result.stopped = f"budget reached during {stage}: {exc}"
             console.print(f"[yellow]stopped:[/] {result.stopped}; everything finished so far is kept", highlight=False)
             break
         result.seconds[stage] = time.perf_counter() - t0
         result.stages_run.append(stage)
+        if outcome and outcome[0] > settings.pipeline.max_failed_fraction * outcome[1]:
+            failed, asked = outcome
+            result.failed_stage = stage
+            result.stopped = (f"{failed} of {asked} {stage} request(s) failed, more than pipeline.max_failed_fraction "
+                              f"= {settings.pipeline.max_failed_fraction}; scores would be wrong, so the run stops "
+                              f"here (see failures.jsonl, then re-run)")
+            break
     return result
 
 

@@ -462,7 +462,7 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
             tally = summary.tally(req.domain.id)
             tally.asked += 1
             if result.value is None:
-                store.append(Failure(stage=STAGE, work_key=req.key, reason=result.error or "no valid proposal",
+                store.put(Failure(stage=STAGE, work_key=req.key, reason=result.error or "no valid proposal",
                                      raw=result.raw, model=client.model))
                 tally.failed += 1
                 return

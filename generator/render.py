@@ -34,7 +34,7 @@ from .config import Settings
 from .errors import UserError
 from .progress import stage_progress
 from .records import Failure, Render, Scenario, stable_key
-from .store import RunStore
+from .store import TMP_SUFFIX, RunStore
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def write_png_atomic(path: Path, image: Any = None, png_bytes: bytes | None = No
     """Write a PNG under a hidden temp name, then rename: a reader never sees half a file."""
     from PIL import Image, PngImagePlugin
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         if png_bytes is not None:
             image = Image.open(io.BytesIO(png_bytes))
@@ -123,7 +123,7 @@ def _chunks(items: Sequence[_Work], size: int) -> Iterator[Sequence[_Work]]:
 
 
 def _fail(store: RunStore, report: RenderReport, work: _Work, reason: str, model: str) -> None:
-    store.append(Failure(stage=STAGE, work_key=work.key, reason=reason, model=model,
+    store.put(Failure(stage=STAGE, work_key=work.key, reason=reason, model=model,
                          raw=json.dumps({"scenario_id": work.scenario.key, "candidate": work.candidate})))
     report.failed += 1
     report.failures.append(f"{work.scenario.key} c{work.candidate}: {reason}")

@@ -17,7 +17,7 @@ from rich.panel import Panel
 
 from .models.messages import ImageError, image_data_url
 from .records import Case, Review
-from .store import RunStore
+from .store import RunStore, write_text_atomic
 from .terminal import printable
 
 
@@ -138,5 +138,5 @@ def write_review_sheet(store: RunStore, out: Path, split: str | None = None) -> 
         f"Record decisions with <code>siuo review --run {html.escape(store.name)}</code>.</p>"
         "<table>" + "".join(rows) + "</table></body></html>"
     )
-    out.write_text(page, encoding="utf-8")
+    write_text_atomic(out, page)
     return len(cases)

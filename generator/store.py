@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from .errors import UserError
@@ -31,8 +33,57 @@ DEFAULT_OUTPUTS = Path("outputs")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+TMP_SUFFIX = ".siuo-tmp"
+LOCK_FILE = ".lock"
+LOCK_PID_FILE = ".lock.pid"
+
+
 class StoreError(UserError):
     """A run folder or one of its files cannot be used as it is; the message names the file and line."""
+
+
+class RunLockedError(StoreError):
+    """Another process is writing to the run: two writers would send every request twice and interleave
+    conflicting records."""
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "w") -> Iterator:
+    """Open a hidden temp file next to `path`; on a clean exit it is synced and renamed over `path`.
+
+    Why: a kill mid-write must leave the previous good file, never a 0-byte or half file. A temp file
+    left by a kill is removed by `clean_temp_files` when the next writer takes the run lock.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are ordinary files
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a text file whole (see `atomic_writer`)."""
+    with atomic_writer(path) as fh:
+        fh.write(text)
+
+
+def clean_temp_files(folder: Path) -> int:
+    """Remove temp files left by a killed atomic write in `folder` (and its images/); returns how many."""
+    n = 0
+    for d in (folder, folder / "images"):
+        if d.is_dir():
+            for tmp in d.glob(f".*{TMP_SUFFIX}"):
+                tmp.unlink(missing_ok=True)
+                n += 1
+    if n:
+        log.info("%s: removed %d temp file(s) left by an interrupted write", folder, n)
+    return n
 
 
 def outputs_dir() -> Path:
@@ -131,31 +182,80 @@ class RunStore:
         path = self.file_for(records[0].__class__)
         data = b"".join((r.model_dump_json() + "\n").encode("utf-8") for r in records)
         with self._lock(path.name):
-            self._repair_tail(path)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:  # a regular file takes it in one go; loop in case of a short write
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
+            self._append_locked(path, data)
         return len(records)
+
+    def _append_locked(self, path: Path, data: bytes) -> None:
+        """Append `data` in one write call; the caller holds the file's lock."""
+        self._repair_tail(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it in one go; loop in case of a short write
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def put(self, record: Record) -> None:
+        """Write a record keeping one line per key: a new key is appended; an existing one is replaced
+        in place by an atomic rewrite of the file (the new record keeps the old one's position).
+
+        Why: a failure recorded again by a retry that failed again must not add a duplicate line per try.
+        """
+        path = self.file_for(type(record))
+        with self._lock(path.name):
+            existing = list(self.iter_records(type(record)))
+            if all(r.key != record.key for r in existing):
+                self._append_locked(path, (record.model_dump_json() + "\n").encode("utf-8"))
+                return
+            kept: dict[str, Record] = {}
+            for r in existing:
+                kept[r.key] = record if r.key == record.key else r
+            with atomic_writer(path) as fh:
+                fh.writelines(r.model_dump_json() + "\n" for r in kept.values())
+            self._repaired.add(path.name)
 
     def write_all(self, record_type: type[R], records: Iterable[R]) -> int:
         """Replace a record file whole, atomically (temp file + rename): nothing half-written on failure."""
         path = self.file_for(record_type)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         n = 0
         with self._lock(path.name):
-            with open(tmp, "w", encoding="utf-8") as fh:
+            with atomic_writer(path) as fh:
                 for r in records:
                     fh.write(r.model_dump_json() + "\n")
                     n += 1
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
             self._repaired.add(path.name)
         return n
+
+    @contextmanager
+    def writing(self, wait: bool = False) -> Iterator["RunStore"]:
+        """Hold the run's exclusive writer lock for a whole command.
+
+        Why: two writers on one run send every request twice and leave conflicting records. A second
+        writer is refused at once (`RunLockedError`, naming the holder's PID) or, with `wait`, blocks
+        until the first is done. Readers (`stats`) take no lock. The OS drops the lock when its holder
+        dies, so a killed run never leaves the folder locked.
+        """
+        lock = FileLock(self.path / LOCK_FILE, timeout=-1 if wait else 0)
+        pid_file = self.path / LOCK_PID_FILE
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                holder = pid_file.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise RunLockedError(
+                f"run {self.name!r} is being written by another siuo process (PID {holder}); "
+                "wait for it to finish, or pass --wait to queue behind it"
+            ) from None
+        try:
+            write_text_atomic(pid_file, f"{os.getpid()}\n")
+            clean_temp_files(self.path)
+            yield self
+        finally:
+            pid_file.unlink(missing_ok=True)
+            lock.release()
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -224,9 +324,7 @@ class RunStore:
             raise StoreError(f"{self.manifest_path}: not a valid run manifest: {_first_error(exc)}") from None
 
     def save_manifest(self, manifest: RunManifest) -> None:
-        tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-        os.replace(tmp, self.manifest_path)
+        write_text_atomic(self.manifest_path, manifest.model_dump_json(indent=2))
 
     @contextmanager
     def update_manifest(self) -> Iterator[RunManifest]:
@@ -278,8 +376,6 @@ def path_inside(root: Path, name: str) -> Path:
 
 def dump_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Write plain dict rows as JSONL (for exports); atomic."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)

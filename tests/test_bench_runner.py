@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -332,6 +333,74 @@ def test_retry_failed_asks_only_the_failed_calls(store, settings, fake, outputs)
     assert len(latest) == 164 * 3 and not any(r.error for r in latest.values())
     key = response_key(f"case-{FAILING}", "fake", "gen", 0)
     assert latest[key].text == SAMPLES[FAILING % 4][0]
+
+
+def test_a_retry_that_fails_again_keeps_one_failure_line_per_key(store, settings, fake, outputs):
+    fake.on_chat(Script())
+    answer(store, settings, "fake", show_progress=False)
+    lines = store.file_for(Failure).read_text().splitlines()
+    for _ in range(2):
+        answer(store, settings, "fake", retry_failed=True, show_progress=False)
+    again = store.file_for(Failure).read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in again]
+    assert len(again) == len(lines) and len(keys) == len(set(keys))  # replaced, not added
+
+
+def test_a_stage_with_failed_calls_exits_3_and_says_so_last(store, settings, fake, outputs, tmp_path):
+    import tomli_w
+
+    fake.on_chat(Script())
+    config = tmp_path / "siuo.toml"
+    config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
+    result = CliRunner().invoke(app, ["answer", "--run", "bench", "--config", str(config)])
+    assert result.exit_code == 3, result.output
+    assert "3 of 492 request(s) failed" in result.output.strip().splitlines()[-1]
+
+
+def test_run_stops_before_score_when_failures_pass_the_threshold(store, settings, fake, outputs):
+    from generator.pipeline import run_pipeline
+
+    fake.on_chat(Script())
+    settings.pipeline = settings.pipeline.model_copy(update={"stages": ["answer", "judge", "score", "report"],
+                                                             "max_failed_fraction": 0.001})
+    result = run_pipeline(settings, run="bench")
+    assert result.failed_stage == "answer" and result.stages_run == ["answer"]
+    assert "3 of 492 answer request(s) failed" in result.stopped
+    assert not (store.path / "scores.json").exists()
+    settings.pipeline = settings.pipeline.model_copy(update={"max_failed_fraction": 0.05})
+    result = run_pipeline(settings, run="bench")  # 3 of 492 is under 5 %: the run goes on to the report
+    assert result.failed_stage is None and (store.path / "scores.json").exists()
+
+
+def test_a_short_outage_is_ridden_out_not_recorded(store, settings, fake, outputs):
+    import threading
+
+    script = Script()
+    script.failing = set()
+    outage = {"drops_left": 0}
+    guard = threading.Lock()
+
+    def flaky(body):
+        """The server is down (connections dropped) for its next `drops_left` requests."""
+        with guard:
+            down = outage["drops_left"] > 0
+            outage["drops_left"] -= down
+        return Fault.drop() if down else script(body)
+
+    fake.on_chat(flaky)
+    # Without patience an outage is a pile of recorded failures (no retries left, to keep it exact)...
+    outage["drops_left"] = 100
+    endpoint = settings.endpoints["fake"].model_copy(update={"max_retries": 0})
+    settings.endpoints["fake"] = endpoint.model_copy(update={"outage_patience_s": 0.0})
+    [rep] = answer(store, settings, "fake", show_progress=False)
+    assert rep.errors == 100 * 3  # each dropped request carried 3 samples
+    # ...with it, the same outage (on a fresh run) is waited out.
+    fresh = RunStore.open("bench2")
+    import_siuo(fresh, GEN, mcqa_path=MCQA, images_dir=store.path.parent.parent / "images")
+    outage["drops_left"] = 100
+    settings.endpoints["fake"] = endpoint.model_copy(update={"outage_patience_s": 30.0})
+    [rep] = answer(fresh, settings, "fake", show_progress=False)
+    assert outage["drops_left"] == 0 and rep.errors == 0 and not fresh.file_for(Failure).exists()
 
 
 def test_missing_images_are_skipped_never_sent(store, settings, fake, outputs):

@@ -18,7 +18,7 @@ from typing import Any
 from ..domains import domain_by_label, load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response
-from ..store import RunStore
+from ..store import RunStore, write_text_atomic
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
 MCQA_FIELDS = ("question_id", "image", "question", "category", "options", "correct_option")
@@ -352,6 +352,4 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
 
 
 def _dump_json(path: Path, items: list[dict]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(items, ensure_ascii=False, indent=4), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(items, ensure_ascii=False, indent=4))

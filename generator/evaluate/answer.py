@@ -104,6 +104,11 @@ class AnswerReport:
     """Image files that exist but cannot be read or decoded: not asked, recorded as failures."""
     written: Counter = field(default_factory=Counter)
 
+    @property
+    def failed(self) -> int:
+        """Requests of this invocation recorded as failed."""
+        return self.errors
+
     def summary(self) -> str:
         lines = [
             f"{self.target}: {self.cases} case(s), forms {', '.join(self.forms)}: "
@@ -222,7 +227,7 @@ async def answer_async(
                         message = user_message(build_question(case, form, prompts), images=[image], max_side=settings.bench.image_max_side)
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
-                        store.append(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
+                        store.put(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
                         progress.advance(task, len(todo))
                         return
                     for first, count in _runs(todo):
@@ -254,7 +259,7 @@ async def answer_async(
                             store.append(response)
                             if error is not None:
                                 report.errors += 1
-                                store.append(Failure(stage="answer", work_key=response.key, reason=error, model=client.model))
+                                store.put(Failure(stage="answer", work_key=response.key, reason=error, model=client.model))
                             report.written[form] += 1
                             report.requested += 1
                             progress.advance(task)

@@ -162,6 +162,11 @@ class JudgeReport:
     unknown_case: int = 0
     """Responses whose case is no longer in cases.jsonl: skipped."""
 
+    @property
+    def failed(self) -> int:
+        """Judge calls of this invocation recorded as failed."""
+        return self.verdicts.get(ERROR, 0)
+
     def summary(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.verdicts.items())) or "none"
         lines = [
@@ -275,7 +280,7 @@ async def judge_async(
                 store.append(judgment)
                 if verdict in (ERROR, UNPARSABLE):
                     reason = error if verdict == ERROR else "judge reply has no valid final VERDICT line"
-                    store.append(Failure(stage="judge", work_key=judgment.key, reason=reason or "", raw=result.text, model=client.model))
+                    store.put(Failure(stage="judge", work_key=judgment.key, reason=reason or "", raw=result.text, model=client.model))
                 report.verdicts[verdict] += 1
                 report.requested += 1
                 progress.advance(task)

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..domains import load_domains
 from ..records import Case, Judgment, Response
-from ..store import RunStore
+from ..store import RunStore, write_text_atomic
 from .common import stream_jsonl
 from .score import SCORES_FILE, fmt_rate, leaderboard_rows, load_scores, score
 
@@ -362,6 +362,6 @@ def report(store: RunStore) -> tuple[Path, Path]:
     with store.stage("report"):
         examples = load_examples(store, scores)
         md_path, html_path = store.path / "report.md", store.path / "report.html"
-        md_path.write_text(render_markdown(store, scores, examples), encoding="utf-8")
-        html_path.write_text(render_html(store, scores, examples), encoding="utf-8")
+        write_text_atomic(md_path, render_markdown(store, scores, examples))
+        write_text_atomic(html_path, render_html(store, scores, examples))
     return md_path, html_path

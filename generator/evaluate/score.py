@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -41,7 +40,7 @@ from rich.table import Table
 
 from ..domains import load_domains
 from ..records import Case, Judgment, Response, utc_now
-from ..store import RunStore, StoreError
+from ..store import RunStore, StoreError, write_text_atomic
 from .common import INVALID_VERDICTS, require_field, stream_jsonl
 from .mcqa import is_correct, option_letters, parse_choice
 
@@ -488,9 +487,7 @@ def score(store: RunStore) -> dict[str, Any]:
     with store.stage("score") as stage:
         scores = compute_scores(store)
         path = store.path / SCORES_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(scores, indent=2, ensure_ascii=False))
         stage.counts["targets"] = len(scores["targets"])
     return scores
 

@@ -238,14 +238,21 @@ async def call_with_retries(
     429 / 5xx / timeouts / dropped connections / malformed bodies with jittered backoff.
 
     Gives up (raises RequestFailed) after `endpoint.max_retries` retries, or earlier when the same
-    failure repeats `endpoint.max_identical_failures` times in a row. `fail_fast_on_status`: an HTTP
-    error other than 429 is final at once (used to probe a request shape the server may reject).
+    failure repeats `endpoint.max_identical_failures` times in a row. A failed connection is first
+    retried for up to `endpoint.outage_patience_s` seconds in all, outside that count: a server down
+    for a few seconds must not turn every request in flight into a recorded failure.
+    `fail_fast_on_status`: an HTTP error other than 429 is final at once (used to probe a request
+    shape the server may reject).
     """
     secrets = tuple(secrets)
     attempts = endpoint.max_retries + 1
     last_signature = None
     identical = 0
-    for attempt in range(attempts):
+    attempt = 0  # failures counted against max_retries
+    sent = 0
+    outage_waits = 0
+    outage_waited = 0.0
+    while True:
         if limiter.limit is not None:
             await limiter.acquire()
         async with semaphore:
@@ -259,17 +266,27 @@ async def call_with_retries(
                 if failure is None:
                     raise
         failure.message = scrub(failure.message, secrets)
-        done = attempt + 1
+        sent += 1
         if not failure.retryable or (fail_fast_on_status and failure.status is not None and failure.status != 429):
-            raise RequestFailed(failure.message, failure.status, failure.signature, done)
+            raise RequestFailed(failure.message, failure.status, failure.signature, sent)
+        patience_left = endpoint.outage_patience_s - outage_waited
+        if failure.signature == "connection" and patience_left > 0:
+            # a floor on the wait, so the patience is spent in time even with retry_base_delay_s = 0
+            delay = min(patience_left, backoff_delay(outage_waits, max(endpoint.retry_base_delay_s, 0.05)))
+            outage_waits += 1
+            outage_waited += delay
+            await asyncio.sleep(delay)
+            continue
+        attempt += 1
         identical = identical + 1 if failure.signature == last_signature else 1
         last_signature = failure.signature
-        if identical >= endpoint.max_identical_failures or done >= attempts:
-            why = f"{identical} identical failures in a row" if identical >= endpoint.max_identical_failures else f"{done} attempts"
-            raise RequestFailed(f"{failure.message} (gave up after {why})", failure.status, failure.signature, done)
+        if identical >= endpoint.max_identical_failures or attempt >= attempts:
+            why = f"{identical} identical failures in a row" if identical >= endpoint.max_identical_failures else f"{sent} attempts"
+            if outage_waited:
+                why += f", {outage_waited:.0f} s of connection retries"
+            raise RequestFailed(f"{failure.message} (gave up after {why})", failure.status, failure.signature, sent)
         if failure.retry_after is not None:
             delay = min(failure.retry_after, RETRY_AFTER_CAP_S)
         else:
-            delay = backoff_delay(attempt, endpoint.retry_base_delay_s)
+            delay = backoff_delay(attempt - 1, endpoint.retry_base_delay_s)
         await asyncio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -424,7 +424,8 @@ class FakeOpenAI:
         from generator.config import settings_from_dict
 
         common = {"base_url": self.base_url, "api_key_env": api_key_env, "timeout_s": 5.0,
-                  "retry_base_delay_s": 0.01, **(endpoint or {})}
+                  "retry_base_delay_s": 0.01,
+                  "outage_patience_s": 0.0, **(endpoint or {})}
         endpoints = {
             "fake": {**common, "model": self.model, "kind": "chat"},
             "fake-guard": {**common, "model": "fake-moderation", "kind": "moderation"},
