@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..prompts import PROMPTS_DIR, Prompt, load_prompt
 from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from ..store import RunStore
-from ..models.chat import gather_or_cancel
+from ..concurrency import bounded_map
 from ..progress import stage_progress
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ async def answer_async(
                             report.requested += 1
                             progress.advance(task)
 
-                await gather_or_cancel(*[answer_case(*w) for w in work])
+                await bounded_map(lambda w: answer_case(*w), work, client.endpoint.max_concurrency)
                 stage.counts.update(
                     {
                         f"{client.name}:asked": report.requested,

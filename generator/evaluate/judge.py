@@ -29,7 +29,7 @@ from ..errors import UserError
 from ..prompts import Prompt, load_prompt
 from ..records import Case, Failure, Judgment, Response, stable_key
 from ..store import RunStore
-from ..models.chat import gather_or_cancel
+from ..concurrency import bounded_map
 from ..progress import stage_progress
 from .answer import control_question_for, image_of
 
@@ -280,7 +280,7 @@ async def judge_async(
                 report.requested += 1
                 progress.advance(task)
 
-            await gather_or_cancel(*[judge_one(*w) for w in work])
+            await bounded_map(lambda w: judge_one(*w), work, sum(c.endpoint.max_concurrency for c in clients.values()))
             stage.counts.update(
                 {
                     "asked": report.requested,
