@@ -525,3 +525,43 @@ def test_score_without_responses_is_a_clean_error(outputs):
     result = CliRunner().invoke(app, ["score", "--run", "empty"])
     assert result.exit_code == 2
     assert "no responses yet" in result.output
+
+
+def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, settings, fake, outputs, monkeypatch):
+    """Memory is O(concurrency), not O(cases): at every request the prepared messages (each with its
+    base64 image) still alive number at most the endpoint's `max_concurrency`, over the whole run."""
+    import weakref
+
+    import generator.models as models
+
+    class Prepared(dict):
+        """A user message that can be watched with a weak reference."""
+
+    live = made = 0
+
+    def gone() -> None:
+        nonlocal live
+        live -= 1
+
+    real_user_message = models.user_message
+
+    def tracked(*args, **kwargs):
+        nonlocal made, live
+        msg = Prepared(real_user_message(*args, **kwargs))
+        weakref.finalize(msg, gone)
+        made += 1
+        live += 1
+        return msg
+
+    held: list[int] = []
+
+    def reply(body: dict) -> str:
+        held.append(live)
+        return "REFUSE: no."
+
+    monkeypatch.setattr(models, "user_message", tracked)
+    settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"max_concurrency": 4})
+    fake.on_chat(reply)
+    [rep] = answer(store, settings, "fake", show_progress=False)
+    assert made == rep.cases == len(held) >= 160  # one request (3 samples) per case
+    assert max(held) <= 4
