@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 
 from .concurrency import bounded_map
-from .config import Settings
+from .config import Settings, image_side
 from .domains import PROJECT_ROOT
 from .errors import UserError
 from .progress import stage_progress
@@ -528,13 +528,13 @@ class _Checker:
         ask = self.prompts["check_pair_hazard"]
         match_prompt = self.prompts["check_hazard_match"]
         threshold = self.cs.hazard_match_threshold
-        max_side = self.settings.bench.image_max_side
+        max_side = image_side(self.settings, vlm.endpoint)
 
         async def job() -> CheckResult:
             base = dict(scenario_id=s.key, check="pair_hazard", candidate=k, threshold=threshold, model=vlm.model)
             try:
-                message = user_message(ask.render(question=s.question, fence=_fence(s.question)),
-                                       images=[self.image_path(it, k)], max_side=max_side)
+                message = await asyncio.to_thread(user_message, ask.render(question=s.question, fence=_fence(s.question)),
+                                                  images=[self.image_path(it, k)], max_side=max_side)
             except UserError as exc:
                 return CheckResult(**base, error=str(exc)[:500])
             sr = await vlm.structured([message], HazardVerdict, temperature=0.0)

@@ -57,6 +57,9 @@ class Endpoint(_Section):
     """Whether `response_format={"type": "json_schema"}` works; None: try it and fall back."""
     supports_images: bool | None = None
     """Whether image content parts are accepted; None: unknown."""
+    max_image_side: int | None = Field(None, ge=0)
+    """Longest side images are sent at to this endpoint; 0: as they are; None: `bench.image_max_side`
+    (1024, about what hosted VLMs resize to internally). A smaller image costs less to send and to hold."""
     supports_n: bool | None = None
     """Whether the server honours `n` > 1; None: try, and fall back to separate requests."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
@@ -182,7 +185,8 @@ class BenchSettings(_Section):
     temperature: float = 0.7
     max_tokens: int = 512
     image_max_side: int | None = 1024
-    """Downscale images to this longest side before sending; None: send as is."""
+    """Downscale images to this longest side before sending; None: send as is. An endpoint's
+    `max_image_side` overrides it."""
     judge_sees_image: bool = True
     """Show the judge the case image with the response (as SIUO's GPT evaluation does), unless the judge
     endpoint has `supports_images = false`; off: the judge reads the safety warning only."""
@@ -318,3 +322,10 @@ def write_starter_config(template: str, out: Path, force: bool = False) -> None:
         raise ConfigError(f"{out} exists already (use --force to overwrite)")
     load_settings(src)
     out.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def image_side(settings: "Settings", endpoint: Endpoint) -> int | None:
+    """The longest side images are sent at to `endpoint` (None: as they are); the endpoint's own
+    `max_image_side` wins over `bench.image_max_side`."""
+    side = endpoint.max_image_side if endpoint.max_image_side is not None else settings.bench.image_max_side
+    return side or None

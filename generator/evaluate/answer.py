@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import Settings
+from ..config import Settings, image_side
 from ..errors import UserError
 from ..prompts import PROMPTS_DIR, Prompt, load_prompt
 from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
@@ -216,7 +216,9 @@ async def answer_async(
 
                 async def answer_case(case: Case, form: str, image: Path, todo: list[int], is_retry: bool) -> None:
                     try:
-                        message = user_message(build_question(case, form, prompts), images=[image], max_side=settings.bench.image_max_side)
+                        # Decoding and encoding run in a thread, so image work overlaps the network waits.
+                        message = await asyncio.to_thread(user_message, build_question(case, form, prompts),
+                                                          images=[image], max_side=image_side(settings, client.endpoint))
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
                         store.append(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))

@@ -23,7 +23,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..config import Settings
+from ..config import Settings, image_side
 from ..domains import domain_by_id, DomainError
 from ..errors import UserError
 from ..prompts import Prompt, load_prompt
@@ -247,8 +247,11 @@ async def judge_async(
                 # control pairs is read from the text alone).
                 image = image_of(store, case) if judge_sees_image(settings, client, dim) else None
                 message, fence = build_judge_prompt(prompt, case, r, dim, settings.domains_file, sees_image=image is not None)
+                # Decoding and encoding run in a thread, so image work overlaps the network waits.
+                prepared = await asyncio.to_thread(user_message, message, images=[image] if image else [],
+                                                   max_side=image_side(settings, client.endpoint))
                 results = await client.complete(
-                    [user_message(message, images=[image] if image else [], max_side=settings.bench.image_max_side)],
+                    [prepared],
                     n=1,
                     temperature=0.0,
                     max_tokens=settings.bench.max_tokens,
