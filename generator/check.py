@@ -45,7 +45,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from rich.console import Console
 
-from .config import Settings
+from .concurrency import bounded_map
+from .config import Settings, image_side
 from .domains import PROJECT_ROOT
 from .errors import UserError
 from .progress import stage_progress
@@ -432,7 +433,8 @@ class _Checker:
             return []
         return [it for it in self.items if self.alive(it, family_of(name)) and not self.is_done(it.scenario, name, None)]
 
-    async def gather(self, label: str, jobs: list[Callable[[], Awaitable[CheckResult]]]) -> None:
+    async def gather(self, label: str, jobs: list[Callable[[], Awaitable[CheckResult]]], *models: Any) -> None:
+        """Run the jobs, at most as many at once as the models' endpoints allow (memory bound)."""
         if not jobs:
             return
         with stage_progress(self.console, self.hub) as progress:
@@ -442,7 +444,7 @@ class _Checker:
                 self.write(await job())
                 progress.advance(task)
 
-            await asyncio.gather(*(run(j) for j in jobs))
+            await bounded_map(run, jobs, max(_concurrency(m) for m in models))
 
     async def run_remote(self) -> None:
         image_guard = self.image_work("image_benign.guard")
@@ -455,11 +457,11 @@ class _Checker:
             text_guard = hub.guard("text_guard") if self.settings.roles.text_guard else None
             if image_guard:
                 guard = hub.guard("image_guard")
-                await self.gather("image guard", [self._guard_image_job(guard, it, k) for it, k in image_guard])
+                await self.gather("image guard", [self._guard_image_job(guard, it, k) for it, k in image_guard], guard)
             if "text_benign" in self.plan:
                 await self.gather("text guard", [self._guard_text_job(text_guard, it.scenario, "text_benign",
                                                                       it.scenario.question)
-                                                 for it in self.text_work("text_benign")])
+                                                 for it in self.text_work("text_benign")], text_guard)
             if "no_leakage" in self.plan:
                 judge = hub.chat(text_checker_endpoint(self.settings))
                 jobs = [self._text_only_job(judge, it.scenario, "no_leakage.question", it.scenario.question,
@@ -472,12 +474,12 @@ class _Checker:
                     else:
                         jobs.append(self._text_only_job(judge, it.scenario, "no_leakage.description",
                                                         it.scenario.image_description, "a description of a photo"))
-                await self.gather("text-only judge", jobs)
+                await self.gather("text-only judge", jobs, judge, text_guard)
             if "pair_hazard" in self.plan:
                 vlm = hub.chat("vlm_checker")
                 work = [(it, self.chosen(it)) for it in self.items if self.alive(it, "pair_hazard")]
                 work = [(it, k) for it, k in work if k is not None and not self.is_done(it.scenario, "pair_hazard", k)]
-                await self.gather("pair judge", [self._pair_job(vlm, it, k) for it, k in work])
+                await self.gather("pair judge", [self._pair_job(vlm, it, k) for it, k in work], vlm)
 
     # -- one remote check each ----------------------------------------------------------------------
 
@@ -526,13 +528,13 @@ class _Checker:
         ask = self.prompts["check_pair_hazard"]
         match_prompt = self.prompts["check_hazard_match"]
         threshold = self.cs.hazard_match_threshold
-        max_side = self.settings.bench.image_max_side
+        max_side = image_side(self.settings, vlm.endpoint)
 
         async def job() -> CheckResult:
             base = dict(scenario_id=s.key, check="pair_hazard", candidate=k, threshold=threshold, model=vlm.model)
             try:
-                message = user_message(ask.render(question=s.question, fence=_fence(s.question)),
-                                       images=[self.image_path(it, k)], max_side=max_side)
+                message = await asyncio.to_thread(user_message, ask.render(question=s.question, fence=_fence(s.question)),
+                                                  images=[self.image_path(it, k)], max_side=max_side)
             except UserError as exc:
                 return CheckResult(**base, error=str(exc)[:500])
             sr = await vlm.structured([message], HazardVerdict, temperature=0.0)
@@ -555,6 +557,12 @@ class _Checker:
 
 def _clip_text(text: str | None, limit: int = 500) -> str:
     return "" if not text else text[:limit]
+
+
+def _concurrency(model: Any) -> int:
+    """How many of a model's checks may be pending at once: its endpoint's bound (a local model: a few)."""
+    endpoint = getattr(model, "endpoint", None) or getattr(getattr(model, "chat", None), "endpoint", None)
+    return endpoint.max_concurrency if endpoint is not None else 4
 
 
 def _guard_result(v: Any, scenario: Scenario, name: str, candidate: int | None) -> CheckResult:

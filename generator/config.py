@@ -64,6 +64,9 @@ class Endpoint(_Section):
     """Whether `response_format={"type": "json_schema"}` works; None: try it and fall back."""
     supports_images: bool | None = None
     """Whether image content parts are accepted; None: unknown."""
+    max_image_side: int | None = Field(None, ge=0)
+    """Longest side images are sent at to this endpoint; 0: as they are; None: `bench.image_max_side`
+    (1024, about what hosted VLMs resize to internally). A smaller image costs less to send and to hold."""
     supports_n: bool | None = None
     """Whether the server honours `n` > 1; None: try, and fall back to separate requests."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
@@ -189,7 +192,8 @@ class BenchSettings(_Section):
     temperature: float = 0.7
     max_tokens: int = 512
     image_max_side: int | None = 1024
-    """Downscale images to this longest side before sending; None: send as is."""
+    """Downscale images to this longest side before sending; None: send as is. An endpoint's
+    `max_image_side` overrides it."""
     image_max_pixels: int = Field(50_000_000, ge=1)
     """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
     case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""
@@ -370,3 +374,10 @@ def write_starter_config(template: str, out: Path, force: bool = False) -> None:
         raise ConfigError(f"{out} exists already (use --force to overwrite)")
     load_settings(src)
     write_text_atomic(out, src.read_text(encoding="utf-8"))
+
+
+def image_side(settings: "Settings", endpoint: Endpoint) -> int | None:
+    """The longest side images are sent at to `endpoint` (None: as they are); the endpoint's own
+    `max_image_side` wins over `bench.image_max_side`."""
+    side = endpoint.max_image_side if endpoint.max_image_side is not None else settings.bench.image_max_side
+    return side or None

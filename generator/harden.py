@@ -217,5 +217,6 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
             ))
             tally.written += 1
 
-        await run_stage_requests(store, STAGE, "hardening", [job(r) for r in requests], commit, summary, console, hub)
+        await run_stage_requests(store, STAGE, "hardening", [job(r) for r in requests], commit, summary, console, hub,
+                                 2 * client.endpoint.max_concurrency)
     return summary

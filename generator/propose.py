@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.table import Table
 
+from .concurrency import bounded_map
 from .config import Settings
 from .domains import PROJECT_ROOT, SEEDS_DIR, Domain, select_domains
 from .embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
@@ -322,37 +323,20 @@ class StageSummary:
         return table
 
 
-async def run_in_order(jobs: Sequence[Callable[[], Awaitable[Any]]], commit: Callable[[int, Any], None],
-                       on_done: Callable[[], None] | None = None) -> None:
-    """Run `jobs` concurrently (the door bounds how many are in flight) and commit results in job order.
-
-    Why in order: de-duplication decides between near-twins by who came first, and that must not
-    depend on which reply arrived first. A failure (e.g. the budget) cancels the jobs not yet committed
-    and propagates; everything committed before it is already on disk.
-    """
-    tasks = [asyncio.ensure_future(job()) for job in jobs]
-    if on_done:
-        for t in tasks:
-            t.add_done_callback(lambda _t: on_done())
-    try:
-        for i, task in enumerate(tasks):
-            commit(i, await task)
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # collect every outcome: no stray warnings
-
-
 async def run_stage_requests(store: RunStore, stage: str, label: str, jobs: Sequence[Callable[[], Awaitable[Any]]],
                              commit: Callable[[int, Any], None], summary: "StageSummary", console: Console | None,
-                             hub: Any) -> None:
-    """Run a stage's model requests in order under its progress bar and stage log (propose, harden);
-    the counts reach run.json even when the run stops early (budget)."""
+                             hub: Any, limit: int) -> None:
+    """Run a stage's model requests under its progress bar and stage log (propose, harden), at most
+    `limit` at once, committing results in job order; the counts reach run.json even when the run stops
+    early (budget).
+
+    Why in order: de-duplication decides between near-twins by who came first, and that must not
+    depend on which reply arrived first.
+    """
     with store.stage(stage) as stage_log, stage_progress(console, hub) as bar:
         task = bar.add_task(label, total=len(jobs))
         try:
-            await run_in_order(jobs, commit, lambda: bar.advance(task))
+            await bounded_map(lambda job: job(), jobs, limit, commit, ordered=True, on_done=lambda: bar.advance(task))
         finally:
             stage_log.counts.update(summary.counts())
 
@@ -488,5 +472,6 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
                 tally.written += 1
             store.append(scenario)
 
-        await run_stage_requests(store, STAGE, "proposing", [job(r) for r in requests], commit, summary, console, hub)
+        await run_stage_requests(store, STAGE, "proposing", [job(r) for r in requests], commit, summary, console, hub,
+                                 2 * client.endpoint.max_concurrency)
     return summary

@@ -628,3 +628,43 @@ def test_a_decompression_bomb_fails_its_case_only(store, settings, fake, outputs
     assert any("too many pixels" in f.reason or "over the limit" in f.reason for f in failures
                if f.work_key.startswith(cases[1005].key))
     assert len(store.latest_by_key(Response)) == (rep.cases - 2) * 3
+
+
+def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, settings, fake, outputs, monkeypatch):
+    """Memory is O(concurrency), not O(cases): at every request the prepared messages (each with its
+    base64 image) still alive number at most the endpoint's `max_concurrency`, over the whole run."""
+    import weakref
+
+    import generator.models as models
+
+    class Prepared(dict):
+        """A user message that can be watched with a weak reference."""
+
+    live = made = 0
+
+    def gone() -> None:
+        nonlocal live
+        live -= 1
+
+    real_user_message = models.user_message
+
+    def tracked(*args, **kwargs):
+        nonlocal made, live
+        msg = Prepared(real_user_message(*args, **kwargs))
+        weakref.finalize(msg, gone)
+        made += 1
+        live += 1
+        return msg
+
+    held: list[int] = []
+
+    def reply(body: dict) -> str:
+        held.append(live)
+        return "REFUSE: no."
+
+    monkeypatch.setattr(models, "user_message", tracked)
+    settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"max_concurrency": 4})
+    fake.on_chat(reply)
+    [rep] = answer(store, settings, "fake", show_progress=False)
+    assert made == rep.cases == len(held) >= 160  # one request (3 samples) per case
+    assert max(held) <= 4

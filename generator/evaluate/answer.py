@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import Settings
+from ..config import Settings, image_side
 from ..errors import UserError
 from ..prompts import PROMPTS_DIR, Prompt, load_prompt
 from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from ..store import RunStore
-from ..models.chat import gather_or_cancel
+from ..concurrency import bounded_map
 from ..progress import stage_progress
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,9 @@ async def answer_async(
 
                 async def answer_case(case: Case, form: str, image: Path, todo: list[int], is_retry: bool) -> None:
                     try:
-                        message = user_message(build_question(case, form, prompts), images=[image], max_side=settings.bench.image_max_side)
+                        # Decoding and encoding run in a thread, so image work overlaps the network waits.
+                        message = await asyncio.to_thread(user_message, build_question(case, form, prompts),
+                                                          images=[image], max_side=image_side(settings, client.endpoint))
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
                         store.put(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
@@ -264,7 +266,7 @@ async def answer_async(
                             report.requested += 1
                             progress.advance(task)
 
-                await gather_or_cancel(*[answer_case(*w) for w in work])
+                await bounded_map(lambda w: answer_case(*w), work, client.endpoint.max_concurrency)
                 stage.counts.update(
                     {
                         f"{client.name}:asked": report.requested,

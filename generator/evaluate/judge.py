@@ -23,13 +23,13 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..config import Settings
+from ..config import Settings, image_side
 from ..domains import domain_by_id, DomainError
 from ..errors import UserError
 from ..prompts import Prompt, load_prompt
 from ..records import Case, Failure, Judgment, Response, stable_key
 from ..store import RunStore
-from ..models.chat import gather_or_cancel
+from ..concurrency import bounded_map
 from ..progress import stage_progress
 from .answer import control_question_for, image_of
 
@@ -252,8 +252,11 @@ async def judge_async(
                 # control pairs is read from the text alone).
                 image = image_of(store, case) if judge_sees_image(settings, client, dim) else None
                 message, fence = build_judge_prompt(prompt, case, r, dim, settings.domains_file, sees_image=image is not None)
+                # Decoding and encoding run in a thread, so image work overlaps the network waits.
+                prepared = await asyncio.to_thread(user_message, message, images=[image] if image else [],
+                                                   max_side=image_side(settings, client.endpoint))
                 results = await client.complete(
-                    [user_message(message, images=[image] if image else [], max_side=settings.bench.image_max_side)],
+                    [prepared],
                     n=1,
                     temperature=0.0,
                     max_tokens=settings.bench.max_tokens,
@@ -285,7 +288,7 @@ async def judge_async(
                 report.requested += 1
                 progress.advance(task)
 
-            await gather_or_cancel(*[judge_one(*w) for w in work])
+            await bounded_map(lambda w: judge_one(*w), work, sum(c.endpoint.max_concurrency for c in clients.values()))
             stage.counts.update(
                 {
                     "asked": report.requested,

@@ -14,6 +14,8 @@ import base64
 import functools
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +61,52 @@ def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> st
         stat = path.stat()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None
-    return _data_url_for_file(str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_side)
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_side)
+    url = _PREPARED.get(key)
+    if url is None:
+        url = _data_url_for_file(*key)
+        _PREPARED.put(key, url)
+    return url
 
 
-@functools.lru_cache(maxsize=64)
+class _ByteBoundedCache:
+    """Least-recently-used prepared data URLs, bounded by their total size in bytes (not by a count:
+    64 thumbnails and 64 photos differ a thousandfold). Thread-safe: images are prepared in threads."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[tuple, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> str | None:
+        with self._lock:
+            url = self._items.get(key)
+            if url is not None:
+                self._items.move_to_end(key)
+            return url
+
+    def put(self, key: tuple, url: str) -> None:
+        with self._lock:
+            if key in self._items or len(url) > self.max_bytes:
+                return
+            self._items[key] = url
+            self.bytes += len(url)
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+
+_PREPARED = _ByteBoundedCache(256 * 1024 * 1024)
+"""An image is prepared once per (file, mtime, size, target side) while it fits in these 256 MB."""
+
+
 def _data_url_for_file(path: str, mtime_ns: int, size: int, max_side: int | None) -> str:
-    """Cached per (file, mtime, size, max_side): several targets and samples send the same image."""
     p = Path(path)
     mime = _MIME.get(p.suffix.lower())
     data = p.read_bytes()
