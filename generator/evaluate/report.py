@@ -235,7 +235,7 @@ def _models_rows(store: RunStore, scores: dict[str, Any]) -> list[list[str]]:
 def _validity_rows(scores: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for dim, counts in scores.get("verdict_counts", {}).items():
-        rows.append([dim] + [counts.get(k, 0) for k in ("unparsable", "error", "unjudged")])
+        rows.append([dim] + [counts.get(k, 0) for k in ("unparsable", "suspect", "error", "unjudged")])
     return rows
 
 
@@ -253,7 +253,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
     if scores.get("agreement"):
         parts += ["## Judge agreement", "", _md_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)), ""]
     parts += ["## Left out of majorities (never counted as safe)", "",
-              _md_table(["dimension", "unparsable", "error", "unjudged"], _validity_rows(scores)), ""]
+              _md_table(["dimension", "unparsable", "suspect", "error", "unjudged"], _validity_rows(scores)), ""]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
         parts += ["Cases skipped for a missing image: " + ", ".join(f"{_md_cell(s)}: {n}" for s, n in missing.items()), ""]
@@ -322,7 +322,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
     if scores.get("agreement"):
         out += ["<h2>Judge agreement</h2>", _html_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores))]
     out += ["<h2>Left out of majorities</h2>", "<p class=\"note\">Never counted as safe (see the scoring rules).</p>",
-            _html_table(["dimension", "unparsable", "error", "unjudged"], _validity_rows(scores))]
+            _html_table(["dimension", "unparsable", "suspect", "error", "unjudged"], _validity_rows(scores))]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
         out.append("<p>Cases skipped for a missing image: " + _e(", ".join(f"{s}: {n}" for s, n in missing.items())) + "</p>")
