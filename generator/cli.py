@@ -23,6 +23,7 @@ console = Console(stderr=True)
 
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
+ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation protocol: siuo (published) or strict (default: bench.protocol, siuo).")
 
 
 @app.callback()
@@ -251,6 +252,7 @@ def answer_cmd(
     controls: bool = typer.Option(False, "--controls", help="Also ask safe control pairs (over-refusal)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed calls again."),
+    protocol: Optional[str] = ProtocolOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Send each case's image and question to a target VLM; responses go to responses.jsonl."""
@@ -260,7 +262,7 @@ def answer_cmd(
 
     store = RunStore.open(run, create=False)
     for report in answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
-                         split=split, retry_failed=retry_failed):
+                         split=split, retry_failed=retry_failed, protocol=protocol):
         console.print(escape(report.summary()), highlight=False)
 
 
@@ -270,6 +272,7 @@ def judge_cmd(
     run: str = RunOpt,
     judges: list[str] = typer.Option(["judge"], "--judge", help="Judge role or endpoint; repeat for several judges."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed judge calls again."),
+    protocol: Optional[str] = ProtocolOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Rate every response for safety and effectiveness (controls: refusal); judgments.jsonl."""
@@ -278,20 +281,20 @@ def judge_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
+    report = judge(store, load_settings(config), judges, retry_failed=retry_failed, protocol=protocol)
     console.print(escape(report.summary()), highlight=False)
 
 
 @app.command("score")
 @clean_errors
-def score_cmd(run: str = RunOpt) -> None:
+def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
     from .evaluate.score import score, score_tables
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
     out = Console()
-    for table in score_tables(score(store)):
+    for table in score_tables(score(store, protocol)):
         out.print(table)
     console.print(f"wrote {store.path / 'scores.json'}", highlight=False)
 
@@ -317,12 +320,19 @@ def report_cmd(run: str = RunOpt) -> None:
 def run_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Pipeline config TOML (see configs/)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
+    protocol: Optional[str] = ProtocolOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
     from .config import load_settings
     from .pipeline import run_pipeline, summary_panel
 
-    result = run_pipeline(load_settings(config), run=run, console=console)
+    settings = load_settings(config)
+    if protocol is not None:
+        from .evaluate.protocol import resolve_protocol
+
+        resolve_protocol(settings, protocol)  # an unknown name fails here, before any stage runs
+        settings = settings.model_copy(update={"bench": settings.bench.model_copy(update={"protocol": protocol})})
+    result = run_pipeline(settings, run=run, console=console)
     Console().print(summary_panel(result))
 
 

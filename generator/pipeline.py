@@ -104,7 +104,7 @@ def _judge(store: RunStore, settings: Settings, console: Console) -> None:
 def _score(store: RunStore, settings: Settings, console: Console) -> None:
     from .evaluate.score import score
 
-    score(store)
+    score(store, settings.bench.protocol)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], None]] = {

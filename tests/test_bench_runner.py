@@ -239,7 +239,8 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     judgments = store.read(Judgment)
     assert len(judgments) == (164 * 3 - 3) * 2
     assert {(j.judge, j.judge_model) for j in judgments} == {("judge-a", JUDGE_A_MODEL)}  # role `judge`
-    prompt_hashes = {"safety": load_prompt("judge_safety").sha256, "effectiveness": load_prompt("judge_effectiveness").sha256}
+    # the default protocol, siuo, judges with its own prompts
+    prompt_hashes = {"safety": load_prompt("judge_safety_siuo").sha256, "effectiveness": load_prompt("judge_effectiveness_siuo").sha256}
     assert all(j.prompt_hash == prompt_hashes[j.dimension] for j in judgments)
     by_text = {r.key: r.text for r in responses}
     unparsable = [j for j in judgments if j.verdict == "unparsable"]

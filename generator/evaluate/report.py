@@ -239,11 +239,16 @@ def _validity_rows(scores: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def _protocol_label(scores: dict[str, Any]) -> str:
+    """The title's protocol: the run's numbers mean what that protocol measures."""
+    return f"protocol {scores.get('protocol') or 'unrecorded'}"
+
+
 REFERENCE_HEADER = ["model (published)", "safe %", "effective %", "safe & effective %", "MCQA acc. %"]
 
 
 def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    parts = [f"# SIUO evaluation report: run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
+    parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
     header, rows = _leaderboard(scores)
     parts += ["## Leaderboard", "", _md_table(header, rows), ""]
     parts += ["Plots (per domain, split comparison) are in report.html.", ""]
@@ -301,8 +306,8 @@ def _html_img(png: bytes | None, alt: str) -> str:
 def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     out = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>SIUO report: {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>SIUO evaluation report: run {_e(scores['run'])}</h1>",
+        f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores['run'])}</h1>",
         f"<p class=\"note\">Scored {_e(scores['created'])}. Rates with 95% Wilson intervals.</p>",
         "<h2>Leaderboard</h2>",
         _html_table(*_leaderboard(scores)),

@@ -40,6 +40,7 @@ from typing import Any
 from rich.table import Table
 
 from ..domains import load_domains
+from ..errors import UserError
 from ..records import Case, Judgment, Response, utc_now
 from ..store import RunStore, StoreError
 from .common import INVALID_VERDICTS, require_field, stream_jsonl
@@ -213,8 +214,9 @@ def _load_cases(store: RunStore) -> dict[str, _CaseInfo]:
     return cases
 
 
-def _load_responses(store: RunStore, cases: dict[str, _CaseInfo]) -> tuple[dict[str, _Resp], dict[str, str]]:
-    """Responses by key (last written wins: a retried call replaces its error) and target -> model."""
+def _load_responses(store: RunStore, cases: dict[str, _CaseInfo], protocols: Counter) -> tuple[dict[str, _Resp], dict[str, str]]:
+    """Responses by key (last written wins: a retried call replaces its error) and target -> model;
+    `protocols` counts the protocol of each line."""
     path = store.file_for(Response)
     out: dict[str, _Resp] = {}
     models: dict[str, str] = {}
@@ -224,6 +226,7 @@ def _load_responses(store: RunStore, cases: dict[str, _CaseInfo]) -> tuple[dict[
         case_id = sys.intern(require_field(path, lineno, obj, "case_id"))
         target = sys.intern(require_field(path, lineno, obj, "target"))
         form = sys.intern(obj.get("form", "gen"))
+        protocols[obj.get("protocol", "siuo")] += 1
         failed = obj.get("error") is not None or obj.get("text") is None
         r = _Resp(case_id, target, form, int(obj.get("sample", 0)), failed)
         if form == "mcqa" and not failed:
@@ -259,7 +262,7 @@ class _Verdicts:
         return out
 
 
-def _load_judgments(store: RunStore, responses: dict[str, _Resp]) -> _Verdicts:
+def _load_judgments(store: RunStore, responses: dict[str, _Resp], protocols: Counter) -> _Verdicts:
     path = store.file_for(Judgment)
     verdicts = _Verdicts()
     judges: dict[str, set[str]] = defaultdict(set)
@@ -269,6 +272,7 @@ def _load_judgments(store: RunStore, responses: dict[str, _Resp]) -> _Verdicts:
         dim = sys.intern(require_field(path, lineno, obj, "dimension"))
         judge = sys.intern(require_field(path, lineno, obj, "judge"))
         verdict = sys.intern(require_field(path, lineno, obj, "verdict"))
+        protocols[obj.get("protocol", "siuo")] += 1
         verdicts.by_key[(response_keys.get(rkey, rkey), dim, judge)] = verdict
         if judge not in judges[dim]:
             judges[dim].add(judge)
@@ -314,11 +318,26 @@ METRICS_BY_FORM = {
 }
 
 
-def compute_scores(store: RunStore) -> dict[str, Any]:
-    """Everything `scores.json` holds, computed from the run's records (nothing is written)."""
+def _one_protocol(found: Counter, wanted: str | None) -> str:
+    """The single protocol of a run's records; numbers of two protocols never share a table."""
+    if wanted is not None and set(found) - {wanted}:
+        others = ", ".join(f"{p} ({n} records)" for p, n in sorted(found.items()) if p != wanted)
+        raise UserError(f"--protocol {wanted}: the run also holds records of protocol {others}; score refuses to mix them")
+    if len(found) > 1:
+        listed = ", ".join(f"{p} ({n} records)" for p, n in sorted(found.items()))
+        raise UserError(f"the run mixes protocols {listed}; score refuses to put them in one table (use one run per protocol)")
+    return wanted or next(iter(found), "siuo")
+
+
+def compute_scores(store: RunStore, protocol: str | None = None) -> dict[str, Any]:
+    """Everything `scores.json` holds, computed from the run's records (nothing is written).
+
+    The protocol is the one every response and judgment records; `protocol`, when given, must be it."""
     cases = _load_cases(store)
-    responses, target_models = _load_responses(store, cases)
-    verdicts = _load_judgments(store, responses)
+    protocols: Counter = Counter()
+    responses, target_models = _load_responses(store, cases, protocols)
+    verdicts = _load_judgments(store, responses, protocols)
+    run_protocol = _one_protocol(protocols, protocol)
 
     # Group the samples of each (target, form, case).
     groups: dict[tuple[str, str, str], list[str]] = defaultdict(list)
@@ -409,6 +428,7 @@ def compute_scores(store: RunStore) -> dict[str, Any]:
     missing_images = Counter(c.split for c in cases.values() if c.missing_image)
     return {
         "run": store.name,
+        "protocol": run_protocol,
         "created": utc_now(),
         "rules": RULES,
         "cases": {s: {"total": split_cases[s], "missing_image": missing_images.get(s, 0)} for s in sorted(split_cases, key=_split_rank)},
@@ -481,12 +501,12 @@ def _domain_rank(domain_id: str) -> tuple[int, str]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def score(store: RunStore) -> dict[str, Any]:
+def score(store: RunStore, protocol: str | None = None) -> dict[str, Any]:
     """Compute the scores of a run and write them to `scores.json` in the run folder."""
     if not store.file_for(Response).exists():
         raise StoreError(f"{store.file_for(Response)}: the run has no responses yet (run `siuo answer` first)")
     with store.stage("score") as stage:
-        scores = compute_scores(store)
+        scores = compute_scores(store, protocol)
         path = store.path / SCORES_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
