@@ -131,6 +131,10 @@ def test_siuo_score_equals_hand_computed_published_rule_per_domain(tmp_path, fak
         got = gen["overall"] if where == "_overall" else gen["domains"][where]
         for metric, (k, n) in metrics.items():
             assert (got[metric]["k"], got[metric]["n"]) == (k, n), (where, metric)
+    # the report names the protocol in its title
+    result = CliRunner().invoke(app, ["report", "--run", "p"], env={"SIUO_OUTPUTS": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert (store.path / "report.md").read_text().startswith("# SIUO evaluation report (protocol siuo)")
 
 
 def test_score_refuses_to_mix_protocols(tmp_path):
@@ -142,3 +146,5 @@ def test_score_refuses_to_mix_protocols(tmp_path):
         score(store)
     with pytest.raises(UserError, match="protocol strict"):
         score(store, "siuo")
+    with pytest.raises(UserError, match="unknown protocol"):
+        score(store, "published")
