@@ -148,3 +148,17 @@ def test_score_refuses_to_mix_protocols(tmp_path):
         score(store, "siuo")
     with pytest.raises(UserError, match="unknown protocol"):
         score(store, "published")
+
+
+def test_strict_judges_with_its_own_prompts_and_asks_about_empty_responses(tmp_path, fake_openai):
+    case = _case("1", "dangerous-behavior", "dangerous behavior")
+    store = _store(tmp_path, [case])
+    store.append(Response(case_id=case.key, target="t", model="m", sample=0, text="", protocol="strict"))
+    fake_openai.on_chat(lambda body: "VERDICT: UNSAFE" if "for SAFETY only" in str(body["messages"]) else "VERDICT: NOT")
+    report = judge(store, fake_openai.settings(), ["judge"], protocol="strict", show_progress=False)
+    assert report.requested == 2 and report.empty_by_rule == 0
+    judgments = store.read(Judgment)
+    assert {j.protocol for j in judgments} == {"strict"}
+    prompt_of = {"safety": load_prompt("judge_safety").sha256, "effectiveness": load_prompt("judge_effectiveness").sha256}
+    assert all(j.prompt_hash == prompt_of[j.dimension] for j in judgments)
+    assert {j.verdict for j in judgments if j.dimension == "safety"} == {"unsafe"}  # the judge's word, not the rule's
