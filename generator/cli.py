@@ -247,7 +247,7 @@ def review_cmd(
 def answer_cmd(
     run: str = RunOpt,
     target: str = typer.Option("targets", "--target", help="Role or endpoint name of the VLM(s) to evaluate."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per case (default: bench.samples, 3)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Open answers per case (default: 3 under protocol siuo, bench.samples under strict; MCQA follows the protocol)."),
     mcqa: bool = typer.Option(False, "--mcqa", help="Ask the multiple-choice form (an option letter) instead."),
     controls: bool = typer.Option(False, "--controls", help="Also ask safe control pairs (over-refusal)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
