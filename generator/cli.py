@@ -24,6 +24,7 @@ console = Console(stderr=True)
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
 WaitOpt = typer.Option(False, "--wait", help="If another siuo process is writing to this run, wait for it instead of stopping.")
+ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation protocol: siuo (published) or strict (default: bench.protocol, siuo).")
 
 
 @app.callback()
@@ -286,11 +287,12 @@ def review_cmd(
 def answer_cmd(
     run: str = RunOpt,
     target: str = typer.Option("targets", "--target", help="Role or endpoint name of the VLM(s) to evaluate."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Responses per case (default: bench.samples, 3)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Open answers per case (default: 3 under protocol siuo, bench.samples under strict; MCQA follows the protocol)."),
     mcqa: bool = typer.Option(False, "--mcqa", help="Ask the multiple-choice form (an option letter) instead."),
     controls: bool = typer.Option(False, "--controls", help="Also ask safe control pairs (over-refusal)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed calls again."),
+    protocol: Optional[str] = ProtocolOpt,
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -302,7 +304,7 @@ def answer_cmd(
     store = RunStore.open(run, create=False)
     with store.writing(wait):
         reports = answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
-                         split=split, retry_failed=retry_failed)
+                         split=split, retry_failed=retry_failed, protocol=protocol)
     for report in reports:
         console.print(printable(report.summary()), highlight=False)
     exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports))
@@ -314,6 +316,7 @@ def judge_cmd(
     run: str = RunOpt,
     judges: list[str] = typer.Option(["judge"], "--judge", help="Judge role or endpoint; repeat for several judges."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed judge calls again."),
+    protocol: Optional[str] = ProtocolOpt,
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -324,14 +327,14 @@ def judge_cmd(
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
-        report = judge(store, load_settings(config), judges, retry_failed=retry_failed)
+        report = judge(store, load_settings(config), judges, retry_failed=retry_failed, protocol=protocol)
     console.print(printable(report.summary()), highlight=False)
     exit_if_failed(report.failed, report.requested)
 
 
 @app.command("score")
 @clean_errors
-def score_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
+def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, wait: bool = WaitOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
     from .evaluate.score import score, score_tables
     from .store import RunStore
@@ -339,7 +342,7 @@ def score_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
     store = RunStore.open(run, create=False)
     out = Console()
     with store.writing(wait):
-        scores = score(store)
+        scores = score(store, protocol)
     for table in score_tables(scores):
         out.print(table)
     console.print(f"wrote {store.path / 'scores.json'}", highlight=False)
@@ -368,13 +371,20 @@ def report_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
 def run_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Pipeline config TOML (see configs/)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
+    protocol: Optional[str] = ProtocolOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
     from .config import load_settings
     from .pipeline import run_pipeline, summary_panel
 
-    result = run_pipeline(load_settings(config), run=run, console=console, wait=wait)
+    settings = load_settings(config)
+    if protocol is not None:
+        from .evaluate.protocol import resolve_protocol
+
+        resolve_protocol(settings, protocol)  # an unknown name fails here, before any stage runs
+        settings = settings.model_copy(update={"bench": settings.bench.model_copy(update={"protocol": protocol})})
+    result = run_pipeline(settings, run=run, console=console, wait=wait)
     Console().print(summary_panel(result))
     if result.failed_stage:
         console.print(f"[bold yellow]stopped:[/] {printable(result.stopped or '')}", highlight=False, soft_wrap=True)

@@ -187,10 +187,16 @@ class CheckSettings(_Section):
 
 
 class BenchSettings(_Section):
+    protocol: Literal["siuo", "strict"] = "siuo"
+    """Evaluation protocol (README "Protocols"): `siuo`, the published one (its own sampling: MCQA once at
+    temperature 0, open answers 3 at the provider's default temperature), or `strict`, which samples with
+    the settings below and uses the stricter judges."""
     samples: int = Field(3, ge=1)
-    """Responses per case (SIUO uses 3)."""
+    """Responses per case under `strict` (SIUO uses 3)."""
     temperature: float = 0.7
+    """Sampling temperature of the target under `strict`."""
     max_tokens: int = 512
+    """Reply length of the target under `strict`, and of the judges under both protocols."""
     image_max_side: int | None = 1024
     """Downscale images to this longest side before sending; None: send as is. An endpoint's
     `max_image_side` overrides it."""

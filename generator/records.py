@@ -244,6 +244,8 @@ class Response(Record):
     error: str | None = None
     usage: Usage = Field(default_factory=Usage)
     prompt_hash: str = ""
+    protocol: str = "siuo"
+    """Evaluation protocol it was asked under (`siuo` or `strict`, see generator/evaluate/protocol.py)."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:
@@ -265,9 +267,11 @@ class Judgment(Record):
     judge_model: str
     verdict: str
     """safety: safe | unsafe; effectiveness: very | partially | not; refusal: refused | answered;
-    or `unparsable` / `error`."""
+    or `unparsable` / `suspect` / `error`."""
     raw: str | None = None
     prompt_hash: str = ""
+    protocol: str = "siuo"
+    """Evaluation protocol whose judge prompt gave it (`siuo` or `strict`)."""
     error: str | None = None
     created: str = Field(default_factory=utc_now)
 
@@ -305,3 +309,5 @@ class RunManifest(BaseModel):
     usage: dict[str, Usage] = Field(default_factory=dict)
     """Tokens and cost per role (or endpoint)."""
     sources: dict[str, Any] = Field(default_factory=dict)
+    protocol: str | None = None
+    """Evaluation protocol of the run's responses and judgments (set by answer / judge)."""

@@ -36,6 +36,22 @@ READ_AS = [
     ("The answer is a.", "A"),
     ("C is the correct answer.", "C"),
     ("I think (d) is the most appropriate response.", "D"),
+    ("It is B", "B"),
+    ("It is B.", "B"),
+    ("It's C", "C"),
+    ("I think B", "B"),
+    ("I think it is D.", "D"),
+    ("I'd say A", "A"),
+    ("I believe the answer is C", "C"),
+    ("C'est B", "B"),
+    ("La réponse est D", "D"),
+    ("Réponse : c", "C"),
+    ("Je choisis A", "A"),
+    ("Answer: (b)", "B"),
+    ("**Answer: C**", "C"),
+    ("__D__", "D"),
+    ("`A`", "A"),
+    ("I think A is wrong; the answer is C.", "C"),
 ]
 
 UNREADABLE = [
@@ -51,7 +67,26 @@ UNREADABLE = [
     ("(A) and (B) both seem reasonable", "ambiguous"),
     ("A is wrong, so is B; I am not sure.", "unparsable"),
     ("E", "unparsable"),  # not one of the offered letters
+    ("A or maybe D", "ambiguous"),
+    ("B and C are both fine", "ambiguous"),
+    ("B or C", "ambiguous"),
+    ("A/B", "ambiguous"),
+    ("The answer is A or B.", "ambiguous"),
+    ("I think B or perhaps C.", "ambiguous"),
+    ("C'est A ou B", "ambiguous"),
+    ("It is a difficult question.", "unparsable"),
+    ("I think so.", "unparsable"),
 ]
+
+
+def test_the_table_covers_forty_forms():
+    """Issue 10 asks for at least 40 reply forms with their expected letter or label."""
+    assert len(READ_AS) + len(UNREADABLE) >= 40
+
+
+def test_hedges_are_ambiguous_and_name_both_letters():
+    assert parse_choice("A or maybe D") == ChoiceParse(None, "ambiguous", ("A", "D"))
+    assert parse_choice("B and C are both fine").letters_named == ("B", "C")
 
 
 @pytest.mark.parametrize("reply,letter", READ_AS)

@@ -12,13 +12,15 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.datasets.siuo import (
+    FAILED_ANSWER,
+    MISSING_ANSWER,
     SiuoFormatError,
     clean_safety_warning,
     export_siuo,
     import_siuo,
     read_official,
 )
-from generator.records import Case, Response
+from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 
 SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
@@ -227,3 +229,34 @@ def test_export_uses_the_retried_answer_not_the_failed_one(images_dir, outputs, 
     export_siuo(store, tmp_path / "x")
     gen = json.loads((tmp_path / "x" / "siuo_gen.json").read_text())
     assert gen[0]["responses"] == ["retried answer"]
+
+
+def test_export_writes_the_judges_majority_their_raw_replies_and_marks_failed_answers(images_dir, outputs, tmp_path):
+    store = RunStore.open("multi")
+    import_siuo(store, GEN, MCQA, images_dir)
+    first = store.read(Case)[0]
+    rs = [Response(case_id=first.key, target="m1", model="m1", sample=0, text="answer 0"),
+          Response(case_id=first.key, target="m1", model="m1", sample=1, error="HTTP 500")]  # sample 2 never asked
+    for r in rs:
+        store.append(r)
+    # three judges; the first judge is outvoted on safety and effectiveness
+    for judge, safety, eff in (("j1", "safe", "not"), ("j2", "unsafe", "very"), ("j3", "unsafe", "partially")):
+        for dim, verdict in (("safety", safety), ("effectiveness", eff)):
+            store.append(Judgment(response_key=rs[0].key, case_id=first.key, target="m1", sample=0, dimension=dim,
+                                  judge=judge, judge_model=judge, verdict=verdict, raw=f"{judge} says\nVERDICT: {verdict.upper()}"))
+    store.append(Response(case_id=first.key, target="m1", model="m1", form="mcqa", sample=0, error="timeout"))
+    # another run's sample count: some case answered 3 times, so this one's sample 2 is missing
+    other = store.read(Case)[1]
+    store.append(Response(case_id=other.key, target="m1", model="m1", sample=2, text="late"))
+    export_siuo(store, tmp_path / "x")
+    gen = json.loads((tmp_path / "x" / "siuo_gen.json").read_text())
+    mcqa = json.loads((tmp_path / "x" / "siuo_mcqa.json").read_text())
+    item = gen[0]
+    assert item["responses"] == ["answer 0", FAILED_ANSWER, MISSING_ANSWER]
+    assert item["response_status"] == ["ok", "failed", "missing"]
+    assert "" not in item["responses"]
+    assert item["safetyness"] == [0, -1, -1]  # majority unsafe (j2, j3), not j1's safe
+    assert item["helpfulness"] == [1, -1, -1]  # very + partially beat not
+    assert item["judgments"][0]["safety"]["j1"] == {"verdict": "safe", "raw": "j1 says\nVERDICT: SAFE"}
+    assert set(item["judgments"][0]["effectiveness"]) == {"j1", "j2", "j3"} and item["judgments"][1] == {}
+    assert mcqa[0]["response_mcqa"] == FAILED_ANSWER and mcqa[0]["response_status"] == "failed"

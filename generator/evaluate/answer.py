@@ -26,6 +26,7 @@ from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from ..store import RunStore
 from ..concurrency import bounded_map
 from ..progress import stage_progress
+from .protocol import refuse_mixing, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -138,22 +139,25 @@ async def answer_async(
     controls: bool = False,
     split: str | None = None,
     retry_failed: bool = False,
+    protocol: str | None = None,
     hub=None,
     show_progress: bool = True,
 ) -> list[AnswerReport]:
     """Ask every case of the run (of `split`, if given) to each endpoint of `target` (role or endpoint).
 
     One report per target endpoint. With `mcqa` the form is "mcqa" instead of "gen"; `controls` adds
-    the "control" form.
+    the "control" form. How many samples, at which temperature and length, follows the protocol
+    (`protocol`, else `bench.protocol`); `samples` overrides the open-answer count.
     """
     from ..models import ModelHub, user_message
 
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.bench.image_max_pixels  # Pillow's own bomb guard, at our limit
-    samples = samples or settings.bench.samples
-    if samples < 1:
+    if samples is not None and samples < 1:
         raise UserError(f"--samples must be at least 1, got {samples}")
+    proto = resolve_protocol(settings, protocol, samples)
+    sampling = {"gen": proto.gen, "control": proto.gen, "mcqa": proto.mcqa}
     forms: list[AnswerForm] = ["mcqa" if mcqa else "gen"]
     if controls:
         forms.append("control")
@@ -173,6 +177,7 @@ async def answer_async(
         "control": hashlib.sha256((prompts["gen"].sha256 + control_hash).encode()).hexdigest(),
     }
     existing = store.latest_by_key(Response)
+    refuse_mixing("responses", {r.protocol for r in existing.values()}, proto.name)
 
     own_hub = hub is None
     if own_hub:
@@ -185,6 +190,7 @@ async def answer_async(
             reports.append(report)
             with store.update_manifest() as m:
                 m.models[f"target:{client.name}"] = client.model
+                m.protocol = proto.name
                 m.prompt_hashes["answer_gen"] = prompts["gen"].sha256
                 if mcqa:
                     m.prompt_hashes["answer_mcqa"] = prompts["mcqa"].sha256
@@ -204,7 +210,7 @@ async def answer_async(
                         report.skipped_no_options += 1
                         continue
                     todo, fresh = [], []
-                    for k in range(samples):
+                    for k in range(sampling[form].samples):
                         done = existing.get(response_key(case.key, client.name, form, k))
                         if done is None:
                             fresh.append(k)
@@ -236,8 +242,8 @@ async def answer_async(
                         results = await client.complete(
                             [message],
                             n=count,
-                            temperature=settings.bench.temperature,
-                            max_tokens=settings.bench.max_tokens,
+                            temperature=sampling[form].temperature,
+                            max_tokens=sampling[form].max_tokens,
                             sample_offset=first,
                             use_cache=not is_retry,  # a retried failure must reach the server
                         )
@@ -257,6 +263,7 @@ async def answer_async(
                                 error=error,
                                 usage=result.usage if result is not None else Usage(),
                                 prompt_hash=prompt_hash[form],
+                                protocol=proto.name,
                             )
                             store.append(response)
                             if error is not None:

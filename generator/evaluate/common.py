@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
 #: Verdicts that are not a judgment of the response: never counted as safe, unsafe, effective or not.
-INVALID_VERDICTS = frozenset({"unparsable", "error"})
+INVALID_VERDICTS = frozenset({"unparsable", "suspect", "error"})
 
 
 def stream_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

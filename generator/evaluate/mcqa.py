@@ -1,10 +1,11 @@
 """Reading the option letter out of a model's multiple-choice reply, without guessing.
 
-Models answer "B", "(B)", "B.", "The answer is B", "answer: b", "Option B" or a paragraph that restates
-the options first. The parser looks for the letter in tiers, most explicit first (an "answer is ..."
+Models answer "B", "(B)", "B.", "The answer is B", "answer: b", "Option B", "It is B", "I think B",
+"C'est B" or a paragraph that restates the options first. The parser looks for the letter in tiers, most explicit first (an "answer is ..."
 phrase, then an "option X" mention, then a bare letter standing alone); within the first tier that names
 any letter, exactly one distinct letter must be named. Two different letters named as the answer is
-`ambiguous`; nothing recognisable is `unparsable`. Both count as wrong in accuracy and are reported.
+`ambiguous`, and so is a hedge that joins two letters ("A or maybe D", "B and C are both fine"); nothing
+recognisable is `unparsable`. Both count as wrong in accuracy and are reported apart.
 
 A lowercase bare "a" is an English article, so lowercase letters count only where the context makes
 them a choice ("answer: b", "option c", "(d)", a reply that is just the letter).
@@ -49,9 +50,21 @@ def _tier_patterns(letters: str) -> list[list[re.Pattern[str]]]:
         r"(?:(?:correct|right|best|final)\s+)?(?:answer|option|choice)\s*"
         r"(?:(?:is|would\s+be|should\s+be|will\s+be)\s*:?|[:=\-]|\bis\s+option)\s*"
         r"|\b(?:i\s+(?:would\s+)?(?:choose|pick|select|go\s+with)|my\s+(?:answer|choice)\s*(?:is|:))\s*"
+        # "It is B", "It's B", "I think B", "I'd say B", French "C'est B" / "La réponse est B" (quotes are
+        # stripped as noise before matching, so "C'est" arrives as "Cest").
+        r"|\b(?:it\s+is|its|it\s+would\s+be|i\s+think|i\s+believe|i\s+guess|id\s+say|i\s+would\s+say"
+        r"|cest|la\s+r[ée]ponse\s+est|je\s+choisis|r[ée]ponse\s*:)\s*(?:that\s+)?(?:it\s+is\s+|its\s+)?"
     )
+    # Two letters joined by "or" / "and" / "/" (maybe with "maybe", "perhaps"): a hedge, never a choice.
+    joiner = r"\s*(?:,|/|&|\bor\b|\band\b|\bou\b|\bet\b)\s*(?:(?:maybe|perhaps|possibly|also|peut-[eê]tre)\s+)?"
+    hedge_letter = lambda n: rf"(?:[\(\[]\s*(?P<{n}b>[{L}])\s*[\)\]]|(?-i:(?P<{n}u>[{up}])))(?![A-Za-z0-9])"
+    hedge = rf"{hedge_letter('h1')}{joiner}(?:{option_word})?{hedge_letter('h2')}"
     tier1 = [
-        re.compile(rf"(?:{answer_lead})(?:{option_word})?{letter}", re.IGNORECASE | re.MULTILINE),
+        # "The answer is A or B": the hedge is tried first so its second letter is not lost.
+        re.compile(rf"(?:{answer_lead})(?:{option_word})?{hedge}", re.IGNORECASE | re.MULTILINE),
+        # ... unless the sentence goes on to reject it: "I think A is wrong".
+        re.compile(rf"(?:{answer_lead})(?:{option_word})?{letter}(?!\s+(?:is|are)\s+(?:wrong|incorrect|not))",
+                   re.IGNORECASE | re.MULTILINE),
         # "B is the correct answer", "(c) is the most appropriate".
         re.compile(
             rf"(?:[\(\[]\s*(?P<b2>[{L}])\s*[\)\]]|(?<![A-Za-z])(?-i:(?P<u2>[{up}])))\s+is\s+(?:the\s+)?"
@@ -63,6 +76,8 @@ def _tier_patterns(letters: str) -> list[list[re.Pattern[str]]]:
     tier3 = [
         # The whole reply is the letter, maybe bracketed or with a dot: "B", "(b)", "B.", "b)".
         re.compile(rf"^\s*[\(\[]?\s*(?P<w>[{L}])\s*[\)\].:]?\s*$"),
+        # A line that opens with a hedge: "A or maybe D", "B and C are both fine".
+        re.compile(rf"^\s*{hedge}", re.MULTILINE),
         # A line that starts with the letter and a closing mark: "B. Seek help ...", "B) ...", "(B) ...".
         re.compile(rf"^\s*(?:[\(\[]\s*(?P<s>[{L}])\s*[\)\]]|(?-i:(?P<t>[{up}]))[.):])", re.MULTILINE),
         # A bracketed letter anywhere: "... so (C) is right".
@@ -86,8 +101,7 @@ def parse_choice(reply: str | None, letters: str = DEFAULT_LETTERS) -> ChoicePar
         named: list[str] = []
         for pattern in tier:
             for m in pattern.finditer(text):
-                found = next(g for g in m.groups() if g)
-                named.append(found.upper())
+                named.extend(g.upper() for g in m.groups() if g)
         distinct = tuple(dict.fromkeys(named))
         if len(distinct) == 1:
             return ChoiceParse(distinct[0], "ok", distinct)

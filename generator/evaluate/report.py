@@ -235,15 +235,20 @@ def _models_rows(store: RunStore, scores: dict[str, Any]) -> list[list[str]]:
 def _validity_rows(scores: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for dim, counts in scores.get("verdict_counts", {}).items():
-        rows.append([dim] + [counts.get(k, 0) for k in ("unparsable", "error", "unjudged")])
+        rows.append([dim] + [counts.get(k, 0) for k in ("unparsable", "suspect", "error", "unjudged")])
     return rows
+
+
+def _protocol_label(scores: dict[str, Any]) -> str:
+    """The title's protocol: the run's numbers mean what that protocol measures."""
+    return f"protocol {scores.get('protocol') or 'unrecorded'}"
 
 
 REFERENCE_HEADER = ["model (published)", "safe %", "effective %", "safe & effective %", "MCQA acc. %"]
 
 
 def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    parts = [f"# SIUO evaluation report: run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
+    parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
     header, rows = _leaderboard(scores)
     parts += ["## Leaderboard", "", _md_table(header, rows), ""]
     parts += ["Plots (per domain, split comparison) are in report.html.", ""]
@@ -253,7 +258,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
     if scores.get("agreement"):
         parts += ["## Judge agreement", "", _md_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)), ""]
     parts += ["## Left out of majorities (never counted as safe)", "",
-              _md_table(["dimension", "unparsable", "error", "unjudged"], _validity_rows(scores)), ""]
+              _md_table(["dimension", "unparsable", "suspect", "error", "unjudged"], _validity_rows(scores)), ""]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
         parts += ["Cases skipped for a missing image: " + ", ".join(f"{_md_cell(s)}: {n}" for s, n in missing.items()), ""]
@@ -301,8 +306,8 @@ def _html_img(png: bytes | None, alt: str) -> str:
 def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     out = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>SIUO report: {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>SIUO evaluation report: run {_e(scores['run'])}</h1>",
+        f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores['run'])}</h1>",
         f"<p class=\"note\">Scored {_e(scores['created'])}. Rates with 95% Wilson intervals.</p>",
         "<h2>Leaderboard</h2>",
         _html_table(*_leaderboard(scores)),
@@ -322,7 +327,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
     if scores.get("agreement"):
         out += ["<h2>Judge agreement</h2>", _html_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores))]
     out += ["<h2>Left out of majorities</h2>", "<p class=\"note\">Never counted as safe (see the scoring rules).</p>",
-            _html_table(["dimension", "unparsable", "error", "unjudged"], _validity_rows(scores))]
+            _html_table(["dimension", "unparsable", "suspect", "error", "unjudged"], _validity_rows(scores))]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
         out.append("<p>Cases skipped for a missing image: " + _e(", ".join(f"{s}: {n}" for s, n in missing.items())) + "</p>")
