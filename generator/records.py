@@ -138,6 +138,10 @@ class Render(Record):
     width: int | None = None
     height: int | None = None
     seconds: float | None = None
+    source: str | None = None
+    """Where a picked photo comes from (`package:file` for the packaged pool); None for generated images."""
+    licence: str | None = None
+    """The picked photo's licence, as its source states it (packaged pool)."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:
