@@ -160,6 +160,11 @@ class CheckSettings(_Section):
         default_factory=lambda: ["alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
     )
     """Which checks must pass for `accept`."""
+    required: list[str] | None = None
+    """Check families a scenario must pass to be accepted; None: every enabled family. A family left out
+    here still rejects a scenario that failed it, but one that could not run at all (recorded as not run,
+    e.g. CLIP alignment without a weights file) does not block acceptance. Required families never pass
+    by not running."""
     alignment_threshold: float = 0.25
     """Minimum CLIP cosine between the image and `image_description`."""
     unsafe_concept_margin: float = 0.0
