@@ -202,7 +202,7 @@ def _case(s: Scenario, render: Render, results: dict[tuple[str, int | None], Che
         strategy=s.strategy,
         provenance={
             "render": render.model_dump(include={"key", "backend", "model", "seed", "steps", "guidance_scale",
-                                                 "width", "height", "candidate"}),
+                                                 "width", "height", "candidate", "source", "licence"}),
             "check_scores": scores,
             "scenario": s.provenance.model_dump(),
         },
