@@ -5,7 +5,8 @@ Why "fell at": the checks run as a funnel (see `generator.check`), so each rejec
 once, at the first check family (in run order) it did not pass. A family can fail three ways, reported
 apart: `failed` (the check ran and said no), `error` (the check could not run: a model error, an
 unreadable image; never a pass) and `missing` (never ran: e.g. `siuo check` not run since a new
-scenario or a newly enabled check). Scenarios marked `duplicate` by propose are not counted.
+scenario or a newly enabled check), plus `not_run` (its model is not there: listed by check name under
+`not_run`; it blocks only families named in `check.required`). Scenarios marked `duplicate` by propose are not counted.
 
 The verdicts used are the latest record of each check key (a `check --retry-errors` run supersedes an
 error). Cases are appended (resume: a case already in cases.jsonl is not written twice).
@@ -21,7 +22,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .check import chosen_candidate, family_status, planned_checks
+from .check import blocks, chosen_candidate, family_status, planned_checks, required_families
 from .config import Settings
 from .domains import domain_by_id, domain_by_label
 from .errors import UserError
@@ -37,6 +38,10 @@ class FilterReport:
     """Where each scenario ended: `accepted`, `not_rendered`, or the first check family it fell at."""
 
     checks: list[str]
+    required: list[str] = field(default_factory=list)
+    """The families a scenario had to pass (`check.required`)."""
+    not_run: dict[str, str] = field(default_factory=dict)
+    """Check name -> why it could not run at all (never counted as a pass)."""
     per_domain: dict[str, Counter] = field(default_factory=dict)
     reasons: dict[str, Counter] = field(default_factory=dict)
     """Per family: how many fell there because it `failed`, had an `error`, or was `missing`."""
@@ -63,6 +68,8 @@ class FilterReport:
         totals = self.totals
         return {
             "checks": self.checks,
+            "required": self.required,
+            "not_run": self.not_run,
             "scenarios": sum(totals.values()),
             "accepted": totals["accepted"],
             "new_cases": self.new_cases,
@@ -89,6 +96,8 @@ class FilterReport:
             if r and (r["error"] or r["missing"]):
                 t.caption = (t.caption + "; " if t.caption else "") + (
                     f"{fam}: {r['failed']} failed, {r['error']} error, {r['missing']} not run")
+        for name, why in sorted(self.not_run.items()):
+            t.caption = (t.caption + "; " if t.caption else "") + f"NOT RUN {name}: {why}"
         return t
 
 
@@ -120,6 +129,7 @@ def _category(domain: str, extra_file: str | None) -> str:
 def accept(store: RunStore, settings: Settings) -> FilterReport:
     """Write the accepted cases and the filter report (see the module docstring)."""
     plan = planned_checks(settings)
+    required = required_families(settings, plan)
     scenarios = [s for s in store.read(Scenario) if s.status != "duplicate"]
     if not scenarios:
         raise UserError(f"{store.file_for(Scenario)}: no scenarios to accept")
@@ -130,21 +140,24 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
     for r in store.read_latest(CheckResult):
         results.setdefault(r.scenario_id, {})[(r.check, r.candidate)] = r
     done = store.done_keys(Case)
-    report = FilterReport(checks=list(plan))
+    report = FilterReport(checks=list(plan), required=sorted(required))
     with store.stage(STAGE) as entry:
         for s in scenarios:
             mine = results.get(s.key, {})
+            for (name, _), r in mine.items():
+                if r.not_run and name in {n for names in plan.values() for n in names}:
+                    report.not_run.setdefault(name, r.not_run)
             rendered = renders.get(s.key, {})
             if not rendered:
                 report.count(s.domain, "not_rendered")
                 report.outcomes[s.key] = "not_rendered"
                 continue
-            align = [r for (n, _), r in mine.items() if n == "alignment"] if "alignment" in plan else []
+            align = [r for (n, _), r in mine.items() if n == "alignment" and not r.not_run] if "alignment" in plan else []
             candidate = chosen_candidate(align, sorted(rendered))
             fell = None
             for fam, names in plan.items():
                 status = family_status(fam, names, mine, candidate)
-                if status != "passed":
+                if blocks(status, fam, required):
                     fell = fam
                     report.count(s.domain, fam, status)
                     break
@@ -186,7 +199,7 @@ def _case(s: Scenario, render: Render, results: dict[tuple[str, int | None], Che
         strategy=s.strategy,
         provenance={
             "render": render.model_dump(include={"key", "backend", "model", "seed", "steps", "guidance_scale",
-                                                 "width", "height", "candidate"}),
+                                                 "width", "height", "candidate", "source", "licence"}),
             "check_scores": scores,
             "scenario": s.provenance.model_dump(),
         },

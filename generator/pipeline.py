@@ -191,6 +191,10 @@ def summary_panel(result: PipelineResult) -> Panel:
         for name, n in (fr.get("totals") or {}).items():
             fell.add_row(str(name), str(n))
         parts.append(fell)
+        for name, why in sorted((fr.get("not_run") or {}).items()):
+            parts.append(f"[yellow]NOT RUN[/] {name}: {why} (not counted as a pass)")
+        if fr.get("required") is not None and set(fr["required"]) != set(fr.get("checks") or []):
+            parts.append(f"accept required: {', '.join(fr['required']) or 'none'}")
 
     scores_file = store.path / "scores.json"
     if scores_file.exists():

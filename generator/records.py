@@ -138,6 +138,10 @@ class Render(Record):
     width: int | None = None
     height: int | None = None
     seconds: float | None = None
+    source: str | None = None
+    """Where a picked photo comes from (`package:file` for the packaged pool); None for generated images."""
+    licence: str | None = None
+    """The picked photo's licence, as its source states it (packaged pool)."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:
@@ -159,6 +163,9 @@ class CheckResult(Record):
     detail: str = ""
     model: str = ""
     error: str | None = None
+    not_run: str | None = None
+    """Why the check could not run at all here (e.g. no CLIP weights file): `passed` stays None, and the
+    run summary, filter report and report list it as not run, never as a pass."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:

@@ -9,6 +9,9 @@ Three sources, one record shape:
 - `images_api`: an OpenAI-compatible images endpoint through the model door (role `images`).
 - `photos`: a folder of real photos (SIUO's own images are real photos): for each scenario the K photos
   whose CLIP embedding is closest to its `image_description`. The record points at the photo itself.
+  With no `photos_dir`, the packaged pool (`generator.photo_pool`: real photos shipped inside installed
+  wheels) is used instead, matched by caption text (no CLIP weights needed); each record carries the
+  photo's source and licence.
 
 Resumable: a candidate whose `Render` key is already written (or whose failure is recorded, unless
 `retry_failed`) is skipped, and the model is not even loaded when nothing is left to do. PNGs are written
@@ -283,7 +286,7 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
 
     rs = settings.render
     if not rs.photos_dir:
-        raise UserError("render.backend is `photos` but no folder is given: set render.photos_dir or pass --photos")
+        return _pick_pool_photos(store, settings, scenarios, retry_failed)
     folder = Path(rs.photos_dir).expanduser().resolve()
     if not folder.is_dir():
         raise UserError(f"{folder}: photo folder not found")
@@ -325,6 +328,38 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
             width, height = im.size
         store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
                             model=model, path=str(photo), width=width, height=height))
+        report.rendered += 1
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool) -> RenderReport:
+    """The packaged pool, ranked by caption text match (see `generator.photo_pool`)."""
+    from PIL import Image
+
+    from .embeddings import load_embedder
+    from .photo_pool import POOL, rank
+
+    rs = settings.render
+    if rs.candidates > len(POOL):
+        raise UserError(f"render.candidates={rs.candidates} is more than the {len(POOL)} photos of the packaged pool")
+    model = f"photos:packaged-pool|text:{settings.propose.embedder}"
+    report = RenderReport("photos", model)
+    todo, report.skipped = _pending(store, scenarios, rs.candidates, "photos", model, retry_failed)
+    if not todo:
+        return report
+    started = time.perf_counter()
+    wanted = list(dict.fromkeys(w.scenario.key for w in todo))
+    by_key = {s.key: s for s in scenarios}
+    ranked = dict(zip(wanted, rank([by_key[k].image_description for k in wanted], load_embedder(settings.propose.embedder))))
+    for w in todo:
+        photo = ranked[w.scenario.key][w.candidate]
+        path = photo.path()
+        with Image.open(path) as im:
+            width, height = im.size
+        store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
+                            model=model, path=str(path), width=width, height=height,
+                            source=photo.source, licence=photo.licence))
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report

@@ -25,6 +25,7 @@ from generator.accept import REPORT_FILE, accept, mcqa_options, question_id
 from generator.check import check, read_concepts
 from generator.cli import app
 from generator.errors import UserError
+from generator.evaluate.report import check_notices
 from generator.models.clip_model import ClipScorer
 from generator.models.safety_checker import SafetyChecker
 from generator.records import Case, CheckResult, Render, Scenario
@@ -342,6 +343,40 @@ def test_unreadable_image_is_an_error_not_a_pass(world, fake_openai):
     assert all(r.passed is None and "cannot read image" in r.error for r in res.values())
     fr = accept(world.store, world.settings)
     assert fr.outcomes[good.key] == "alignment" and fr.reasons["alignment"]["error"] == 1
+
+
+def test_checks_without_their_model_are_not_run_never_passed(world, fake_openai):
+    """No CLIP weights: alignment and the CLIP screen are written as not run. By default a not-run family
+    blocks every scenario; `check.required` names the families that must pass, and the others may not run."""
+    world.settings.check = world.settings.check.model_copy(update=dict(
+        clip_model=str(world.store.path / "no-such-clip.pt"), safety_checker=None,
+        enabled=["alignment", "image_benign", "text_benign"]))
+    # without alignment the lowest candidate is the image: make guard_unsafe's candidate 0 the flagged one
+    guard_unsafe = world.by_role["guard_unsafe"].key
+    [r0] = [r for r in world.store.read(Render) if r.scenario_id == guard_unsafe and r.candidate == 0]
+    world.flag_images.add(pixel_key(Image.open(world.store.resolve(r0.path))))
+    report = check(world.store, world.settings)
+    assert set(report.not_run) == {"alignment", "image_benign.clip"} and "no CLIP weights" in report.not_run["alignment"]
+    assert "alignment: NOT RUN" in report.summary() and sum(report.errors.values()) == 0
+    res = results(world.store)[world.by_role["good"].key]
+    assert res[("alignment", 0)].passed is None and res[("alignment", 0)].not_run
+    assert res[("image_benign.guard", 0)].passed is True  # the checks that can run still ran
+
+    fr = accept(world.store, world.settings)  # default: every enabled family required
+    assert fr.totals["accepted"] == 0 and fr.reasons["alignment"]["not_run"] == fr.totals["alignment"] > 0
+
+    world.settings.check.required = ["image_benign", "text_benign"]
+    fr = accept(world.store, world.settings)
+    outcomes = {world.role_of(k): v for k, v in fr.outcomes.items()}
+    assert outcomes["guard_unsafe"] == "image_benign" and outcomes["text_unsafe"] == "text_benign"
+    assert outcomes["good"] == outcomes["misaligned"] == outcomes["clip_unsafe"] == "accepted"
+    saved = json.loads((world.store.path / REPORT_FILE).read_text())
+    assert set(saved["not_run"]) == {"alignment", "image_benign.clip"} and saved["required"] == ["image_benign", "text_benign"]
+    # the report opens with the same facts, in words
+    notices = check_notices(world.store)
+    assert any(n.startswith("Check alignment did NOT RUN") for n in notices)
+    assert any(n.startswith("Check image_benign.clip did NOT RUN") for n in notices)
+    assert "a demonstration of the pipeline, not a benchmark" in notices[-1]
 
 
 def test_cli_check_without_a_role_prints_one_line(tmp_path, monkeypatch):

@@ -76,3 +76,13 @@ def test_unreadable_config_is_one_clear_line_and_exit_2(tmp_path, monkeypatch, c
         assert r.exit_code == 2, r.output
         assert "Traceback" not in r.output
         assert (message if path == bad else "is a folder") in r.output
+
+
+def test_offline_profile_uses_only_parts_that_ship_with_the_install():
+    """Packaged photo pool, open_nsfw guard, SmolLM2-sized prompts, and an accept rule naming its checks."""
+    s = load_settings(CONFIGS_DIR / "offline.toml")
+    assert s.render.backend == "photos" and s.render.photos_dir is None
+    assert s.roles.image_guard == "opennsfw" and "opennsfw" not in s.endpoints
+    assert s.check.required == ["image_benign"] and set(s.check.required) <= set(s.check.enabled)
+    assert not Path(s.check.clip_model).is_file()  # CLIP does not ship: its checks are reported as not run
+    assert len(s.propose.harden_strategies) == 1 and s.propose.few_shot <= 1 and s.propose.max_tokens <= 600

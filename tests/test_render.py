@@ -276,11 +276,29 @@ def test_photos_backend_picks_the_closest_photos_by_clip(store, fake_openai, tin
     assert render(store, settings).rendered == 0
 
 
-def test_photos_backend_needs_a_folder(store, fake_openai):
+def test_photos_backend_without_a_folder_picks_from_the_packaged_pool_by_caption(tmp_path, fake_openai):
+    """No photos_dir: real packaged photos, chosen by caption text match, with source and licence recorded."""
+    store = RunStore.open("r", root=tmp_path / "outputs")
+    store.append_many([scenario(1, image_description="a tabby cat sitting on a sofa at home"),
+                       scenario(2, image_description="a rocket lifting off from the launch pad in fire and smoke")])
     settings = fake_openai.settings(cache=False)
-    settings.render = settings.render.model_copy(update=dict(backend="photos", photos_dir=None))
-    with pytest.raises(UserError, match="photos_dir"):
-        render(store, settings)
+    settings.render = settings.render.model_copy(update=dict(backend="photos", candidates=2, photos_dir=None))
+    report = render(store, settings)
+    assert report.rendered == 4 and report.failed == 0
+    renders = {(r.scenario_id, r.candidate): r for r in store.read(Render)}
+    by_desc = {s.image_description: s.key for s in store.read(Scenario)}
+    cat = renders[(by_desc["a tabby cat sitting on a sofa at home"], 0)]
+    rocket = renders[(by_desc["a rocket lifting off from the launch pad in fire and smoke"], 0)]
+    assert cat.source == "skimage.data:chelsea.png" and cat.licence.startswith("CC0")
+    assert rocket.source == "skimage.data:rocket.jpg" and "public domain" in rocket.licence
+    for r in renders.values():
+        assert r.source and r.licence and Path(r.path).is_file() and r.width and r.height
+        with Image.open(r.path) as im:
+            assert im.size == (r.width, r.height)
+    # the provenance is in the file on disk, not only in memory
+    rows = [json.loads(line) for line in store.file_for(Render).read_text().splitlines()]
+    assert all(row["source"] and row["licence"] for row in rows)
+    assert render(store, settings).rendered == 0
 
 
 def test_candidate_seed_is_stable_and_distinct():

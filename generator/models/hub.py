@@ -16,7 +16,7 @@ from ..config import ConfigError, Settings
 from ..records import Usage
 from .cache import RequestCache
 from .chat import ChatClient, EndpointRuntime
-from .guards import ChatGuard, Guard, ModerationGuard
+from .guards import OPENNSFW, ChatGuard, Guard, ModerationGuard, OpenNSFWGuard
 from .images import ImagesClient
 from .resilience import remember_secrets
 from .usage import UsageMeter
@@ -49,6 +49,7 @@ class ModelHub:
             self.cache = None
         self.meter = UsageMeter(settings.budget.max_cost_usd)
         self._runtimes: dict[str, EndpointRuntime] = {}
+        self._opennsfw: OpenNSFWGuard | None = None
         self._closed = False
         remember_secrets(self.secrets)
         self._last_flush = time.monotonic()
@@ -136,7 +137,11 @@ class ModelHub:
     def guard(self, role: str, prompt_file: str | Path | None = None) -> Guard:
         """The guard behind `role` (text_guard, image_guard, or an endpoint name): a moderation endpoint,
         or a chat-based safety model (kind `chat_guard`, prompted with prompts/guard_chat.md or
-        `prompt_file`)."""
+        `prompt_file`), or the offline open_nsfw classifier when `image_guard = "opennsfw"`."""
+        if role == "image_guard" and self.settings.roles.image_guard == OPENNSFW and OPENNSFW not in self.settings.endpoints:
+            if self._opennsfw is None:
+                self._opennsfw = OpenNSFWGuard(threshold=self.settings.check.opennsfw_threshold)
+            return self._opennsfw
         name, key = self._resolve(role)[0]
         rt = self._checked(name, role, ("moderation", "chat_guard", "chat"))
         if rt.endpoint.kind == "moderation":
