@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, Endpoint
 from ..records import Usage
 from .cache import RequestCache, request_key
+from .context import DoesNotFit, fit_max_tokens
 from .messages import Message, assistant_message, cache_form
 from .resilience import MalformedReply, RateLimiter, RequestFailed, call_with_retries
 from .structured import (
@@ -309,6 +310,15 @@ class ChatClient(EndpointClient):
         own transport, auth and error mapping; its typed params/models layer is skipped because it
         costs about a millisecond of CPU per request (bench/bench_client.py)."""
         n = len(indices)
+        try:
+            max_tokens = fit_max_tokens(self.endpoint, messages, params.get("max_tokens"), params.get("response_format"))
+        except DoesNotFit as exc:
+            log.warning("endpoint %s: %s", self.name, exc)
+            return {i: ChatResult(text=None, error=str(exc), sample_index=i) for i in indices}
+        if max_tokens is not None and max_tokens != params.get("max_tokens"):
+            log.info("endpoint %s: max_tokens lowered to %d to fit context_window %d", self.name, max_tokens,
+                     self.endpoint.context_window)
+            params = {**params, "max_tokens": max_tokens}
         meter = self._hub.meter
         reservation = meter.reserve(estimate_cost(self.endpoint, messages, n, params.get("max_tokens")))
         body: dict[str, Any] = {**self.endpoint.extra_body, **params, "model": self.model, "messages": messages}
