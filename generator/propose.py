@@ -449,16 +449,21 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
             out) + reply fit the endpoint's context_window; the door lowers max_tokens after that."""
             examples = list(req.examples)
             while examples and not fits(client.endpoint, with_schema_instructions(
-                    messages_for(req, examples), schema_json, "json_object"), reply_tokens):
+                    messages_for(req, examples), schema_json, "json_object"), reply_tokens, client.token_rate):
                 examples.pop()
             return examples
 
-        used_examples = {req.key: examples_that_fit(req) for req in requests}
+        used_examples: dict[str, list] = {}
+        """Per request key, the examples shown: chosen when the request is sent (later requests use the
+        token rate learnt from earlier replies)."""
 
         def job(req: ProposalRequest) -> Callable[[], Awaitable[Any]]:
-            return lambda: client.structured(messages_for(req, used_examples[req.key]), ProposalModel,
-                                             temperature=cfg.temperature, max_tokens=reply_tokens,
-                                             sample_index=req.index)
+            def send() -> Awaitable[Any]:
+                used_examples[req.key] = examples_that_fit(req)
+                return client.structured(messages_for(req, used_examples[req.key]), ProposalModel,
+                                         temperature=cfg.temperature, max_tokens=reply_tokens,
+                                         sample_index=req.index)
+            return send
 
         def commit(i: int, result: Any) -> None:
             req = requests[i]

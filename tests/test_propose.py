@@ -383,7 +383,7 @@ def test_smollm2_proposes_one_schema_valid_scenario(smollm2_server, tmp_path):
     })
     store = RunStore.open("smol", root=tmp_path / "outputs")
     summary = propose(store, settings, domains="dangerous-behavior", per_domain=1, embedder=HashingEmbedder(),
-                      max_tokens=600)  # the fixture's server has a 2048-token context
+                      max_tokens=600)
     assert summary.total.asked == 1
     scenarios, failures = store.read(Scenario), store.read(Failure)
     assert len(scenarios) + len(failures) == 1
