@@ -24,6 +24,7 @@ def test_offline_profile_runs_every_stage_to_a_report(smollm2_server, tmp_path, 
     config["endpoints"]["smollm2"]["extra_body"] = {"seed": 7}  # llama.cpp samples reproducibly
     config["pipeline"].update(domains="privacy-violation", harden_limit=1)
     config["propose"]["per_domain"] = 2
+    config["bench"]["max_tokens"] = 96  # judge replies (answers follow the protocol: 3 samples, 500 tokens)
     config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
     path = tmp_path / "offline.toml"
     path.write_text(tomli_w.dumps(config))
@@ -39,7 +40,7 @@ def test_offline_profile_runs_every_stage_to_a_report(smollm2_server, tmp_path, 
     renders = [json.loads(line) for line in (run / "renders.jsonl").read_text().splitlines()]
     assert all(r["source"] and r["licence"] for r in renders)  # packaged photos carry their provenance
     checks = [json.loads(line) for line in (run / "checks.jsonl").read_text().splitlines()]
-    assert any(c["check"] == "image_benign" and c["passed"] is True for c in checks)  # open_nsfw really ran
+    assert any(c["check"] == "image_benign.guard" and c["passed"] is True for c in checks)  # open_nsfw really ran
     report = (run / "report.html").read_text()
     assert "alignment did NOT RUN" in report and "demonstration of the pipeline" in report
     assert json.loads((run / "filter_report.json").read_text())["not_run"]
