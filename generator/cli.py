@@ -239,8 +239,9 @@ def check_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = check(store, load_settings(config), retry_errors=retry_errors, console=console)
+        report = check(store, settings, retry_errors=retry_errors, console=console)
     console.print(printable(report.summary()), highlight=False)
     exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
 
@@ -255,8 +256,9 @@ def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = accept(store, load_settings(config))
+        report = accept(store, settings)
     Console().print(report.table())
     console.print(f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}",
                   highlight=False)
@@ -309,8 +311,9 @@ def answer_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        reports = answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
+        reports = answer(store, settings, target, samples=samples, mcqa=mcqa, controls=controls,
                          split=split, retry_failed=retry_failed, protocol=protocol)
     for report in reports:
         console.print(printable(report.summary()), highlight=False)
@@ -333,8 +336,9 @@ def judge_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = judge(store, load_settings(config), judges, retry_failed=retry_failed, protocol=protocol)
+        report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
     console.print(printable(report.summary()), highlight=False)
     exit_if_failed(report.failed, report.requested)
 
