@@ -118,17 +118,26 @@ def export_siuo_cmd(
 @clean_errors
 def export_hf_cmd(
     run: str = RunOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for a Hugging Face `imagefolder` dataset (images + metadata.jsonl)."),
-    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the dataset: data/*.parquet + README.md (the dataset card)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): siuo, generated, hardened."),
+    controls: bool = typer.Option(False, "--controls", help="Add a `control` split: each image with its harmless control question."),
+    license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."),
+    public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (default private)."),
 ) -> None:
-    """Write the run's cases as a Hugging Face imagefolder dataset (load_dataset("imagefolder", data_dir=OUT))."""
-    from .datasets.hf import export_hf
+    """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
+    from .datasets.hf import export_hf, push_to_hub as push
     from .store import RunStore
 
-    result = export_hf(RunStore.open(run, create=False), out, tuple(splits))
-    console.print(f"wrote {result.written} cases to {out}/metadata.jsonl", highlight=False)
+    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license)
+    per_split = ", ".join(f"{s}: {n}" for s, n in result.per_split.items())
+    console.print(f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
+                  highlight=False, soft_wrap=True)
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+    if push_to_hub:
+        push(out, push_to_hub, private=not public)
+        console.print(f"pushed to the hub dataset {push_to_hub}", highlight=False)
 
 
 # ----------------------------------------------------------------------------------------------------
