@@ -140,6 +140,26 @@ def export_hf_cmd(
         console.print(f"pushed to the hub dataset {push_to_hub}", highlight=False)
 
 
+@app.command("export-vlmevalkit")
+@clean_errors
+def export_vlmevalkit_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Folder for the TSVs and siuo_vlmevalkit.py (use it as $LMUData)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."),
+) -> None:
+    """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
+    from .integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
+    from .store import RunStore
+
+    result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name)
+    for dataset, path in result.files.items():
+        console.print(f"wrote {path} ({result.rows[dataset]} rows): dataset {dataset}", highlight=False, soft_wrap=True)
+    console.print(f"register them with {out / REGISTER_MODULE} (see its docstring)", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Generation: propose, harden, render, check, accept, review
 # ----------------------------------------------------------------------------------------------------
