@@ -160,6 +160,28 @@ def export_vlmevalkit_cmd(
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
 
 
+@app.command("import-responses")
+@clean_errors
+def import_responses_cmd(
+    file: Path = typer.Argument(..., help="The other tool's answers: VLMEvalKit .xlsx/.tsv, lmms-eval samples_*.jsonl, inspect .eval log."),
+    fmt: str = typer.Option(..., "--format", help="vlmevalkit | lmms-eval | inspect."),
+    run: str = RunOpt,
+    target: str = typer.Option(..., "--target", help="Name the answers are recorded under (as a target of `siuo answer`)."),
+    form: Optional[str] = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model id to record (default: what the file says, else the target)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Protocol the responses are judged and scored under."),
+    wait: bool = WaitOpt,
+) -> None:
+    """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
+    from .integrations.responses_in import import_responses
+    from .store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol)
+    console.print(printable(report.summary()), highlight=False, soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Generation: propose, harden, render, check, accept, review
 # ----------------------------------------------------------------------------------------------------

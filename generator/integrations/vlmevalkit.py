@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..records import Case
+from . import ExternalAnswer
 from ..store import RunStore, atomic_writer, path_inside, write_text_atomic
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
@@ -154,7 +155,7 @@ if __name__ == "__main__" and len(sys.argv) > 1:
 # ----------------------------------------------------------------------------------------------------
 
 def read_predictions(path: Path):
-    """(question_id, form, sample, text) per row of a VLMEvalKit prediction file (.xlsx, .csv or .tsv).
+    """An ExternalAnswer per row of a VLMEvalKit prediction file (.xlsx, .csv or .tsv).
 
     The form is `mcqa` for a file with option columns (`A`, `B`, …), else `gen`; VLMEvalKit asks once,
     so the sample is 0. A row without `question_id` cannot be matched and is an error naming the file.
@@ -177,4 +178,4 @@ def read_predictions(path: Path):
     for i, row in enumerate(frame.to_dict("records"), start=2):
         if not row["question_id"]:
             raise UserError(f"{path}: row {i}: empty question_id")
-        yield str(row["question_id"]), form, 0, str(row["prediction"])
+        yield ExternalAnswer(str(row["question_id"]), form, 0, str(row["prediction"]))
