@@ -160,6 +160,29 @@ def export_vlmevalkit_cmd(
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
 
 
+@app.command("export-lmms-eval")
+@clean_errors
+def export_lmms_eval_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Task folder for lmms-eval's --include_path."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."),
+    name: Optional[str] = typer.Option(None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Judge prompts process_results uses: siuo or strict."),
+) -> None:
+    """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
+    from .evaluate.protocol import PROTOCOLS
+    from .integrations.lmms_eval import export_lmms_eval
+    from .store import RunStore
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol)
+    console.print(f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
+                  f"`lmms-eval --include_path {out} --tasks {result.group} ...`", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
 @app.command("import-responses")
 @clean_errors
 def import_responses_cmd(
