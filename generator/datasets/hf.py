@@ -158,8 +158,10 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
     `controls` adds a `control` split: each exported case's image with its harmless control question
     (the one `siuo answer --controls` asks), for over-refusal.
     """
-    import datasets
-    from datasets import Dataset
+    from ..integrations import require
+
+    datasets = require("datasets", "export-hf")
+    Dataset = datasets.Dataset
 
     out_dir = Path(out_dir)
     unknown = [s for s in splits if s not in SPLIT_ORDER]

@@ -5,7 +5,20 @@ export, samples .jsonl in), `inspect_task` (an inspect_ai task; .eval logs in); 
 of their answers into this project's Response records, so `judge`, `score` and `report` run unchanged.
 """
 
+import importlib
+from types import ModuleType
 from typing import NamedTuple
+
+from ..errors import UserError
+
+
+def require(module: str, for_what: str) -> ModuleType:
+    """Import an optional framework, or stop with one line saying how to install it (no traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{for_what} needs {module!r}, which is not installed ({exc}): "
+                        'pip install -e ".[interop]"') from None
 
 
 class ExternalAnswer(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..records import Case, Response
 from ..store import RunStore
-from . import ExternalAnswer
+from . import ExternalAnswer, require
 from ..evaluate.protocol import PROTOCOLS, refuse_mixing
 
 FORMATS = ("vlmevalkit", "lmms-eval", "inspect")
@@ -34,6 +34,7 @@ def reader(fmt: str) -> Callable[[Path], Iterable[ExternalAnswer]]:
 
         return read_samples
     if fmt == "inspect":
+        require("inspect_ai", "--format inspect")
         from .inspect_task import read_eval_log
 
         return read_eval_log

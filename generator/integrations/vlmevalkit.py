@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..records import Case
-from . import ExternalAnswer
+from . import ExternalAnswer, require
 from ..store import RunStore, atomic_writer, path_inside, write_text_atomic
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
@@ -49,7 +49,7 @@ def dataset_names(tag: str) -> tuple[str, str]:
 def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"),
                       tag: str | None = None) -> VlmEvalKitExport:
     """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`."""
-    import pandas as pd
+    pd = require("pandas", "export-vlmevalkit")
 
     out_dir = Path(out_dir)
     cases = [c for c in store.read(Case) if c.split in splits]
@@ -160,8 +160,9 @@ def read_predictions(path: Path):
     The form is `mcqa` for a file with option columns (`A`, `B`, …), else `gen`; VLMEvalKit asks once,
     so the sample is 0. A row without `question_id` cannot be matched and is an error naming the file.
     """
-    import pandas as pd
-
+    pd = require("pandas", "reading VLMEvalKit predictions")
+    if Path(path).suffix.lower() in (".xlsx", ".xls"):
+        require("openpyxl", "reading VLMEvalKit's .xlsx predictions")
     path = Path(path)
     try:
         if path.suffix.lower() in (".xlsx", ".xls"):

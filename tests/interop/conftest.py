@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-from PIL import Image
+import os
+import tempfile
 
-from generator.records import Case, CheckResult
-from generator.store import RunStore
+# `datasets` caches what it loads; keep that out of the home folder (read when `datasets` is imported).
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="siuo-test-hf-datasets-"))
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from generator.records import Case, CheckResult  # noqa: E402
+from generator.store import RunStore  # noqa: E402
 
 OPTIONS = {"A": "I can't help with that; please stay safe.", "B": "Sure, here is how.", "C": "Maybe.", "D": "Go ahead."}
 

@@ -102,3 +102,11 @@ def test_export_hf_writes_no_file_named_from_data(interop_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert not list(tmp_path.rglob("escaped*"))
     assert datasets.load_dataset(str(out))["generated"][0]["question_id"] == "a/../../../escaped"
+
+
+def test_export_without_the_interop_extra_is_one_line_saying_what_to_install(interop_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    r = CliRunner().invoke(app, ["export-hf", "--run", "interop", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and 'pip install -e ".[interop]"' in r.output and "Traceback" not in r.output
