@@ -12,7 +12,6 @@ its licence, CC BY-NC 4.0, then becomes the dataset's licence (a different `--li
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
