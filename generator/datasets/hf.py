@@ -150,6 +150,25 @@ def _shard(items: list[tuple[dict, Path]], max_bytes: int) -> list[list[tuple[di
     return groups
 
 
+ROWS_PER_BATCH = 32
+"""Rows whose images are read and encoded at once: memory stays a few batches, whatever the shard size."""
+
+
+def _write_shard(path: Path, group: list[tuple[dict, Path]], feats) -> None:
+    """One parquet file written batch by batch with `datasets`' own writer (its features in the schema)."""
+    from datasets.arrow_writer import ParquetWriter
+
+    writer = ParquetWriter(path=str(path), features=feats, writer_batch_size=ROWS_PER_BATCH)
+    try:
+        for start in range(0, len(group), ROWS_PER_BATCH):
+            rows = [dict(row, image={"bytes": src.read_bytes(), "path": f"{row['question_id']}{src.suffix.lower()}"})
+                    for row, src in group[start:start + ROWS_PER_BATCH]]
+            writer.write_batch({k: [r[k] for r in rows] for k in feats})
+        writer.finalize()
+    finally:
+        writer.close()
+
+
 def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_SPLITS, *, controls: bool = False,
               license: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> HfExport:
     """Write `out_dir/data/<split>-NNNNN-of-NNNNN.parquet` and `out_dir/README.md` (the dataset card).
@@ -160,7 +179,6 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
     from ..integrations import require
 
     datasets = require("datasets", "export-hf")
-    Dataset = datasets.Dataset
 
     out_dir = Path(out_dir)
     unknown = [s for s in splits if s not in SPLIT_ORDER]
@@ -205,10 +223,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
             groups = _shard(by_split[split], max_shard_bytes)
             for i, group in enumerate(groups):
                 name = f"{split}-{i:05d}-of-{len(groups):05d}.parquet"
-                rows = [dict(row, image={"bytes": src.read_bytes(), "path": f"{row['question_id']}{src.suffix.lower()}"})
-                        for row, src in group]
-                columns = {k: [r[k] for r in rows] for k in feats}
-                Dataset.from_dict(columns, features=feats).to_parquet(str(staging / name))
+                _write_shard(staging / name, group, feats)
                 result.shards.append(f"data/{name}")
             result.per_split[split] = len(by_split[split])
         # Swap the new shards in whole: a shard left from an earlier export would be read as part of a split.
