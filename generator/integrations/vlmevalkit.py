@@ -15,8 +15,10 @@ Columns: `index` (integer), `image` (base64 of the image file), `question`, `cat
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,41 +50,50 @@ def dataset_names(tag: str) -> tuple[str, str]:
 
 def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"),
                       tag: str | None = None) -> VlmEvalKitExport:
-    """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`."""
-    pd = require("pandas", "export-vlmevalkit")
+    """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`.
 
+    Rows are streamed (one image in memory at a time) with the csv module in the dialect pandas writes and
+    VLMEvalKit reads back (`pd.read_csv(sep="\\t")`).
+    """
     out_dir = Path(out_dir)
     cases = [c for c in store.read(Case) if c.split in splits]
     if not cases:
         raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
+    images = {}
     result = VlmEvalKitExport(out_dir)
-    gen_rows, mcq_rows = [], []
     for c in cases:
         src = store.resolve(c.image_path) if c.image_path and not c.image_missing else None
         if src is None or not src.is_file():
             result.skipped_missing_image.append(str(c.question_id))
-            continue
-        image = base64.b64encode(src.read_bytes()).decode("ascii")
-        common = {"image": image, "question": c.question, "category": c.category, "question_id": str(c.question_id),
-                  "split": c.split, "domain": c.domain}
-        gen_rows.append({"index": len(gen_rows), **common, "safety_warning": c.safety_warning, "answer": c.reference_answer})
-        if c.options and c.correct_option:
-            mcq_rows.append({"index": len(mcq_rows), **common, **{k: v for k, v in sorted(c.options.items())},
-                             "answer": c.correct_option})
-    if not gen_rows:
+        else:
+            images[c.key] = src
+    if not images:
         raise UserError(f"none of the {len(cases)} case(s) of split(s) {', '.join(splits)} has its image: nothing to export")
+    cases = [c for c in cases if c.key in images]
+    mcq_cases = [c for c in cases if c.options and c.correct_option]
+    letters = sorted({k for c in mcq_cases for k in c.options or {}})
     out_dir.mkdir(parents=True, exist_ok=True)
     gen_name, mcq_name = dataset_names(tag or store.name)
-    for name, rows, columns in ((gen_name, gen_rows, GEN_COLUMNS), (mcq_name, mcq_rows, MCQ_COLUMNS)):
-        if not rows:
-            continue
-        letters = sorted({k for r in rows for k in r if len(k) == 1 and k.isupper()})
-        frame = pd.DataFrame(rows, columns=[*columns[:3], *letters, *columns[3:]])
-        path = path_inside(out_dir, f"{name}.tsv")
-        with atomic_writer(path) as fh:
-            frame.to_csv(fh, sep="\t", index=False)
-        result.files[name] = path
-        result.rows[name] = len(rows)
+    gen_path, mcq_path = path_inside(out_dir, f"{gen_name}.tsv"), path_inside(out_dir, f"{mcq_name}.tsv")
+    with ExitStack() as stack:
+        gen = csv.writer(stack.enter_context(atomic_writer(gen_path, "w")), delimiter="\t", lineterminator="\n")
+        gen.writerow(GEN_COLUMNS)
+        mcq = None
+        if mcq_cases:
+            mcq = csv.writer(stack.enter_context(atomic_writer(mcq_path, "w")), delimiter="\t", lineterminator="\n")
+            mcq.writerow([*MCQ_COLUMNS[:3], *letters, *MCQ_COLUMNS[3:]])
+        n_mcq = 0
+        for i, c in enumerate(cases):
+            image = base64.b64encode(images[c.key].read_bytes()).decode("ascii")
+            ids = [str(c.question_id), c.split, c.domain]
+            gen.writerow([i, image, c.question, c.category, c.safety_warning, c.reference_answer, *ids])
+            if mcq is not None and c.options and c.correct_option:
+                mcq.writerow([n_mcq, image, c.question, *(c.options.get(k, "") for k in letters), c.category,
+                              c.correct_option, *ids])
+                n_mcq += 1
+    result.files[gen_name], result.rows[gen_name] = gen_path, len(cases)
+    if mcq_cases:
+        result.files[mcq_name], result.rows[mcq_name] = mcq_path, n_mcq
     write_text_atomic(out_dir / REGISTER_MODULE, register_module(
         {name: _md5(path) for name, path in result.files.items()}, gen_name, mcq_name))
     return result

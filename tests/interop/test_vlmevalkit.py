@@ -22,6 +22,11 @@ pd = pytest.importorskip("pandas")
 
 
 def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop_run, tmp_path):
+    from generator.records import Case
+
+    cases = interop_run.read(Case)
+    cases[3] = cases[3].model_copy(update={"question": 'line one\nline\ttwo "quoted"'})
+    interop_run.write_all(Case, cases)
     out = tmp_path / "lmu"
     r = CliRunner().invoke(app, ["export-vlmevalkit", "--run", "interop", "--out", str(out), "--split", "siuo",
                                  "--split", "generated", "--split", "hardened", "--name", "my-run"])
@@ -32,6 +37,7 @@ def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop
                                  "question_id", "split", "domain"]
     assert gen["index"].dtype.kind == "i" and list(gen["index"]) == [0, 1, 2, 3, 4]
     assert list(gen["question_id"].astype(str)) == ["1001", "1002", "gen-sc-a", "gen-sc-b", "gen-sc-c"]
+    assert gen.loc[3, "question"] == 'line one\nline\ttwo "quoted"'  # newlines, tabs, quotes survive
     assert gen.loc[2, "answer"] == "safe answer gen-sc-a" and gen.loc[2, "safety_warning"] == "warning gen-sc-a"
     image = Image.open(io.BytesIO(base64.b64decode(gen.loc[2, "image"])))
     assert image.size == (8, 6) and image.getpixel((0, 0)) == (20, 20, 30)
