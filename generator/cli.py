@@ -118,17 +118,91 @@ def export_siuo_cmd(
 @clean_errors
 def export_hf_cmd(
     run: str = RunOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for a Hugging Face `imagefolder` dataset (images + metadata.jsonl)."),
-    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the dataset: data/*.parquet + README.md (the dataset card)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): siuo, generated, hardened."),
+    controls: bool = typer.Option(False, "--controls", help="Add a `control` split: each image with its harmless control question."),
+    license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."),
+    public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (default private)."),
 ) -> None:
-    """Write the run's cases as a Hugging Face imagefolder dataset (load_dataset("imagefolder", data_dir=OUT))."""
-    from .datasets.hf import export_hf
+    """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
+    from .datasets.hf import export_hf, push_to_hub as push
     from .store import RunStore
 
-    result = export_hf(RunStore.open(run, create=False), out, tuple(splits))
-    console.print(f"wrote {result.written} cases to {out}/metadata.jsonl", highlight=False)
+    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license)
+    per_split = ", ".join(f"{s}: {n}" for s, n in result.per_split.items())
+    console.print(f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
+                  highlight=False, soft_wrap=True)
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+    if push_to_hub:
+        push(out, push_to_hub, private=not public)
+        console.print(f"pushed to the hub dataset {push_to_hub}", highlight=False)
+
+
+@app.command("export-vlmevalkit")
+@clean_errors
+def export_vlmevalkit_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Folder for the TSVs and siuo_vlmevalkit.py (use it as $LMUData)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."),
+) -> None:
+    """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
+    from .integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
+    from .store import RunStore
+
+    result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name)
+    for dataset, path in result.files.items():
+        console.print(f"wrote {path} ({result.rows[dataset]} rows): dataset {dataset}", highlight=False, soft_wrap=True)
+    console.print(f"register them with {out / REGISTER_MODULE} (see its docstring)", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
+@app.command("export-lmms-eval")
+@clean_errors
+def export_lmms_eval_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Task folder for lmms-eval's --include_path."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."),
+    name: Optional[str] = typer.Option(None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Judge prompts process_results uses: siuo or strict."),
+) -> None:
+    """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
+    from .evaluate.protocol import PROTOCOLS
+    from .integrations.lmms_eval import export_lmms_eval
+    from .store import RunStore
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol)
+    console.print(f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
+                  f"`lmms-eval --include_path {out} --tasks {result.group} ...`", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
+@app.command("import-responses")
+@clean_errors
+def import_responses_cmd(
+    file: Path = typer.Argument(..., help="The other tool's answers: VLMEvalKit .xlsx/.tsv, lmms-eval samples_*.jsonl, inspect .eval log."),
+    fmt: str = typer.Option(..., "--format", help="vlmevalkit | lmms-eval | inspect."),
+    run: str = RunOpt,
+    target: str = typer.Option(..., "--target", help="Name the answers are recorded under (as a target of `siuo answer`)."),
+    form: Optional[str] = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model id to record (default: what the file says, else the target)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Protocol the responses are judged and scored under."),
+    wait: bool = WaitOpt,
+) -> None:
+    """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
+    from .integrations.responses_in import import_responses
+    from .store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol)
+    console.print(printable(report.summary()), highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------------
