@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--latencies", default="0.02,0.2", help="server latencies, seconds")
     ap.add_argument("--samples", type=int, default=1, help="responses per case (default 1)")
     ap.add_argument("--noise", action="store_true", help="noise images instead of photos (incompressible)")
+    ap.add_argument("--sizes", default="1024,1", help="image sides to run (default 1024,1: real-size and 1x1)")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -119,7 +120,7 @@ def main() -> None:
             proc, base_url = start_server(latency)
             try:
                 for cases in (int(x) for x in args.cases.split(",")):
-                    for size in (1024, 1):
+                    for size in (int(x) for x in args.sizes.split(",")):
                         gen, images = make_inputs(root, cases, size, args.noise)
                         out = subprocess.run(
                             [sys.executable, __file__, "--child", "--base-url", base_url, "--root", str(root),
