@@ -1,12 +1,15 @@
 """`siuo calibrate`: how good is each check? Run the check units on inputs whose right answer is known.
 
-- **known good**: the run's imported human SIUO cases (split `siuo`), with their images when present. A
-  good check passes them.
+- **known good**: the run's imported human SIUO cases (split `siuo`), with their images when present, and
+  the generated cases a person accepted in `siuo review` (these also carry an image description, which
+  SIUO cases lack, so they are the only known good that alignment and `no_leakage.description` can be
+  measured on). A good check passes them.
 - **known bad**, derived per case with no model:
   - `leaky`: the question with the case's safety warning appended (the hazard stated in words): must
     fail `text_benign` / `no_leakage.question`;
-  - `mismatched`: the question and warning of one case with the image of a case from another domain
-    (the next such case in key order): must fail `pair_hazard`;
+  - `mismatched`: the question, warning and description of one case with the image of a case from
+    another domain (the next such case in order): must fail `pair_hazard` (and `alignment`, where the
+    case has a description);
   - `unsafe_description`: an image prompt that states the hazard outright, rendered with the run's
     `render` settings (one candidate): must fail the `image_benign` checks. Only a backend that draws the
     prompt can make one (`diffusers`, `images_api`); otherwise this kind is reported as not run.
@@ -49,7 +52,7 @@ KINDS = ("known_good", "leaky", "mismatched", "unsafe_description")
 BAD_KINDS = KINDS[1:]
 MEANT_TO_CATCH = {
     "leaky": ("text_benign", "no_leakage.question"),
-    "mismatched": ("pair_hazard",),
+    "mismatched": ("pair_hazard", "alignment"),
     "unsafe_description": ("image_benign.clip", "image_benign.safety_checker", "image_benign.guard"),
 }
 """Which checks each known-bad kind is built to fail (the others are not run on it)."""
@@ -78,7 +81,20 @@ def _image(store: RunStore, case: Case) -> Path | None:
     return path if path.is_file() else None
 
 
-def derive_inputs(store: RunStore, cases: Sequence[Case]) -> tuple[list[Subject], dict[str, str]]:
+def known_good_cases(store: RunStore) -> tuple[list[Case], dict[str, str]]:
+    """The imported SIUO cases and the generated cases a person accepted, and the image description of
+    each case that has one (generated cases: their scenario's)."""
+    from .review import latest_decisions
+
+    decisions = latest_decisions(store)
+    cases = [c for c in store.read(Case) if c.split == "siuo" or
+             (c.key in decisions and decisions[c.key].decision == "accept")]
+    wanted = {c.scenario_id for c in cases if c.scenario_id}
+    descriptions = {s.key: s.image_description for s in store.read(Scenario) if s.key in wanted}
+    return cases, {c.key: descriptions[c.scenario_id] for c in cases if c.scenario_id in descriptions}
+
+
+def derive_inputs(store: RunStore, cases: Sequence[Case], descriptions: dict[str, str]) -> tuple[list[Subject], dict[str, str]]:
     """Known-good and the model-free known-bad subjects (not `unsafe_description`, which needs rendering),
     and why a kind has no subject at all."""
     subjects: list[Subject] = []
@@ -86,16 +102,17 @@ def derive_inputs(store: RunStore, cases: Sequence[Case]) -> tuple[list[Subject]
     images = {c.key: _image(store, c) for c in cases}
     for c in cases:
         img = {0: images[c.key]} if images[c.key] else {}
-        subjects.append(Subject(key=f"known_good:{c.key}", question=c.question, image_description=None,
-                                hazard=c.safety_warning, images=img))
+        hazard, desc = c.hazard or c.safety_warning, descriptions.get(c.key)
+        subjects.append(Subject(key=f"known_good:{c.key}", question=c.question, image_description=desc,
+                                hazard=hazard, images=img))
         subjects.append(Subject(key=f"leaky:{c.key}", question=LEAKY_QUESTION.format(question=c.question, warning=c.safety_warning),
-                                image_description=None, hazard=c.safety_warning, images=img))
+                                image_description=None, hazard=hazard, images=img))
     with_image = [c for c in cases if images[c.key]]
     for i, c in enumerate(with_image):
         other = next((o for o in with_image[i + 1:] + with_image[:i] if o.domain != c.domain), None)
         if other is not None:
-            subjects.append(Subject(key=f"mismatched:{c.key}", question=c.question, image_description=None,
-                                    hazard=c.safety_warning, images={0: images[other.key]}))
+            subjects.append(Subject(key=f"mismatched:{c.key}", question=c.question, image_description=descriptions.get(c.key),
+                                    hazard=c.hazard or c.safety_warning, images={0: images[other.key]}))
     if not with_image:
         not_run["mismatched"] = "no case has its image (import with --images)"
     elif not any(kind_of(s.key) == "mismatched" for s in subjects):
@@ -200,7 +217,7 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
                    "errors": sum(1 for r in rs if r.passed is None and not r.not_run),
                    "not_run": sum(reasons.values()), "not_run_reason": next(iter(reasons), None)}
             if not rs and name in NEEDS_DESCRIPTION:
-                row["no_input"] = "SIUO cases carry no image description"
+                row["no_input"] = "SIUO cases carry no image description; accept generated cases in `siuo review` to measure it"
             if kind == "known_good":
                 row |= {"measure": "pass rate"} | _rate(passed, len(decided))
                 if decided and passed / len(decided) < TARGET:
@@ -217,6 +234,8 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
                        for kind in KINDS}
             entry["direction"] = SCORE_CHECKS[name]
             entry["curve"], entry["suggested_threshold"] = _curve(name, {k: v for k, v in by_kind.items() if v})
+        if not any(entry.get(k, {}).get("decided") for k in KINDS):
+            verdicts.append("not measured")
         entry["verdicts"] = verdicts
         checks[name] = entry
     return {"created": utc_now(), "target": TARGET, "inputs": inputs, "checks": checks,
@@ -231,12 +250,12 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
 def calibrate(store: RunStore, settings: Settings, *, retry_errors: bool = False,
               console: Console | None = None) -> dict[str, Any]:
     """Run the enabled checks on known-good and known-bad inputs; write and return calibration.json."""
-    cases = [c for c in store.read(Case) if c.split == "siuo"]
-    if not cases:
+    cases, descriptions = known_good_cases(store)
+    if not any(c.split == "siuo" for c in cases):
         raise UserError(f"{store.file_for(Case)}: no imported SIUO cases to calibrate on; run `siuo import` first")
     plan = planned_checks(settings)
     sub = RunStore.open(CALIBRATION_DIR, root=store.path)
-    subjects, not_run = derive_inputs(store, cases)
+    subjects, not_run = derive_inputs(store, cases, descriptions)
     if any(n.startswith("image_benign") for n in plan.get("image_benign", [])):
         bad_images, reason = unsafe_description_subjects(sub, settings, cases, console)
         subjects += bad_images
@@ -251,6 +270,7 @@ def calibrate(store: RunStore, settings: Settings, *, retry_errors: bool = False
     latest = sub.read_latest(CheckResult)
     keys = {s.key for s in subjects}
     inputs = {kind: {"inputs": sum(1 for s in subjects if kind_of(s.key) == kind),
+                     "with_description": sum(1 for s in subjects if kind_of(s.key) == kind and s.image_description),
                      "with_image": sum(1 for s in subjects if kind_of(s.key) == kind and s.images),
                      "not_run": not_run.get(kind)} for kind in KINDS}
     cal = summarise([r for r in latest if r.scenario_id in keys], plan, settings, inputs)
@@ -311,7 +331,7 @@ def curve_tables(cal: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
 
 
 def input_lines(cal: dict[str, Any]) -> list[str]:
-    return [f"{kind}: {v['inputs']} input(s), {v['with_image']} with an image"
+    return [f"{kind}: {v['inputs']} input(s), {v['with_image']} with an image, {v.get('with_description', 0)} with a description"
             + (f"; not run: {v['not_run']}" if v.get("not_run") else "") for kind, v in cal["inputs"].items()]
 
 

@@ -21,7 +21,7 @@ from generator.cli import app
 from generator.datasets.siuo import import_siuo
 from generator.errors import UserError
 from generator.evaluate.report import render_html, render_markdown
-from generator.records import Case, CheckResult
+from generator.records import Case, CheckResult, Review, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import has_image, last_user_text
 from generator.testing.tiny_models import save_clip
@@ -99,6 +99,21 @@ def make_run(tmp_path: Path, fake, tiny_clip: Path):
     (folder / "gen.json").write_text(json.dumps(items))
     store = RunStore.open("cal", root=tmp_path / "outputs")
     import_siuo(store, folder / "gen.json", images_dir=folder / "images")
+    # two generated cases a person accepted (they carry image descriptions) and one rejected (left out)
+    for i, decision in enumerate(["accept", "accept", "reject"]):
+        path = tmp_path / f"gen{i}.png"
+        path.write_bytes(_png(100 + i))
+        sc = Scenario(domain=["privacy-violation", "morality", "self-harm"][i], image_prompt=f"p{i}",
+                      image_description=f"a photo of a quiet street number {i}", question=f"What should I do here, {i}?",
+                      hazard=f"GENERATED-HAZARD-{i} is in the picture", reference_answer="r")
+        case = Case(question_id=f"gen-{sc.key}", image=path.name, image_path=str(path), question=sc.question,
+                    category=sc.domain, domain=sc.domain, safety_warning=sc.hazard, hazard=sc.hazard,
+                    reference_answer="r", split="generated", scenario_id=sc.key)
+        store.append(sc)
+        store.append(case)
+        store.append(Review(case_id=case.key, decision=decision, reviewer="tester"))
+        items.append({"image": path.name, "safety_warning": sc.hazard})
+        images[path.name] = path.read_bytes()
     script = Script(items, images)
     fake.on_moderation(script.moderation)
     fake.on_chat(script.chat)
@@ -112,19 +127,22 @@ def make_run(tmp_path: Path, fake, tiny_clip: Path):
 def test_sound_checks_pass_good_and_catch_bad_and_a_rerun_asks_nothing(tmp_path, fake_openai, tiny_clip):
     store, settings, _ = make_run(tmp_path, fake_openai, tiny_clip)
     cal = calibrate(store, settings)
-    assert cal["inputs"]["known_good"]["inputs"] == 12 and cal["inputs"]["mismatched"]["inputs"] == 12
-    assert cal["inputs"]["unsafe_description"]["inputs"] == 12 and not cal["inputs"]["unsafe_description"]["not_run"]
+    assert cal["inputs"]["known_good"]["inputs"] == 14 and cal["inputs"]["mismatched"]["inputs"] == 14
+    assert cal["inputs"]["known_good"]["with_description"] == 2
+    assert cal["inputs"]["unsafe_description"]["inputs"] == 14 and not cal["inputs"]["unsafe_description"]["not_run"]
     c = cal["checks"]
     for name in ("text_benign", "no_leakage.question", "pair_hazard", "image_benign.guard"):
-        assert c[name]["known_good"]["passed"] == c[name]["known_good"]["decided"] == 12, name
+        assert c[name]["known_good"]["passed"] == c[name]["known_good"]["decided"] == 14, name
         assert c[name]["verdicts"] == [], name
-    assert c["text_benign"]["leaky"]["failed"] == c["no_leakage.question"]["leaky"]["failed"] == 12
+    assert c["text_benign"]["leaky"]["failed"] == c["no_leakage.question"]["leaky"]["failed"] == 14
     assert c["pair_hazard"]["mismatched"]["rate"] == 1.0 and c["pair_hazard"]["mismatched"]["low"] < 1.0  # Wilson
-    assert c["image_benign.guard"]["unsafe_description"]["failed"] == 12
-    # human cases have no image description: those checks are not run, and said so
-    assert c["alignment"]["known_good"]["inputs"] == 0 and "no image description" in summary_table(cal)[1][0][1]
+    assert c["image_benign.guard"]["unsafe_description"]["failed"] == 14
+    # only the reviewed generated cases have an image description: alignment is measured on those two
+    assert c["alignment"]["known_good"]["inputs"] == 2 and c["alignment"]["mismatched"]["inputs"] == 2
+    assert c["no_leakage.description"]["known_good"]["decided"] == 2
+    assert c["alignment"]["curve"] and c["alignment"]["suggested_threshold"] is not None
     # the concept screen (margin 1.0 lets every image through) is caught as too lax, with its threshold curve
-    assert c["image_benign.clip"]["verdicts"] == ["too lax on unsafe_description: passes 12 of 12"]
+    assert c["image_benign.clip"]["verdicts"] == ["too lax on unsafe_description: passes 14 of 14"]
     screen = c["image_benign.clip"]
     good = sorted(r.score for r in store_results(store) if r.check == "image_benign.clip" and r.scenario_id.startswith("known_good"))
     assert screen["suggested_threshold"] is not None
@@ -166,7 +184,7 @@ def test_a_too_strict_and_a_too_lax_check_are_named(tmp_path, fake_openai, tiny_
     cal = json.loads((store.path / CALIBRATION_FILE).read_text())
     assert "text_benign" in cal["too_strict"] and "no_leakage.question" not in cal["too_strict"]
     assert cal["too_lax"]["no_leakage.question"] == ["leaky"] and "text_benign" not in cal["too_lax"]
-    assert cal["checks"]["text_benign"]["verdicts"] == ["too strict: rejects 12 of 12 known-good cases"]
+    assert cal["checks"]["text_benign"]["verdicts"] == ["too strict: rejects 14 of 14 known-good cases"]
     assert "TOO STRICT: text_benign" in result.output and "TOO LAX: no_leakage.question (on leaky)" in result.output
     assert "pair_hazard" not in cal["too_strict"] and "pair_hazard" not in cal["too_lax"]
 
