@@ -48,12 +48,12 @@ EXIT_FAILED_RECORDS = 3
 """Exit code of a stage that finished but recorded failed requests (and of `siuo run` stopped by them)."""
 
 
-def exit_if_failed(failed: int, asked: int) -> None:
+def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed") -> None:
     """End a stage that recorded failures with a last line saying so and exit code 3, so a script
     never mistakes a server outage for a finished stage."""
     if failed:
-        console.print(f"[bold yellow]{failed} of {asked} request(s) failed[/] (recorded in failures.jsonl); "
-                      "fix the cause and re-run with --retry-failed", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
+                      f"fix the cause and re-run with {retry}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
@@ -144,6 +144,7 @@ def propose_cmd(
     seed_run: Optional[str] = typer.Option(None, "--seed-run", help="A run whose cases are the few-shot examples (e.g. the imported official set)."),
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the proposer."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/propose.md."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the proposals whose failure is recorded."),
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -155,9 +156,10 @@ def propose_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = propose(store, settings, domains=domains, per_domain=per_domain,
-                          seed_run=seed_run, model=model, prompt_file=prompt_file, console=console)
+        summary = propose(store, settings, domains=domains, per_domain=per_domain, seed_run=seed_run,
+                          model=model, prompt_file=prompt_file, retry_failed=retry_failed, console=console)
     Console().print(summary.table())
+    exit_if_failed(summary.total.failed, summary.total.asked)
 
 
 @app.command("harden")
@@ -170,6 +172,7 @@ def harden_cmd(
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the model that rewrites."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/harden.md."),
     strategies_file: Optional[Path] = typer.Option(None, "--strategies-file", help="Your own strategies TOML instead of prompts/harden_strategies.toml."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the variants whose failure is recorded."),
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -182,9 +185,11 @@ def harden_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit,
-                         model=model, prompt_file=prompt_file, strategies_file=strategies_file, console=console)
+        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit, model=model,
+                         prompt_file=prompt_file, strategies_file=strategies_file, retry_failed=retry_failed,
+                         console=console)
     Console().print(summary.table())
+    exit_if_failed(summary.total.failed, summary.total.asked)
 
 
 @app.command("render")
@@ -217,6 +222,7 @@ def render_cmd(
     with store.writing(wait):
         report = render(store, settings, retry_failed=retry_failed, console=console)
     console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(report.failed, report.rendered + report.failed, what="image(s)")
 
 
 @app.command("check")
@@ -236,6 +242,7 @@ def check_cmd(
     with store.writing(wait):
         report = check(store, load_settings(config), retry_errors=retry_errors, console=console)
     console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
 
 
 @app.command("calibrate")

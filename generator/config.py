@@ -69,6 +69,10 @@ class Endpoint(_Section):
     (1024, about what hosted VLMs resize to internally). A smaller image costs less to send and to hold."""
     supports_n: bool | None = None
     """Whether the server honours `n` > 1; None: try, and fall back to separate requests."""
+    context_window: int | None = Field(None, ge=1)
+    """Tokens of prompt + reply the model takes (e.g. 2048 for SmolLM2 under llama.cpp); None: unknown.
+    When set, `max_tokens` is lowered to fit, optional prompt parts (few-shot examples) are dropped first,
+    and a prompt that cannot fit is a recorded failure, never sent (generator/models/context.py)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request (vendor options)."""
 

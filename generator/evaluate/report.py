@@ -254,7 +254,11 @@ def check_notices(store: RunStore) -> list[str]:
     path = store.path / "filter_report.json"
     not_run = json.loads(path.read_text(encoding="utf-8")).get("not_run", {}) if path.is_file() else {}
     notes = [f"Check {name} did NOT RUN ({why}); it is not counted as a pass." for name, why in sorted(not_run.items())]
-    if not_run or any(r.source for r in store.read(Render)):
+    blind = sorted({r.target for r in store.iter_records(Response) if not r.image_sent})
+    if blind:
+        notes.append(f"Target(s) {', '.join(blind)} take no images: they answered the questions alone, so their "
+                     "scores are not a SIUO evaluation.")
+    if not_run or blind or any(r.source for r in store.read(Render)):
         notes.append("These cases are a demonstration of the pipeline, not a benchmark: checks did not all run "
                      "and/or images were picked from the small packaged photo pool by caption text.")
     return notes
