@@ -276,6 +276,7 @@ def calibrate(store: RunStore, settings: Settings, *, retry_errors: bool = False
     cal = summarise([r for r in latest if r.scenario_id in keys], plan, settings, inputs)
     cal["run"] = store.name
     cal["new_results"] = sum(runner.report.new.values())
+    cal["new_errors"] = sum(runner.report.errors.values())
     write_text_atomic(store.path / CALIBRATION_FILE, json.dumps(cal, indent=2, ensure_ascii=False) + "\n")
     return cal
 

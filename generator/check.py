@@ -13,7 +13,8 @@ Checks, by family (`check.enabled` lists families), in the order they run:
   prompts/unsafe_concepts.txt minus best safe concept of prompts/safe_concepts.txt must not exceed
   `check.unsafe_concept_margin`); plus `image_benign.safety_checker` (diffusers' checker, when
   `check.safety_checker` is set) and `image_benign.guard` (role `image_guard`: moderation endpoint with
-  image input or a chat-based safety model, when the role is set).
+  image input or a chat-based safety model, when the role is set; `image_guard = "opennsfw"` runs open_nsfw
+  locally, with the other local image models).
 - `text_benign`: the text guard (role `text_guard`) on the question.
 - `no_leakage`: `no_leakage.question`, a text-only judge (role `text_checker`, default the first judge)
   reads the question alone and must not find it unsafe (strict on purpose: SIUO's premise is that the
@@ -50,6 +51,9 @@ from rich.console import Console
 
 from .checks import (AlignmentCheck, Check, CheckNotRun, ConceptScreenCheck, LocalImageCheck, RemoteCheck, Subject,
                      build_units, read_concepts, text_checker_endpoint)
+
+__all__ = ["check", "CheckRunner", "CheckReport", "planned_checks", "family_status", "chosen_candidate",
+           "required_families", "blocks", "read_concepts", "text_checker_endpoint"]
 from .concurrency import bounded_map
 from .config import Settings
 from .errors import UserError

@@ -276,6 +276,7 @@ def calibrate_cmd(
     named = [f"TOO STRICT: {n}" for n in cal["too_strict"]] + [f"TOO LAX: {n} (on {', '.join(k)})" for n, k in cal["too_lax"].items()]
     console.print(printable("; ".join(named) or "no check named too strict or too lax"), highlight=False, soft_wrap=True)
     console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
+    exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
 
 
 @app.command("accept")

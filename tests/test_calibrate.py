@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from generator.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate, summary_table
+from generator.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate
 from generator.cli import app
 from generator.datasets.siuo import import_siuo
 from generator.errors import UserError
