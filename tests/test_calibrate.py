@@ -194,3 +194,17 @@ def test_calibrate_needs_imported_siuo_cases(tmp_path, fake_openai):
     with pytest.raises(UserError, match="no imported SIUO cases"):
         calibrate(store, fake_openai.settings())
     assert not (store.path / CALIBRATION_FILE).exists() and not store.file_for(Case).exists()
+
+
+def test_calibration_section_escapes_what_it_shows(tmp_path):
+    """Not-run reasons carry error text from models and files: the report escapes them."""
+    store = RunStore.open("esc", root=tmp_path / "outputs")
+    row = {"inputs": 1, "decided": 0, "passed": 0, "failed": 0, "errors": 0, "not_run": 1,
+           "not_run_reason": "<script>alert(1)</script>", "measure": "pass rate", "rate": None, "low": None, "high": None}
+    cal = {"created": "now", "target": 0.95, "too_strict": [], "too_lax": {},
+           "inputs": {"known_good": {"inputs": 1, "with_image": 1, "not_run": "<img src=x onerror=alert(1)>"}},
+           "checks": {"alignment": {"threshold": 0.2, "known_good": row, "verdicts": ["not measured"]}}}
+    (store.path / CALIBRATION_FILE).write_text(json.dumps(cal))
+    html = render_html(store, _empty_scores(), [])
+    assert "<script>" not in html and "<img src=x" not in html and "&lt;script&gt;" in html
+    assert "<script>" not in render_markdown(store, _empty_scores(), [])
