@@ -323,7 +323,7 @@ def curve_tables(cal: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
             continue
         kinds = [k for k in KINDS if any(k in p for p in e["curve"])]
         header = ["threshold", *(f"{k}: {'pass' if k == 'known_good' else 'catch'}" for k in kinds)]
-        rows = [[f"{p['threshold']:.4f}", *(f"{100 * p[k]:.0f}%" if k in p else "" for k in kinds)] for p in e["curve"]]
+        rows = [[f"{p['threshold']:.5f}", *(f"{100 * p[k]:.0f}%" if k in p else "" for k in kinds)] for p in e["curve"]]
         sugg = e.get("suggested_threshold")
         title = (f"{name} ({e['direction']}; configured {e['threshold']}; suggested "
                  f"{'—' if sugg is None else sugg} keeps >= {100 * cal['target']:.0f}% of known good)")
@@ -337,8 +337,8 @@ def input_lines(cal: dict[str, Any]) -> list[str]:
 
 
 MEANING = (
-    "Pass rate on known good: share of human-verified SIUO cases the check lets through (a check that rejects "
-    "them rejects good generated cases too). Catch rate: share of a known-bad kind the check fails. Brackets: "
+    "Pass rate on known good: share of human-verified cases (imported SIUO cases, and generated cases a person "
+    "accepted) the check lets through (a check that rejects them rejects good generated cases too). Catch rate: share of a known-bad kind the check fails. Brackets: "
     "95% Wilson interval; (k/n): counts over the inputs the check could decide. Errors and not-run inputs are "
     "left out of both and counted apart. Named too strict / too lax below {target:.0f}%."
 )
