@@ -320,6 +320,40 @@ def check_cmd(
     exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
 
 
+@app.command("calibrate")
+@clean_errors
+def calibrate_cmd(
+    run: str = RunOpt,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
+    config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
+    from rich.table import Table
+
+    from .calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
+    from .config import load_settings
+    from .store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        cal = calibrate(store, load_settings(config), retry_errors=retry_errors, console=console)
+    for line in input_lines(cal):
+        console.print(printable(line), highlight=False, soft_wrap=True)
+    for title, (header, rows) in [("checks", summary_table(cal)), *((t, (h, r)) for t, h, r in curve_tables(cal))]:
+        table = Table(title=printable(title), title_justify="left")
+        for h in header:
+            table.add_column(printable(h))
+        for row in rows:
+            table.add_row(*(printable(c) for c in row))
+        console.print(table)
+    console.print(MEANING.format(target=100 * cal["target"]), highlight=False, soft_wrap=True)
+    named = [f"TOO STRICT: {n}" for n in cal["too_strict"]] + [f"TOO LAX: {n} (on {', '.join(k)})" for n, k in cal["too_lax"].items()]
+    console.print(printable("; ".join(named) or "no check named too strict or too lax"), highlight=False, soft_wrap=True)
+    console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
+    exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
+
+
 @app.command("accept")
 @clean_errors
 def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool = WaitOpt) -> None:
