@@ -211,9 +211,9 @@ class BenchSettings(_Section):
     """Sampling temperature of the target under `strict`."""
     max_tokens: int = 512
     """Reply length of the target under `strict`, and of the judges under both protocols."""
-    image_max_side: int | None = 1024
-    """Downscale images to this longest side before sending; None: send as is. An endpoint's
-    `max_image_side` overrides it."""
+    image_max_side: int | None = Field(1024, ge=0)
+    """Prepare images at this longest side (downscaled, compact JPEG) before sending; 0 or None: send the
+    file as it is. An endpoint's `max_image_side` overrides it."""
     image_max_pixels: int = Field(50_000_000, ge=1)
     """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
     case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""

@@ -121,6 +121,7 @@ def make_run(tmp_path: Path, fake, tiny_clip: Path):
     settings = fake.settings(cache=True)
     settings.render = settings.render.model_copy(update={"backend": "images_api"})
     settings.check = settings.check.model_copy(update={"clip_model": str(tiny_clip), "unsafe_concept_margin": 1.0})
+    settings.bench.image_max_side = 0  # images sent as they are: the scripted server knows them by their pixels
     return store, settings, script
 
 

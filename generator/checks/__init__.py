@@ -33,7 +33,7 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
                                                         cs.safe_concepts_file),
         "image_benign.safety_checker": lambda: SafetyCheckerCheck(cs.safety_checker, cs.batch),
         "image_benign.guard": lambda: (OpenNSFWCheck(cs.opennsfw_threshold) if settings.roles.image_guard == OPENNSFW
-                                       else ImageGuardCheck(settings.bench.image_max_side)),
+                                       else ImageGuardCheck(settings.bench.image_max_side or None)),
         "text_benign": lambda: TextGuardCheck("text_benign", "question"),
         "no_leakage.question": lambda: TextOnlyJudgeCheck("no_leakage.question", "question", QUESTION_KIND,
                                                           text_checker_endpoint(settings)),
