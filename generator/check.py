@@ -345,23 +345,17 @@ class _Checker:
 
     def embed_images(self, paths: Sequence[Path]) -> dict[Path, Any | Exception]:
         """CLIP embeddings, `check.batch` images per forward pass; an unreadable image maps to its error."""
-        from .models.clip_model import load_image
-
         out: dict[Path, Any] = {}
         todo = [p for p in dict.fromkeys(paths) if str(p) not in self._image_emb]
-        bs = self.clip.batch_size
-        for start in range(0, len(todo), bs):
-            loaded, ok = [], []
-            for p in todo[start:start + bs]:
-                try:
-                    loaded.append(load_image(p))
-                    ok.append(p)
-                except Exception as exc:  # noqa: BLE001 - recorded as the check's error
-                    self._image_emb[str(p)] = exc
-            if loaded:
-                embs = self.clip.encode_images(loaded, batch_size=len(loaded))
-                for p, e in zip(ok, embs):
-                    self._image_emb[str(p)] = e
+        # --- executor seam (issue 15): image scoring runs where `[executor]` says; records stay here ---
+        from .executors import Loader, clip_embed_batch, map_ordered
+        from .models.clip_model import ClipScorer
+
+        loader = Loader(ClipScorer.load, (self.cs.clip_model,), dict(batch_size=self.cs.batch))
+        for p, e in zip(todo, map_ordered(self.settings, loader, clip_embed_batch, todo,
+                                          batch_size=self.clip.batch_size, loaded=self.clip)):
+            self._image_emb[str(p)] = e
+        # --- end seam ---
         for p in paths:
             out[p] = self._image_emb[str(p)]
         return out
@@ -378,6 +372,7 @@ class _Checker:
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"alignment: {len(work)} images", total=len(work))
             bs = self.cs.batch
+            self.embed_images([self.image_path(it, k) for it, k in work])  # one executor pass (issue 15)
             for start in range(0, len(work), bs):
                 chunk = work[start:start + bs]
                 embs = self.embed_images([self.image_path(it, k) for it, k in chunk])
@@ -439,28 +434,21 @@ class _Checker:
         work = self.image_work("image_benign.safety_checker")
         if not work:
             return
+        # --- executor seam (issue 15): the checker scores where `[executor]` says; records stay here ---
+        from .executors import Loader, map_ordered, safety_checker_batch
         from .models.safety_checker import SafetyChecker
 
-        checker = SafetyChecker.load(self.cs.safety_checker, batch_size=self.cs.batch)
+        loader = Loader(SafetyChecker.load, (self.cs.safety_checker,), dict(batch_size=self.cs.batch))
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"safety checker: {len(work)} images", total=len(work))
+            scores = map_ordered(self.settings, loader, safety_checker_batch,
+                                 [self.image_path(it, k) for it, k in work], batch_size=self.cs.batch)
+            # --- end seam ---
             for start in range(0, len(work), self.cs.batch):
                 chunk = work[start:start + self.cs.batch]
-                readable, verdicts = [], {}
-                for it, k in chunk:
-                    try:
-                        from .models.clip_model import load_image
-
-                        readable.append((it, k, load_image(self.image_path(it, k))))
-                    except Exception as exc:  # noqa: BLE001 - recorded
-                        verdicts[(it.scenario.key, k)] = exc
-                scores = checker.score([im for _, _, im in readable]) if readable else []
-                for (it, k, _), s in zip(readable, scores):
-                    verdicts[(it.scenario.key, k)] = s
-                for it, k in chunk:
-                    v = verdicts[(it.scenario.key, k)]
+                for (it, k), v in zip(chunk, scores[start:start + self.cs.batch]):
                     base = dict(scenario_id=it.scenario.key, check="image_benign.safety_checker", candidate=k,
-                                threshold=0.0, model=checker.name)
+                                threshold=0.0, model=self.cs.safety_checker)
                     if isinstance(v, Exception):
                         self.write(CheckResult(**base, error=f"cannot read image: {v}"[:500]))
                     else:
@@ -493,13 +481,24 @@ class _Checker:
         if not image_guard and not any(f in self.plan for f in ("text_benign", "no_leakage", "pair_hazard")):
             return
         from .models import ModelHub
+        from .models.guards import OpenNSFWGuard
 
         hub = self.hub = ModelHub(self.settings, store=self.store)
         async with hub:
             text_guard = hub.guard("text_guard") if self.settings.roles.text_guard else None
             if image_guard:
                 guard = hub.guard("image_guard")
-                await self.gather("image guard", [self._guard_image_job(guard, it, k) for it, k in image_guard], guard)
+                if isinstance(guard, OpenNSFWGuard):  # --- executor seam (issue 15): a model-local guard ---
+                    from .executors import Loader, map_ordered, opennsfw_batch
+
+                    loader = Loader(OpenNSFWGuard, kwargs=dict(threshold=guard.threshold))
+                    verdicts = await asyncio.to_thread(map_ordered, self.settings, loader, opennsfw_batch,
+                                                       [self.image_path(it, k) for it, k in image_guard],
+                                                       batch_size=self.cs.batch, loaded=guard)
+                    for (it, k), v in zip(image_guard, verdicts):
+                        self.write(_guard_result(v, it.scenario, "image_benign.guard", k))
+                else:
+                    await self.gather("image guard", [self._guard_image_job(guard, it, k) for it, k in image_guard], guard)
             if "text_benign" in self.plan:
                 await self.gather("text guard", [self._guard_text_job(text_guard, it.scenario, "text_benign",
                                                                       it.scenario.question)
