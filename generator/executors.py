@@ -165,8 +165,8 @@ def _ray_map(ex: Any, loader: Callable[[], Any], batch_fn: BatchFn,
         compute=ray.data.ActorPoolStrategy(size=min(ex.pool_size, len(rows))),
         num_gpus=ex.num_gpus or None,
         num_cpus=ex.num_cpus,
-        max_restarts=-1,  # an actor that dies is started again ...
-        max_task_retries=-1,  # ... and its batch is run again on it
+        # Ray Data's defaults for actor pools, relied on here: max_restarts=-1 (an actor that dies is
+        # started again) and max_task_retries=-1 (its batch is run again on it).
     )
     started = time.perf_counter()
     try:

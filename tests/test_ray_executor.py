@@ -96,16 +96,24 @@ def local_run(tmp_path_factory, models) -> RunStore:
     return store
 
 
-def test_ray_render_and_checks_write_the_local_records(ray_local, local_run, models, tmp_path):
+def test_ray_writes_the_local_records_once_each_though_an_actor_dies_mid_batch(ray_local, local_run, models,
+                                                                                  tmp_path):
+    """Render through Ray with an actor that dies mid-batch (Ray restarts it and runs the batch again),
+    then the model-local checks through Ray: the records are the local executor's, each written once."""
     store = new_store(tmp_path)
-    report = render(store, settings_for(models, "ray"))
+    marker = tmp_path / "died"
+    loader = DiesOnceLoader(executors.Loader(TextToImage.load, (str(models["sd"]),), dict(device="cpu")), str(marker))
+    report = render(store, settings_for(models, "ray"), loader=loader)
+    assert marker.exists()  # an actor did die mid-batch
     assert (report.rendered, report.failed) == (6, 0)
+    keys = [r["key"] for r in lines(store, Render)]
+    assert len(keys) == len(set(keys)) == 6  # nothing written twice
     same_renders(local_run, store)
 
     check(store, settings_for(models, "ray"))
     mine = {(c.scenario_id, c.check, c.candidate): c for c in store.read(CheckResult)}
     ref = {(c.scenario_id, c.check, c.candidate): c for c in local_run.read(CheckResult)}
-    assert sorted(mine) == sorted(ref)
+    assert sorted(mine) == sorted(ref) and len(lines(store, CheckResult)) == len(ref)
     assert {k[1] for k in ref} == {"alignment", "image_benign.clip", "image_benign.safety_checker"}
     for k, c in ref.items():
         assert c.error is None and mine[k].error is None
@@ -131,18 +139,6 @@ def test_killed_driver_resumes_to_the_identical_set(ray_local, local_run, models
 
     report = render(store, settings_for(models, "ray"))
     assert (report.rendered, report.skipped) == (4, 2)  # only what was missing
-    same_renders(local_run, store)
-
-
-def test_actor_killed_mid_batch_is_retried_without_a_duplicate(ray_local, local_run, models, tmp_path):
-    store = new_store(tmp_path)
-    marker = tmp_path / "died"
-    loader = DiesOnceLoader(executors.Loader(TextToImage.load, (str(models["sd"]),), dict(device="cpu")), str(marker))
-    report = render(store, settings_for(models, "ray"), loader=loader)
-    assert marker.exists()  # an actor did die mid-batch
-    assert (report.rendered, report.failed) == (6, 0)
-    keys = [r["key"] for r in lines(store, Render)]
-    assert len(keys) == len(set(keys)) == 6
     same_renders(local_run, store)
 
 
