@@ -135,16 +135,28 @@ class _BatchActor:
     """A Ray Data class-based UDF: loads the model once, then runs the batch function on each row's batch."""
 
     def __init__(self, loader: Callable[[], Any], batch_fn: BatchFn):
-        self.model = loader()
         self.batch_fn = batch_fn
+        self.load_error: UserError | None = None
+        try:
+            self.model = loader()
+        except UserError as exc:  # no such model: the driver stops with this one clear line, as locally
+            self.load_error = exc
 
     def __call__(self, rows: dict) -> dict:
         from ray import cloudpickle
 
         out = []
         for payload in rows["batch"]:
-            out.append(cloudpickle.dumps(_call(self.batch_fn, self.model, cloudpickle.loads(payload))))
+            if self.load_error is not None:
+                out.append(cloudpickle.dumps(_LoadFailed(str(self.load_error))))
+            else:
+                out.append(cloudpickle.dumps(_call(self.batch_fn, self.model, cloudpickle.loads(payload))))
         return {"i": rows["i"], "result": out}
+
+
+@dataclass(frozen=True)
+class _LoadFailed:
+    message: str
 
 
 def _ray_map(ex: Any, loader: Callable[[], Any], batch_fn: BatchFn,
@@ -171,7 +183,10 @@ def _ray_map(ex: Any, loader: Callable[[], Any], batch_fn: BatchFn,
     started = time.perf_counter()
     try:
         for row in ds.iter_rows():
-            yield int(row["i"]), cloudpickle.loads(row["result"])
+            result = cloudpickle.loads(row["result"])
+            if isinstance(result, _LoadFailed):
+                raise UserError(result.message)
+            yield int(row["i"]), result
     except Exception as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, UserError):  # e.g. the model could not be loaded on a worker
