@@ -372,7 +372,8 @@ class _Checker:
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"alignment: {len(work)} images", total=len(work))
             bs = self.cs.batch
-            self.embed_images([self.image_path(it, k) for it, k in work])  # one executor pass (issue 15)
+            if self.settings.executor.kind == "ray":  # one executor pass, not one per chunk (issue 15)
+                self.embed_images([self.image_path(it, k) for it, k in work])
             for start in range(0, len(work), bs):
                 chunk = work[start:start + bs]
                 embs = self.embed_images([self.image_path(it, k) for it, k in chunk])

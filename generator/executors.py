@@ -72,7 +72,7 @@ def map_ordered(settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, ite
     """`batch_fn` over `items`, `batch_size` at a time, through the executor: one result per item, in
     order. A batch whose function raised gives that exception for each of its items."""
     ex = executor_settings(settings)
-    size = getattr(ex, "batch_size", None) or batch_size
+    size = (ex.batch_size if ex.kind == "ray" else None) or batch_size
     batches = [list(items[i:i + size]) for i in range(0, len(items), size)]
     out: list[Any] = [None] * len(batches)
     for i, result in map_batches(settings, loader, batch_fn, batches, loaded=loaded):
