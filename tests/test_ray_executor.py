@@ -159,3 +159,17 @@ def test_local_map_ordered_keeps_order_and_records_a_failing_batch():
     out = executors.map_ordered(Settings(), lambda: 100, fn, list(range(8)), batch_size=3)
     assert out[:3] == [100, 101, 102] and out[6:] == [106, 107]
     assert all(isinstance(e, ValueError) for e in out[3:6])
+
+
+def test_cli_unknown_executor_is_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
+    monkeypatch.delenv("SIUO_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    new_store(tmp_path / "outputs")
+    result = CliRunner().invoke(app, ["render", "--run", "r", "--executor", "spark"])
+    assert result.exit_code == 2 and "--executor: unknown executor 'spark'" in result.output
+    assert "Traceback" not in result.output
