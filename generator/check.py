@@ -316,16 +316,23 @@ class CheckRunner:
             for s, k in work:
                 self.write(unit.not_run(s, k, str(exc)))
             return
-        bs = self.settings.check.batch
+        # Where the batches run is the executor's business (this process, or Ray actors that each load the
+        # unit once: generator/executors.py); the records are written here, by the driver alone.
+        from .executors import Loader, executor_settings, loaded_unit, map_batches, unit_batch
+
+        ex = executor_settings(self.settings)
+        bs = (ex.batch_size if ex.kind == "ray" else None) or self.settings.check.batch
+        chunks = [work[start:start + bs] for start in range(0, len(work), bs)]
+        batches = [[(s.images[k], s.image_description or "") for s, k in chunk] for chunk in chunks]
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"{unit.name}: {len(work)} images", total=len(work))
-            for start in range(0, len(work), bs):
-                chunk = work[start:start + bs]
-                texts = [s.image_description or "" for s, _ in chunk] if unit.uses_text else None
-                outcomes = unit.score_images([s.images[k] for s, k in chunk], texts)
-                for (s, k), outcome in zip(chunk, outcomes):
+            for i, outcomes in map_batches(self.settings, Loader(loaded_unit, (unit,)), unit_batch, batches,
+                                           loaded=unit):
+                if isinstance(outcomes, Exception):  # the batch function itself failed: each image records it
+                    outcomes = [outcomes] * len(chunks[i])
+                for (s, k), outcome in zip(chunks[i], outcomes):
                     self.write(unit.record(s, k, outcome))
-                progress.advance(task, len(chunk))
+                progress.advance(task, len(chunks[i]))
 
     # -- models behind the model door ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ console = Console(stderr=True)
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
 WaitOpt = typer.Option(False, "--wait", help="If another siuo process is writing to this run, wait for it instead of stopping.")
+ExecutorOpt = typer.Option(None, "--executor", help="Where render and the model-local checks run: local or ray (default: [executor] kind).")
 ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation protocol: siuo (published) or strict (default: bench.protocol, siuo).")
 
 
@@ -266,6 +267,16 @@ def harden_cmd(
     exit_if_failed(summary.total.failed, summary.total.asked)
 
 
+def _with_executor(settings, executor: Optional[str]):
+    """`--executor` over `[executor] kind`."""
+    if executor is None:
+        return settings
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: unknown executor {executor!r} (use local or ray)")
+    settings.executor = settings.executor.model_copy(update={"kind": executor})
+    return settings
+
+
 @app.command("render")
 @clean_errors
 def render_cmd(
@@ -278,6 +289,7 @@ def render_cmd(
     photos: Optional[Path] = typer.Option(None, "--photos", help="Folder of real photos (backend photos)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu | mps."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the images whose failure is recorded."),
+    executor: Optional[str] = ExecutorOpt,
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -286,7 +298,7 @@ def render_cmd(
     from .render import render
     from .store import RunStore
 
-    settings = load_settings(config)
+    settings = _with_executor(load_settings(config), executor)
     if backend is not None and backend not in ("diffusers", "images_api", "photos"):
         raise UserError(f"--backend: unknown backend {backend!r} (use diffusers, images_api or photos)")
     given = dict(model=model, candidates=candidates, steps=steps, batch=batch, backend=backend,
@@ -304,6 +316,7 @@ def render_cmd(
 def check_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
+    executor: Optional[str] = ExecutorOpt,
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -315,7 +328,7 @@ def check_cmd(
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = check(store, settings, retry_errors=retry_errors, console=console)
+        report = check(store, _with_executor(settings, executor), retry_errors=retry_errors, console=console)
     console.print(printable(report.summary()), highlight=False)
     exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
 
@@ -491,13 +504,14 @@ def run_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Pipeline config TOML (see configs/)."),
     run: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
     protocol: Optional[str] = ProtocolOpt,
+    executor: Optional[str] = ExecutorOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
     from .config import load_settings
     from .pipeline import run_pipeline, summary_panel
 
-    settings = load_settings(config)
+    settings = _with_executor(load_settings(config), executor)
     if protocol is not None:
         from .evaluate.protocol import resolve_protocol
 
@@ -602,3 +616,4 @@ def cache_clear_cmd(config: Optional[Path] = ConfigOpt) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+

@@ -200,6 +200,28 @@ class CheckSettings(_Section):
     """Images per CLIP forward pass."""
 
 
+class ExecutorSettings(_Section):
+    """Where the model-local work (render with diffusers, CLIP / safety checker / opennsfw checks) runs.
+
+    `local`: in this process. `ray`: Ray Data `map_batches` over a pool of actors that each load the
+    model once (see `generator.executors`); the driver still writes every record. API-bound stages stay
+    on the driver either way (their ceiling is the endpoint's rate limit, not this machine)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = "auto"
+    """Ray cluster to join: `auto` (the one `ray start --head` started on this machine, or `RAY_ADDRESS`),
+    `ray://host:10001`, or `local` (start a private single-machine instance for this run)."""
+    pool_size: int = Field(1, ge=1)
+    """Actors per model (each holds one copy of the model)."""
+    num_gpus: float = Field(0.0, ge=0)
+    """GPUs per actor (1 for a diffusion model per GPU, 0.25 to pack four CLIP actors on one); 0: CPU actors."""
+    num_cpus: float = Field(1.0, gt=0)
+    """CPU cores reserved per actor."""
+    batch_size: int | None = Field(None, ge=1)
+    """Images per actor call for the checks; None: `check.batch`. Render always sends one `render.batch`
+    per call, so batches (and pixels) are the same as the local executor's."""
+
+
 class BenchSettings(_Section):
     protocol: Literal["siuo", "strict"] = "siuo"
     """Evaluation protocol (README "Protocols"): `siuo`, the published one (its own sampling: MCQA once at
@@ -269,6 +291,7 @@ class Settings(_Section):
     propose: ProposeSettings = Field(default_factory=ProposeSettings)
     render: RenderSettings = Field(default_factory=RenderSettings)
     check: CheckSettings = Field(default_factory=CheckSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)
     domains_file: str | None = None
     """Extra domains (TOML, same shape as seeds/domains.toml) added to the nine SIUO domains."""

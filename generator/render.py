@@ -138,16 +138,18 @@ def _fail(store: RunStore, report: RenderReport, work: _Work, reason: str, model
 
 
 def render(store: RunStore, settings: Settings, *, retry_failed: bool = False,
-           console: Console | None = None, text_to_image: Any = None) -> RenderReport:
+           console: Console | None = None, text_to_image: Any = None, loader: Any = None) -> RenderReport:
     """Render (or pick) `render.candidates` images per scenario with `render.backend`.
 
-    `text_to_image`: an already loaded `TextToImage` (benchmarks, tests); None loads `render.model`.
+    `text_to_image`: an already loaded `TextToImage` for the local executor (benchmarks, tests);
+    `loader`: a picklable zero-argument callable that loads one (run once per Ray actor); None for both
+    loads `render.model`. Where the diffusers pipeline runs is `settings.executor` (see `generator.executors`).
     """
     rs = settings.render
     scenarios = _scenarios(store)
     with store.stage(STAGE) as entry:
         if rs.backend == "diffusers":
-            report = _render_diffusers(store, settings, scenarios, retry_failed, console, text_to_image)
+            report = _render_diffusers(store, settings, scenarios, retry_failed, console, text_to_image, loader)
         elif rs.backend == "images_api":
             report = asyncio.run(_render_images_api(store, settings, scenarios, retry_failed, console))
         elif rs.backend == "photos":
@@ -162,7 +164,8 @@ def render(store: RunStore, settings: Settings, *, retry_failed: bool = False,
 
 
 def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool,
-                      console: Console | None, text_to_image: Any) -> RenderReport:
+                      console: Console | None, text_to_image: Any, loader: Any = None) -> RenderReport:
+    from . import executors
     from .models.diffusion import TextToImage
 
     rs = settings.render
@@ -171,26 +174,29 @@ def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scena
     todo, report.skipped = _pending(store, scenarios, rs.candidates, "diffusers", model, retry_failed)
     if not todo:
         return report
-    t2i = text_to_image or TextToImage.load(model, device=rs.device, dtype=rs.dtype, cpu_offload=rs.cpu_offload)
+    # Where the pipeline runs is the executor's business (here, or one copy per Ray actor); the batches
+    # are composed here, the same for both, and every record is written here, by this one process.
+    loader = loader or executors.Loader(TextToImage.load, (model,), dict(device=rs.device, dtype=rs.dtype,
+                                                                         cpu_offload=rs.cpu_offload))
+    batches = list(_chunks(todo, rs.batch))
+    jobs = [[(w.scenario.image_prompt, candidate_seed(rs.base_seed, w.scenario.key, w.candidate)) for w in batch]
+            for batch in batches]
+    generate = GenerateBatch(steps=rs.steps, guidance_scale=rs.guidance_scale, width=rs.width, height=rs.height)
     images_dir = store.images_dir
     with stage_progress(console) as progress:
         task = progress.add_task(f"render {len(todo)} images", total=len(todo))
-        for batch in _chunks(todo, rs.batch):
-            seeds = [candidate_seed(rs.base_seed, w.scenario.key, w.candidate) for w in batch]
-            started = time.perf_counter()
-            try:
-                images = t2i.generate([w.scenario.image_prompt for w in batch], seeds, steps=rs.steps,
-                                      guidance_scale=rs.guidance_scale, width=rs.width, height=rs.height)
-            except Exception as exc:  # noqa: BLE001 - recorded per image; the next batch may still work
-                log.warning("render batch failed: %s", exc)
+        for i, result in executors.map_batches(settings, loader, generate, jobs, loaded=text_to_image):
+            batch = batches[i]
+            if isinstance(result, Exception):  # recorded per image; the next batch may still work
+                log.warning("render batch failed: %s", result)
                 for w in batch:
-                    _fail(store, report, w, f"{type(exc).__name__}: {exc}"[:500], model)
+                    _fail(store, report, w, f"{type(result).__name__}: {result}"[:500], model)
                 progress.advance(task, len(batch))
                 continue
-            elapsed = time.perf_counter() - started
+            elapsed = result[0][1]
             report.seconds += elapsed
             records = []
-            for w, seed, image in zip(batch, seeds, images):
+            for w, (_, seed), (image, _) in zip(batch, jobs[i], result):
                 name = image_name(w.scenario.key, w.candidate, w.key)
                 meta = dict(model=model, seed=seed, steps=rs.steps, guidance_scale=rs.guidance_scale,
                             prompt=w.scenario.image_prompt)
@@ -204,6 +210,24 @@ def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scena
             report.rendered += store.append_many(records)
             progress.advance(task, len(batch))
     return report
+
+
+@dataclass(frozen=True)
+class GenerateBatch:
+    """The render batch function: one pipeline call for a batch of (prompt, seed); each image comes back
+    with the batch's seconds. Picklable, so a Ray actor runs exactly what the local executor runs."""
+
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+    def __call__(self, t2i: Any, jobs: Sequence[tuple[str, int]]) -> list:
+        started = time.perf_counter()
+        images = t2i.generate([p for p, _ in jobs], [s for _, s in jobs], steps=self.steps,
+                              guidance_scale=self.guidance_scale, width=self.width, height=self.height)
+        elapsed = time.perf_counter() - started
+        return [(image, elapsed) for image in images]
 
 
 def _model_id(model: str) -> str:

@@ -84,6 +84,10 @@ class LocalImageCheck(Check):
     def load(self) -> None:
         """Load the model (once); raise `CheckNotRun` when it is not there at all."""
 
+    def __getstate__(self) -> dict:
+        """Pickled without what `load` made (private attributes): a Ray actor loads its own model."""
+        return {k: (None if k.startswith("_") else v) for k, v in self.__dict__.items()}
+
     def score_images(self, paths: Sequence[Path], texts: Sequence[str] | None = None) -> list[Outcome | Exception]:
         raise NotImplementedError
 

@@ -37,6 +37,10 @@ class ClipEmbedder:
     def loaded(self) -> bool:
         return self._scorer is not None
 
+    def __getstate__(self) -> dict:
+        """Pickled without the model and the embeddings (a Ray actor loads and embeds its own)."""
+        return {**self.__dict__, "_scorer": None, "_image_emb": {}}
+
     @property
     def scorer(self):
         if self._scorer is None:

