@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..records import Case
 from ..store import RunStore, dump_jsonl, path_inside
+from ..review import reviewed_cases
 
 COLUMNS = ("question_id", "question", "category", "domain", "safety_warning", "hazard", "reference_answer",
            "options", "correct_option", "split", "scenario_id", "parent_id", "strategy")
@@ -30,7 +31,7 @@ class HfExport:
 def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened")) -> HfExport:
     """Copy each case's image to `out_dir/<split>/` and write one metadata line per case."""
     out_dir = Path(out_dir)
-    cases = [c for c in store.read(Case) if c.split in splits]
+    cases = [c for c in reviewed_cases(store) if c.split in splits]
     if not cases:
         raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
     result = HfExport(out_dir)
@@ -46,6 +47,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("genera
         shutil.copyfile(src, dest)
         row = {"file_name": name, **{k: getattr(c, k) for k in COLUMNS}}
         row["question_id"] = str(c.question_id)  # one column type across splits (official ids are ints)
+        row["revision"] = c.provenance.get("review", {}).get("revision", 0)  # 0: as generated
         rows.append(row)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_jsonl(out_dir / "metadata.jsonl", rows)

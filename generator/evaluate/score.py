@@ -42,6 +42,7 @@ from ..domains import load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response, utc_now
 from ..store import RunStore, StoreError, write_text_atomic
+from ..review import reviewed_keys
 from .common import INVALID_VERDICTS, require_field, stream_jsonl
 from .mcqa import is_correct, option_letters, parse_choice
 
@@ -202,9 +203,13 @@ class _Resp:
 
 def _load_cases(store: RunStore) -> dict[str, _CaseInfo]:
     path = store.file_for(Case)
+    rejected, renamed = reviewed_keys(store)
     cases: dict[str, _CaseInfo] = {}
     for lineno, obj in stream_jsonl(path):
         key = require_field(path, lineno, obj, "key")
+        if key in rejected:
+            continue  # a reviewer rejected it: never scored (its responses count as of unknown cases)
+        key = renamed.get(key, key)  # an edited case is scored in its latest revision only
         cases[key] = _CaseInfo(
             split=obj.get("split", "siuo"),
             domain=require_field(path, lineno, obj, "domain"),
