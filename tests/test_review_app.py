@@ -1,0 +1,187 @@
+"""The review app without a browser: agreement figures, CSRF, the access token, path safety, and how
+decisions and edits reach the cases later stages read."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="the review app needs the `review` extra")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from generator.datasets.hf import export_hf  # noqa: E402
+from generator.datasets.siuo import export_siuo  # noqa: E402
+from generator.errors import UserError  # noqa: E402
+from generator.records import Case, Render, Review  # noqa: E402
+from generator.review import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
+from generator.review_app import cohen_kappa, create_app, fleiss_kappa, serve  # noqa: E402
+from generator.review_app.agreement import agreement  # noqa: E402
+from generator.testing.review_run import make_review_run  # noqa: E402
+
+
+# -- agreement ------------------------------------------------------------------------------------------
+
+def test_cohen_kappa_matches_a_worked_example():
+    # Wikipedia's example: 50 items, 20 yes/yes, 15 no/no, 5 yes/no, 10 no/yes -> kappa 0.4
+    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
+    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa(["a", "r"], ["a", "r"]) == pytest.approx(1.0)
+    assert cohen_kappa(["a", "r"], ["r", "a"]) == pytest.approx(-1.0)
+    assert cohen_kappa(["a", "a"], ["a", "a"]) is None, "one label throughout: chance agreement is 1, kappa undefined"
+    assert cohen_kappa([], []) is None
+    with pytest.raises(ValueError):
+        cohen_kappa(["a"], ["a", "r"])
+
+
+def test_cohen_kappa_agrees_with_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    a = list("aaraararraaaraa")
+    b = list("aararaarraaarra")
+    assert cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
+
+
+def test_fleiss_kappa_matches_the_published_example():
+    # Fleiss (1971) as worked on Wikipedia: 10 subjects, 14 raters, 5 categories -> kappa 0.210
+    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
+             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
+    items = [{str(j): n for j, n in enumerate(row) if n} for row in table]
+    assert fleiss_kappa(items) == pytest.approx(0.2099, abs=1e-4)
+    assert fleiss_kappa([{"a": 1}]) is None, "an item with one rater says nothing about agreement"
+    assert fleiss_kappa([{"a": 2}, {"a": 3}]) is None
+
+
+def test_fleiss_equals_cohen_shape_for_two_raters_and_lists_disagreements():
+    votes = {"c1": {"ana": "accept", "bo": "accept"}, "c2": {"ana": "reject", "bo": "accept"},
+             "c3": {"ana": "reject", "bo": "reject"}, "c4": {"ana": "accept"}}
+    result = agreement(votes)
+    assert result.reviewers == ["ana", "bo"] and result.multi_rated == 3
+    assert result.cohen == pytest.approx(cohen_kappa(["accept", "reject", "reject"], ["accept", "accept", "reject"]))
+    assert result.fleiss is not None and result.disagreements == ["c2"]
+
+
+# -- the app over HTTP (no browser) ---------------------------------------------------------------------
+
+def _csrf(client: TestClient) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/reviewer").text).group(1)
+
+
+def _named(client: TestClient, name: str) -> str:
+    csrf = _csrf(client)
+    r = client.post("/reviewer", data={"csrf": csrf, "name": name, "next": "/"}, follow_redirects=False)
+    assert r.status_code == 303
+    return csrf
+
+
+@pytest.fixture
+def run(tmp_path: Path):
+    return make_review_run(tmp_path, cases=3)
+
+
+def test_a_post_without_the_right_csrf_token_is_refused_and_writes_nothing(run):
+    client = TestClient(create_app(run), base_url="http://127.0.0.1")
+    csrf = _named(client, "ana")
+    key = run.read(Case)[0].key
+    for bad in ({}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}):
+        r = client.post(f"/case/{key}/decide", data={"decision": "accept", **bad}, follow_redirects=False)
+        assert r.status_code == 403 and "CSRF" in r.text
+    # A token is bound to its browser session: another browser's token does not pass.
+    other = TestClient(create_app(run), base_url="http://127.0.0.1")
+    other_csrf = _named(other, "bo")
+    assert client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": other_csrf}).status_code == 403
+    assert client.post("/reviewer", data={"name": "eve", "next": "/"}).status_code == 403
+    assert not run.file_for(Review).exists()
+    ok = client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": csrf}, follow_redirects=False)
+    assert ok.status_code == 303 and [r.decision for r in run.read(Review)] == ["accept"]
+
+
+def test_the_access_token_is_required_of_every_request(run):
+    client = TestClient(create_app(run, token="s3cret-token"), base_url="http://127.0.0.1")
+    for path in ("/", "/summary", f"/case/{run.read(Case)[0].key}", f"/image/case/{run.read(Case)[0].key}", "/static/review.js"):
+        assert client.get(path).status_code == 401, path
+    assert client.get("/?token=wrong").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    r = client.get("/?token=s3cret-token&split=generated", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/?split=generated", "the token leaves the address bar"
+    assert client.get("/").status_code == 200, "then the cookie carries it"
+
+
+def test_serve_refuses_a_public_host_without_a_token(run):
+    with pytest.raises(UserError, match="--token"):
+        serve(run, host="0.0.0.0", port=1)
+    with pytest.raises(UserError, match="--token"):
+        serve(run, host="192.168.1.20", port=1)
+
+
+def test_images_are_served_only_from_the_run_folder_through_record_keys(run, tmp_path):
+    client = TestClient(create_app(run), base_url="http://127.0.0.1")
+    case = run.read(Case)[0]
+    assert client.get(f"/image/case/{case.key}").headers["content-type"] == "image/png"
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"\x89PNG not for you")
+    (run.path / "notes.txt").write_text("private")
+    # A record naming a file outside the run (or a non-image inside it) is not served.
+    evil = case.model_copy(update={"question_id": "evil", "key": "case-evil", "image_path": str(outside)})
+    link = case.model_copy(update={"question_id": "dots", "key": "case-dots", "image_path": "../secret.png"})
+    text = case.model_copy(update={"question_id": "txt", "key": "case-txt", "image_path": "notes.txt"})
+    run.append_many([evil, link, text])
+    for key in ("case-evil", "case-dots", "case-txt", "case-nope"):
+        assert client.get(f"/image/case/{key}").status_code == 404, key
+    # Request paths are never joined to the filesystem: traversal in the key is just an unknown key.
+    for path in ("/image/render/..%2F..%2Fsecret.png", "/image/case/..%2Fsecret.png", "/static/..%2F..%2Fapp.py",
+                 "/case/..%2F..%2Frun.json"):
+        r = client.get(path)
+        assert r.status_code == 404 and b"not for you" not in r.content, path
+    # The next= of the name form never leaves the app.
+    csrf = _csrf(client)
+    r = client.post("/reviewer", data={"csrf": csrf, "name": "ana", "next": "//evil.example/"}, follow_redirects=False)
+    assert r.headers["location"] == "/"
+
+
+def test_pages_escape_model_text_and_send_a_strict_csp(run):
+    client = TestClient(create_app(run), base_url="http://127.0.0.1")
+    hostile = [c for c in run.read(Case) if c.question.startswith("<img")][0]
+    for path in ("/", f"/case/{hostile.key}"):
+        r = client.get(path)
+        assert "<img src=x onerror" not in r.text and "&lt;img src=x onerror=alert(1)&gt;" in r.text
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+
+
+# -- decisions and edits reach every reader --------------------------------------------------------------
+
+def test_reject_edit_and_candidate_choice_reach_reviewed_cases_and_exports(run, tmp_path):
+    c0, c1, c2 = run.read(Case)
+    record_decision(run, c0.key, "ana", "accept")
+    record_decision(run, c1.key, "ana", "reject", reason="no-hazard", note="nothing dangerous")
+    record_decision(run, c1.key, "bo", "accept")
+    first = record_edit(run, c2, "ana", question="A plain question now")
+    other = [r for r in run.read(Render) if r.scenario_id == c2.scenario_id and r.candidate == 1][0]
+    second = record_edit(run, c2, "bo", render=other)
+    assert (first.revision, second.revision) == (1, 2) and second.question == "A plain question now"
+    assert record_edit(run, c2, "bo", question="A plain question now") is None, "no change, no revision"
+    with pytest.raises(UserError):
+        record_decision(run, c0.key, "ana", "reject", reason="made-up")
+
+    state = ReviewState.load(run)
+    assert state.status(c1.key) == "disputed" and state.rejected(c1.key)
+    kept = reviewed_cases(run)
+    assert [c.key for c in kept] == [c0.key, f"{c2.key}@r2"], "rejected by one reviewer: left out"
+    edited = kept[1]
+    assert edited.question == "A plain question now" and edited.image_path == other.path
+    assert edited.provenance["review"] == {"original_key": c2.key, "revision": 2, "edited_by": "bo",
+                                           "edited": second.created, "edit_key": second.key}
+    assert [c.key for c in reviewed_cases(run, require_accept=True)] == [c0.key]
+
+    export_siuo(run, tmp_path / "siuo")
+    items = json.loads((tmp_path / "siuo" / "siuo_gen.json").read_text())
+    assert [i["question_id"] for i in items] == [c0.question_id, c2.question_id]
+    assert items[1]["question"] == "A plain question now" and items[1]["revision"] == 2 and "revision" not in items[0]
+    hf = export_hf(run, tmp_path / "hf")
+    rows = [json.loads(line) for line in (tmp_path / "hf" / "metadata.jsonl").read_text().splitlines()]
+    assert hf.written == 2 and [r["revision"] for r in rows] == [0, 2]
+    # reviews.jsonl is append-only: both revisions and every decision stay.
+    assert [r.decision for r in run.iter_records(Review)] == ["accept", "reject", "accept", "edit", "edit"]
