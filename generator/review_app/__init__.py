@@ -2,7 +2,7 @@
 
 Needs the `review` extra (`pip install -e ".[review]"`)."""
 
-from .agreement import cohen_kappa, fleiss_kappa
+from .agreement import Agreement, agreement
 from .app import create_app, serve
 
-__all__ = ["cohen_kappa", "create_app", "fleiss_kappa", "serve"]
+__all__ = ["Agreement", "agreement", "create_app", "serve"]
