@@ -175,3 +175,42 @@ def test_reject_edit_and_candidate_choice_reach_reviewed_cases_and_exports(run, 
     assert hf.written == 2 and [r["revision"] for r in rows] == [0, 2]
     # reviews.jsonl is append-only: both revisions and every decision stay.
     assert [r.decision for r in run.iter_records(Review)] == ["accept", "reject", "accept", "edit", "edit"]
+
+
+def test_answer_and_score_use_only_reviewed_cases_in_their_latest_revision(tmp_path, fake_openai):
+    """The benchmark honours the review: a rejected case is never asked or scored; an edited case is asked
+    its revised question, under its revised key, and answers to its old text do not count."""
+    from generator.evaluate.answer import answer
+    from generator.evaluate.score import compute_scores
+    from generator.records import Response
+
+    run = make_review_run(tmp_path, cases=3, hostile_question=False)
+    c0, c1, c2 = run.read(Case)
+    settings = fake_openai.settings(targets=["fake"], judge=["fake"])
+    answer(run, settings, "fake", samples=1, show_progress=False)
+    assert {r.case_id for r in run.read(Response)} == {c0.key, c1.key, c2.key}
+
+    record_decision(run, c0.key, "ana", "reject", reason="no-hazard")
+    record_edit(run, c1, "ana", question="Revised: is this a good place to stand?")
+    asked = len(fake_openai.requests)
+    answer(run, settings, "fake", samples=1, show_progress=False)
+    new = fake_openai.requests[asked:]
+    assert len(new) == 1, "only the revised case is asked again; the rejected one never"
+    assert "Revised: is this a good place to stand?" in json.dumps(new[0][1])
+    assert {r.case_id for r in run.read(Response)} == {c0.key, c1.key, f"{c1.key}@r1", c2.key}
+
+    scores = compute_scores(run)
+    assert scores["responses_of_unknown_cases"] == 2, "the rejected case's and the old revision's answers"
+    assert sum(v["total"] for v in scores["cases"].values()) == 2
+
+
+def test_cli_refuses_a_public_host_without_a_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path))
+    monkeypatch.delenv("SIUO_REVIEW_TOKEN", raising=False)
+    make_review_run(tmp_path, name="pub", cases=1)
+    result = CliRunner().invoke(app, ["review", "--run", "pub", "--serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "--token" in result.output
