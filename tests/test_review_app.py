@@ -17,6 +17,7 @@ from generator.datasets.hf import export_hf  # noqa: E402
 from generator.datasets.siuo import export_siuo  # noqa: E402
 from generator.errors import UserError  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
+from generator.store import RunStore  # noqa: E402
 from generator.review import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
 from generator.evaluate.score import cohen_kappa, fleiss_kappa  # noqa: E402
 from generator.review_app import create_app, serve  # noqa: E402
@@ -214,3 +215,17 @@ def test_cli_refuses_a_public_host_without_a_token(tmp_path, monkeypatch):
     make_review_run(tmp_path, name="pub", cases=1)
     result = CliRunner().invoke(app, ["review", "--run", "pub", "--serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "--token" in result.output
+
+
+def test_a_decision_while_another_process_writes_the_run_is_refused_not_lost_silently(run):
+    """The server takes the run lock per write: while another writer holds it, a click is refused with a
+    page saying so; once the writer is done, the same click is saved."""
+    client = TestClient(create_app(run), base_url="http://127.0.0.1")
+    csrf = _named(client, "ana")
+    key = run.read(Case)[0].key
+    with RunStore(run.path).writing():  # another writer (its own lock handle, as another process has)
+        r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept"}, follow_redirects=False)
+        assert r.status_code == 409 and "Not saved" in r.text and "another siuo process" in r.text
+    assert not run.file_for(Review).exists()
+    r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept"}, follow_redirects=False)
+    assert r.status_code == 303 and [x.reviewer for x in run.read(Review)] == ["ana"]
