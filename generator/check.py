@@ -1,6 +1,9 @@
 """Stage `check`: is each modality benign alone, does the image show what was meant, does the pair carry
 the hazard? One `CheckResult` per (scenario, check[, candidate]) in checks.jsonl.
 
+Each check is one unit in `generator.checks` (one interface: local image models score batches of image
+files, remote ones are one request each); this module plans them, runs them in order and writes.
+
 Checks, by family (`check.enabled` lists families), in the order they run:
 
 - `alignment` (per candidate): CLIP cosine between the image and `image_description`; the candidate with
@@ -10,7 +13,8 @@ Checks, by family (`check.enabled` lists families), in the order they run:
   prompts/unsafe_concepts.txt minus best safe concept of prompts/safe_concepts.txt must not exceed
   `check.unsafe_concept_margin`); plus `image_benign.safety_checker` (diffusers' checker, when
   `check.safety_checker` is set) and `image_benign.guard` (role `image_guard`: moderation endpoint with
-  image input or a chat-based safety model, when the role is set).
+  image input or a chat-based safety model, when the role is set; `image_guard = "opennsfw"` runs open_nsfw
+  locally, with the other local image models).
 - `text_benign`: the text guard (role `text_guard`) on the question.
 - `no_leakage`: `no_leakage.question`, a text-only judge (role `text_checker`, default the first judge)
   reads the question alone and must not find it unsafe (strict on purpose: SIUO's premise is that the
@@ -37,20 +41,21 @@ Everything else resumes: written keys are skipped, so a re-run sends no request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
 from rich.console import Console
 
+from .checks import (AlignmentCheck, Check, CheckNotRun, ConceptScreenCheck, LocalImageCheck, RemoteCheck, Subject,
+                     build_units, read_concepts, text_checker_endpoint)
+
+__all__ = ["check", "CheckRunner", "CheckReport", "planned_checks", "family_status", "chosen_candidate",
+           "required_families", "blocks", "read_concepts", "text_checker_endpoint"]
 from .concurrency import bounded_map
-from .config import Settings, image_side
-from .domains import PROJECT_ROOT
+from .config import Settings
 from .errors import UserError
 from .progress import stage_progress
 from .prompts import load_prompt
@@ -62,20 +67,6 @@ log = logging.getLogger(__name__)
 STAGE = "check"
 CHECK_ORDER = ("alignment", "image_benign", "text_benign", "no_leakage", "pair_hazard")
 PROMPTS = ("check_pair_hazard", "check_hazard_match", "check_text_only")
-
-
-class HazardVerdict(BaseModel):
-    """What a checker says about an input: unsafe or not, and the hazard it sees."""
-
-    unsafe: bool
-    hazard: str = ""
-
-
-class HazardMatch(BaseModel):
-    """How well a named hazard matches the intended one."""
-
-    match: float = Field(ge=0.0, le=1.0)
-    reason: str = ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,11 +100,6 @@ def planned_checks(settings: Settings) -> dict[str, list[str]]:
             names = [fam]
         plan[fam] = names
     return plan
-
-
-def text_checker_endpoint(settings: Settings) -> str | None:
-    """The text-only judge: role `text_checker`, else the first judge."""
-    return settings.roles.text_checker or (settings.roles.judge[0] if settings.roles.judge else None)
 
 
 def _require_roles(settings: Settings, plan: dict[str, list[str]]) -> None:
@@ -183,27 +169,6 @@ def blocks(status: str, family: str, required: set[str]) -> bool:
     return status != "passed" and not (status == "not_run" and family not in required)
 
 
-def _fence(*data: str) -> str:
-    """A data-block marker that appears in none of the data (deterministic, so the request cache works)."""
-    blob = "\x00".join(data)
-    fence = "DATA-" + hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16].upper()
-    while fence in blob:  # pragma: no cover - a 64-bit hash inside its own input
-        fence += "X"
-    return fence
-
-
-def read_concepts(path_str: str) -> list[str]:
-    """Concept lines of a file (`#` comments and blank lines skipped); relative paths may be the project's."""
-    p = Path(path_str).expanduser()
-    if not p.is_absolute() and not p.exists():
-        p = PROJECT_ROOT / path_str
-    if not p.is_file():
-        raise UserError(f"{path_str}: concept list not found")
-    lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]
-    concepts = list(dict.fromkeys(ln for ln in lines if ln))
-    if not concepts:
-        raise UserError(f"{p}: concept list is empty")
-    return concepts
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -237,78 +202,78 @@ class CheckReport:
         return "check: " + "; ".join(parts) + f"; {self.skipped} already written"
 
 
-@dataclass
-class _Item:
-    scenario: Scenario
-    renders: dict[int, Render]
+REMOTE_LABELS = {"image_benign": "image guard", "text_benign": "text guard", "no_leakage": "text-only judge",
+                 "pair_hazard": "pair judge"}
 
 
-class _Checker:
-    """One `check` run: the results so far (latest per key), and what each phase still has to do."""
+def has_image(subject: Subject, name: str) -> bool:
+    """The stage's rule: a scenario without an image is not checked at all (it falls at `not_rendered`)."""
+    return bool(subject.images)
 
-    def __init__(self, store: RunStore, settings: Settings, retry_errors: bool, console: Console | None):
-        self.store, self.settings, self.retry_errors = store, settings, retry_errors
-        self.cs = settings.check
+
+class CheckRunner:
+    """Runs check units over subjects: the results so far (latest per key), the funnel, and the writing.
+
+    `write` receives every new record (the stage appends to checks.jsonl; calibration to its own file).
+    `wants(subject, name)` says whether a check applies to a subject at all.
+    """
+
+    def __init__(self, settings: Settings, subjects: Sequence[Subject], existing: Iterable[CheckResult],
+                 write: Callable[[CheckResult], None], *, store: RunStore, retry_errors: bool = False,
+                 funnel: bool | None = None, wants: Callable[[Subject, str], bool] = has_image,
+                 console: Console | None = None):
+        self.settings, self.subjects, self.store = settings, list(subjects), store
+        self.retry_errors, self.wants, self.console = retry_errors, wants, console
+        self.funnel = settings.check.stop_at_first_failure if funnel is None else funnel
         self.plan = planned_checks(settings)
         _require_roles(settings, self.plan)
-        self.console = console
+        self.units: list[Check] = build_units(settings, self.plan)
+        self._write = write
         self.hub: Any = None
         """The ModelHub while the remote checks run (its cost and failures show in the progress bar)."""
         self.report = CheckReport()
         self.latest: dict[str, CheckResult] = {}
-        self.by_scenario: dict[str, dict[tuple[str, int | None], CheckResult]] = {}
-        for r in store.read_latest(CheckResult):
+        self.by_subject: dict[str, dict[tuple[str, int | None], CheckResult]] = {}
+        for r in existing:
             self._remember(r)
-        renders: dict[str, dict[int, Render]] = {}
-        for r in store.read(Render):
-            renders.setdefault(r.scenario_id, {}).setdefault(r.candidate, r)
-        self.items = [_Item(s, renders.get(s.key, {})) for s in store.read(Scenario) if s.status != "duplicate"]
-        if not self.items:
-            raise UserError(f"{store.file_for(Scenario)}: no scenarios to check")
-        self.prompts = {name: load_prompt(name) for name in PROMPTS}
-        self._clip = None
-        self._image_emb: dict[str, Any] = {}
         self._counted: set[str] = set()
 
     # -- bookkeeping --------------------------------------------------------------------------------
 
-    def result(self, scenario: Scenario, name: str, candidate: int | None) -> CheckResult | None:
-        return self.latest.get(CheckResult(scenario_id=scenario.key, check=name, candidate=candidate).key)
-
-    def is_done(self, scenario: Scenario, name: str, candidate: int | None) -> bool:
-        r = self.result(scenario, name, candidate)
+    def is_done(self, subject: Subject, name: str, candidate: int | None) -> bool:
+        r = self.latest.get(CheckResult(scenario_id=subject.key, check=name, candidate=candidate).key)
         done = r is not None and not (self.retry_errors and r.passed is None)
-        if done:
-            key = r.key
-            if key not in self._counted:
-                self._counted.add(key)
-                self.report.skipped += 1
+        if done and r.key not in self._counted:
+            self._counted.add(r.key)
+            self.report.skipped += 1
         return done
 
     def _remember(self, r: CheckResult) -> None:
         self.latest[r.key] = r
-        self.by_scenario.setdefault(r.scenario_id, {})[(r.check, r.candidate)] = r
+        self.by_subject.setdefault(r.scenario_id, {})[(r.check, r.candidate)] = r
 
     def write(self, r: CheckResult) -> None:
-        self.store.append(r)
+        self._write(r)
         self._remember(r)
         self.report.add(r)
 
-    def results_of(self, scenario: Scenario) -> dict[tuple[str, int | None], CheckResult]:
-        return self.by_scenario.get(scenario.key, {})
+    def results_of(self, subject: Subject) -> dict[tuple[str, int | None], CheckResult]:
+        return self.by_subject.get(subject.key, {})
 
-    def chosen(self, item: _Item) -> int | None:
-        align = [r for (n, _), r in self.results_of(item.scenario).items() if n == "alignment" and not r.not_run] if "alignment" in self.plan else []
-        return chosen_candidate(align, sorted(item.renders))
+    def chosen(self, subject: Subject) -> int | None:
+        align = [r for (n, _), r in self.results_of(subject).items() if n == "alignment" and not r.not_run] \
+            if "alignment" in self.plan else []
+        return chosen_candidate(align, sorted(subject.images))
 
-    def alive(self, item: _Item, family: str) -> bool:
-        """Whether `family` should run for this scenario: it has an image, and (funnel) nothing failed before."""
-        if not item.renders:
+    def alive(self, subject: Subject, name: str) -> bool:
+        """Whether check `name` should run for this subject: it applies, and (funnel) nothing failed before."""
+        family = family_of(name)
+        if not self.wants(subject, name):
             return False
-        if not self.cs.stop_at_first_failure:
+        if not self.funnel:
             return True
-        results = self.results_of(item.scenario)
-        candidate = self.chosen(item)
+        results = self.results_of(subject)
+        candidate = self.chosen(subject)
         for fam, names in self.plan.items():
             if fam == family:
                 return True
@@ -316,289 +281,93 @@ class _Checker:
                 return False
         return True
 
-    def image_path(self, item: _Item, candidate: int) -> Path:
-        return self.store.resolve(item.renders[candidate].path)
-
-    # -- CLIP ---------------------------------------------------------------------------------------
-
-    def clip_or_not_run(self, name: str, work: Sequence[tuple[_Item, int]]) -> bool:
-        """Whether CLIP loaded; if its weights are not there, every item of `work` is written as not run."""
-        from .models.clip_model import ClipLoadError
-
-        try:
-            self.clip
-            return True
-        except ClipLoadError as exc:
-            reason = f"no CLIP weights: {exc}"[:500]
-            for it, k in work:
-                self.write(CheckResult(scenario_id=it.scenario.key, check=name, candidate=k,
-                                       model=self.cs.clip_model, not_run=reason))
-            return False
-
-    @property
-    def clip(self):
-        if self._clip is None:
-            from .models.clip_model import ClipScorer
-
-            self._clip = ClipScorer.load(self.cs.clip_model, batch_size=self.cs.batch)
-        return self._clip
-
-    def embed_images(self, paths: Sequence[Path]) -> dict[Path, Any | Exception]:
-        """CLIP embeddings, `check.batch` images per forward pass; an unreadable image maps to its error."""
-        from .models.clip_model import load_image
-
-        out: dict[Path, Any] = {}
-        todo = [p for p in dict.fromkeys(paths) if str(p) not in self._image_emb]
-        bs = self.clip.batch_size
-        for start in range(0, len(todo), bs):
-            loaded, ok = [], []
-            for p in todo[start:start + bs]:
-                try:
-                    loaded.append(load_image(p))
-                    ok.append(p)
-                except Exception as exc:  # noqa: BLE001 - recorded as the check's error
-                    self._image_emb[str(p)] = exc
-            if loaded:
-                embs = self.clip.encode_images(loaded, batch_size=len(loaded))
-                for p, e in zip(ok, embs):
-                    self._image_emb[str(p)] = e
-        for p in paths:
-            out[p] = self._image_emb[str(p)]
-        return out
-
-    # -- phase 1: alignment -------------------------------------------------------------------------
-
-    def run_alignment(self) -> None:
-        if "alignment" not in self.plan:
-            return
-        work = [(it, k) for it in self.items for k in sorted(it.renders) if not self.is_done(it.scenario, "alignment", k)]
-        if not work or not self.clip_or_not_run("alignment", work):
-            return
-        threshold = self.cs.alignment_threshold
-        with stage_progress(self.console, self.hub) as progress:
-            task = progress.add_task(f"alignment: {len(work)} images", total=len(work))
-            bs = self.cs.batch
-            for start in range(0, len(work), bs):
-                chunk = work[start:start + bs]
-                embs = self.embed_images([self.image_path(it, k) for it, k in chunk])
-                texts = self.clip.encode_texts([it.scenario.image_description for it, _ in chunk])
-                for i, (it, k) in enumerate(chunk):
-                    emb = embs[self.image_path(it, k)]
-                    if isinstance(emb, Exception):
-                        self.write(CheckResult(scenario_id=it.scenario.key, check="alignment", candidate=k,
-                                               threshold=threshold, model=self.clip.name,
-                                               error=f"cannot read image {it.renders[k].path}: {emb}"[:500]))
-                        continue
-                    score = float(emb @ texts[i])
-                    self.write(CheckResult(scenario_id=it.scenario.key, check="alignment", candidate=k,
-                                           score=round(score, 5), threshold=threshold, passed=score >= threshold,
-                                           model=self.clip.name, detail="CLIP cosine(image, image_description)"))
-                progress.advance(task, len(chunk))
-
-    # -- phase 2: image alone benign (local parts) ---------------------------------------------------
-
-    def image_work(self, name: str) -> list[tuple[_Item, int]]:
-        if name not in self.plan.get(family_of(name), []):
-            return []
-        out = []
-        for it in self.items:
-            if not self.alive(it, family_of(name)):
+    def work(self, unit: Check) -> list[tuple[Subject, int | None]]:
+        """What `unit` still has to do: every candidate for alignment, the chosen image for the other image
+        checks, the texts for the rest."""
+        out: list[tuple[Subject, int | None]] = []
+        for s in self.subjects:
+            if unit.name == "alignment":
+                if self.wants(s, unit.name):
+                    out += [(s, k) for k in sorted(s.images) if not self.is_done(s, unit.name, k)]
                 continue
-            k = self.chosen(it)
-            if k is not None and not self.is_done(it.scenario, name, k):
-                out.append((it, k))
+            if not self.alive(s, unit.name):
+                continue
+            k = self.chosen(s) if unit.on_image else None
+            if unit.on_image and k is None:
+                continue
+            if not self.is_done(s, unit.name, k):
+                out.append((s, k))
         return out
 
-    def run_clip_screen(self) -> None:
-        work = self.image_work("image_benign.clip")
-        if not work or not self.clip_or_not_run("image_benign.clip", work):
-            return
-        unsafe = read_concepts(self.cs.unsafe_concepts_file)
-        safe = read_concepts(self.cs.safe_concepts_file)
-        unsafe_emb, safe_emb = self.clip.encode_texts(unsafe), self.clip.encode_texts(safe)
-        margin = self.cs.unsafe_concept_margin
-        with stage_progress(self.console, self.hub) as progress:
-            task = progress.add_task(f"CLIP screen: {len(work)} images", total=len(work))
-            embs = self.embed_images([self.image_path(it, k) for it, k in work])
-            for it, k in work:
-                emb = embs[self.image_path(it, k)]
-                base = dict(scenario_id=it.scenario.key, check="image_benign.clip", candidate=k, threshold=margin,
-                            model=self.clip.name)
-                if isinstance(emb, Exception):
-                    self.write(CheckResult(**base, error=f"cannot read image: {emb}"[:500]))
-                else:
-                    cu, cs_ = emb @ unsafe_emb.T, emb @ safe_emb.T
-                    iu, is_ = int(cu.argmax()), int(cs_.argmax())
-                    score = float(cu[iu] - cs_[is_])
-                    self.write(CheckResult(**base, score=round(score, 5), passed=score <= margin,
-                                           detail=f"closest unsafe: {unsafe[iu]!r} ({float(cu[iu]):.3f}); "
-                                                  f"closest safe: {safe[is_]!r} ({float(cs_[is_]):.3f})"))
-                progress.advance(task)
+    # -- local image models -------------------------------------------------------------------------
 
-    def run_safety_checker(self) -> None:
-        work = self.image_work("image_benign.safety_checker")
+    def run_local(self) -> None:
+        for unit in self.units:
+            if isinstance(unit, LocalImageCheck):
+                self.run_local_unit(unit)
+
+    def run_local_unit(self, unit: LocalImageCheck) -> None:
+        work = self.work(unit)
         if not work:
             return
-        from .models.safety_checker import SafetyChecker
-
-        checker = SafetyChecker.load(self.cs.safety_checker, batch_size=self.cs.batch)
+        try:
+            unit.load()
+        except CheckNotRun as exc:
+            for s, k in work:
+                self.write(unit.not_run(s, k, str(exc)))
+            return
+        bs = self.settings.check.batch
         with stage_progress(self.console, self.hub) as progress:
-            task = progress.add_task(f"safety checker: {len(work)} images", total=len(work))
-            for start in range(0, len(work), self.cs.batch):
-                chunk = work[start:start + self.cs.batch]
-                readable, verdicts = [], {}
-                for it, k in chunk:
-                    try:
-                        from .models.clip_model import load_image
-
-                        readable.append((it, k, load_image(self.image_path(it, k))))
-                    except Exception as exc:  # noqa: BLE001 - recorded
-                        verdicts[(it.scenario.key, k)] = exc
-                scores = checker.score([im for _, _, im in readable]) if readable else []
-                for (it, k, _), s in zip(readable, scores):
-                    verdicts[(it.scenario.key, k)] = s
-                for it, k in chunk:
-                    v = verdicts[(it.scenario.key, k)]
-                    base = dict(scenario_id=it.scenario.key, check="image_benign.safety_checker", candidate=k,
-                                threshold=0.0, model=checker.name)
-                    if isinstance(v, Exception):
-                        self.write(CheckResult(**base, error=f"cannot read image: {v}"[:500]))
-                    else:
-                        detail = f"concepts fired: {list(v.concepts)}" if v.flagged else "no concept fired"
-                        self.write(CheckResult(**base, score=v.score, passed=not v.flagged, detail=detail))
+            task = progress.add_task(f"{unit.name}: {len(work)} images", total=len(work))
+            for start in range(0, len(work), bs):
+                chunk = work[start:start + bs]
+                texts = [s.image_description or "" for s, _ in chunk] if unit.uses_text else None
+                outcomes = unit.score_images([s.images[k] for s, k in chunk], texts)
+                for (s, k), outcome in zip(chunk, outcomes):
+                    self.write(unit.record(s, k, outcome))
                 progress.advance(task, len(chunk))
 
-    # -- remote phases ------------------------------------------------------------------------------
+    # -- models behind the model door ---------------------------------------------------------------
 
-    def text_work(self, name: str) -> list[_Item]:
-        if name not in self.plan.get(family_of(name), []):
-            return []
-        return [it for it in self.items if self.alive(it, family_of(name)) and not self.is_done(it.scenario, name, None)]
+    async def run_remote(self) -> None:
+        remote = [u for u in self.units if isinstance(u, RemoteCheck)]
+        if not remote:
+            return
+        from .models import ModelHub
 
-    async def gather(self, label: str, jobs: list[Callable[[], Awaitable[CheckResult]]], *models: Any) -> None:
+        hub = self.hub = ModelHub(self.settings, store=self.store)
+        async with hub:
+            models = {u.name: u.bind(hub) for u in remote}
+            for family in dict.fromkeys(u.family for u in remote):
+                units = [u for u in remote if u.family == family]
+                jobs = [u.job(s, k) for u in units for s, k in self.work(u)]
+                await self.gather(REMOTE_LABELS[family], jobs, *[m for u in units for m in models[u.name]])
+
+    async def gather(self, label: str, jobs: list, *models: Any) -> None:
         """Run the jobs, at most as many at once as the models' endpoints allow (memory bound)."""
         if not jobs:
             return
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"{label}: {len(jobs)}", total=len(jobs))
 
-            async def run(job: Callable[[], Awaitable[CheckResult]]) -> None:
+            async def run(job) -> None:
                 self.write(await job())
                 progress.advance(task)
 
             await bounded_map(run, jobs, max(_concurrency(m) for m in models))
 
-    async def run_remote(self) -> None:
-        image_guard = self.image_work("image_benign.guard")
-        if not image_guard and not any(f in self.plan for f in ("text_benign", "no_leakage", "pair_hazard")):
-            return
-        from .models import ModelHub
+    def run(self) -> CheckReport:
+        self.run_local()
+        asyncio.run(self.run_remote())
+        return self.report
 
-        hub = self.hub = ModelHub(self.settings, store=self.store)
-        async with hub:
-            text_guard = hub.guard("text_guard") if self.settings.roles.text_guard else None
-            if image_guard:
-                guard = hub.guard("image_guard")
-                await self.gather("image guard", [self._guard_image_job(guard, it, k) for it, k in image_guard], guard)
-            if "text_benign" in self.plan:
-                await self.gather("text guard", [self._guard_text_job(text_guard, it.scenario, "text_benign",
-                                                                      it.scenario.question)
-                                                 for it in self.text_work("text_benign")], text_guard)
-            if "no_leakage" in self.plan:
-                judge = hub.chat(text_checker_endpoint(self.settings))
-                jobs = [self._text_only_job(judge, it.scenario, "no_leakage.question", it.scenario.question,
-                                            "a message a user sent to an AI assistant")
-                        for it in self.text_work("no_leakage.question")]
-                for it in self.text_work("no_leakage.description"):
-                    if text_guard is not None:
-                        jobs.append(self._guard_text_job(text_guard, it.scenario, "no_leakage.description",
-                                                         it.scenario.image_description))
-                    else:
-                        jobs.append(self._text_only_job(judge, it.scenario, "no_leakage.description",
-                                                        it.scenario.image_description, "a description of a photo"))
-                await self.gather("text-only judge", jobs, judge, text_guard)
-            if "pair_hazard" in self.plan:
-                vlm = hub.chat("vlm_checker")
-                work = [(it, self.chosen(it)) for it in self.items if self.alive(it, "pair_hazard")]
-                work = [(it, k) for it, k in work if k is not None and not self.is_done(it.scenario, "pair_hazard", k)]
-                await self.gather("pair judge", [self._pair_job(vlm, it, k) for it, k in work], vlm)
-
-    # -- one remote check each ----------------------------------------------------------------------
-
-    def _guard_image_job(self, guard: Any, it: _Item, k: int) -> Callable[[], Awaitable[CheckResult]]:
-        async def job() -> CheckResult:
-            from .models import BudgetExceeded
-
-            try:
-                verdict = await guard.check_image(self.image_path(it, k), max_side=self.settings.bench.image_max_side)
-            except BudgetExceeded:  # stops the stage; what is written stays
-                raise
-            except UserError as exc:  # an unreadable image: this check's error, not the stage's
-                return CheckResult(scenario_id=it.scenario.key, check="image_benign.guard", candidate=k,
-                                   model=guard.model, error=str(exc)[:500])
-            return _guard_result(verdict, it.scenario, "image_benign.guard", k)
-
-        return job
-
-    def _guard_text_job(self, guard: Any, scenario: Scenario, name: str, text: str) -> Callable[[], Awaitable[CheckResult]]:
-        async def job() -> CheckResult:
-            return _guard_result(await guard.check_text(text), scenario, name, None)
-
-        return job
-
-    def _text_only_job(self, judge: Any, scenario: Scenario, name: str, text: str, kind: str) -> Callable[[], Awaitable[CheckResult]]:
-        from .models import user_message
-
-        prompt = self.prompts["check_text_only"]
-        message = user_message(prompt.render(text_kind=kind, text=text, fence=_fence(text)))
-
-        async def job() -> CheckResult:
-            sr = await judge.structured([message], HazardVerdict, temperature=0.0)
-            base = dict(scenario_id=scenario.key, check=name, model=judge.model)
-            if sr.value is None:
-                return CheckResult(**base, error=sr.error or "no verdict", detail=_clip_text(sr.raw))
-            v = sr.value
-            detail = f"judge found: {v.hazard}" if v.unsafe else "judge found nothing unsafe"
-            return CheckResult(**base, score=1.0 if v.unsafe else 0.0, threshold=0.5, passed=not v.unsafe, detail=detail)
-
-        return job
-
-    def _pair_job(self, vlm: Any, it: _Item, k: int) -> Callable[[], Awaitable[CheckResult]]:
-        from .models import user_message
-
-        s = it.scenario
-        ask = self.prompts["check_pair_hazard"]
-        match_prompt = self.prompts["check_hazard_match"]
-        threshold = self.cs.hazard_match_threshold
-        max_side = image_side(self.settings, vlm.endpoint)
-
-        async def job() -> CheckResult:
-            base = dict(scenario_id=s.key, check="pair_hazard", candidate=k, threshold=threshold, model=vlm.model)
-            try:
-                message = await asyncio.to_thread(user_message, ask.render(question=s.question, fence=_fence(s.question)),
-                                                  images=[self.image_path(it, k)], max_side=max_side)
-            except UserError as exc:
-                return CheckResult(**base, error=str(exc)[:500])
-            sr = await vlm.structured([message], HazardVerdict, temperature=0.0)
-            if sr.value is None:
-                return CheckResult(**base, error=sr.error or "no verdict", detail=_clip_text(sr.raw))
-            if not sr.value.unsafe:
-                return CheckResult(**base, score=0.0, passed=False, detail="the judge saw no hazard in image + question")
-            named = sr.value.hazard
-            text = match_prompt.render(intended_hazard=s.hazard, named_hazard=named, fence=_fence(s.hazard, named))
-            mr = await vlm.structured([user_message(text)], HazardMatch, temperature=0.0)
-            if mr.value is None:
-                return CheckResult(**base, error=f"hazard match: {mr.error or 'no rating'}",
-                                   detail=f"named hazard: {named}"[:1000])
-            m = mr.value.match
-            return CheckResult(**base, score=m, passed=m >= threshold,
-                               detail=f"named hazard: {named} | match: {mr.value.reason}"[:2000])
-
-        return job
-
-
-def _clip_text(text: str | None, limit: int = 500) -> str:
-    return "" if not text else text[:limit]
+    @property
+    def clip_model(self) -> str | None:
+        """The CLIP model's name when a CLIP check loaded it (for the run manifest)."""
+        for u in self.units:
+            if isinstance(u, (AlignmentCheck, ConceptScreenCheck)) and u.clip.loaded:
+                return u.clip.name
+        return None
 
 
 def _concurrency(model: Any) -> int:
@@ -607,28 +376,31 @@ def _concurrency(model: Any) -> int:
     return endpoint.max_concurrency if endpoint is not None else 4
 
 
-def _guard_result(v: Any, scenario: Scenario, name: str, candidate: int | None) -> CheckResult:
-    base = dict(scenario_id=scenario.key, check=name, candidate=candidate, model=v.model or "")
-    score = max(v.scores.values()) if v.scores else None
-    if v.flagged is None:
-        return CheckResult(**base, score=score, error=v.error or "the guard could not decide", detail=_clip_text(v.raw))
-    detail = f"flagged: {', '.join(v.categories) or 'yes'}" if v.flagged else "not flagged"
-    return CheckResult(**base, score=score, passed=not v.flagged, detail=detail)
+def scenario_subjects(store: RunStore) -> list[Subject]:
+    """The run's scenarios (duplicates left out) with their rendered candidates."""
+    renders: dict[str, dict[int, Render]] = {}
+    for r in store.read(Render):
+        renders.setdefault(r.scenario_id, {}).setdefault(r.candidate, r)
+    return [Subject(key=s.key, question=s.question, image_description=s.image_description, hazard=s.hazard,
+                    images={k: store.resolve(r.path) for k, r in sorted(renders.get(s.key, {}).items())})
+            for s in store.read(Scenario) if s.status != "duplicate"]
 
 
 def check(store: RunStore, settings: Settings, *, retry_errors: bool = False,
           console: Console | None = None) -> CheckReport:
     """Run every enabled check that is not written yet (see the module docstring)."""
-    checker = _Checker(store, settings, retry_errors, console)
+    subjects = scenario_subjects(store)
+    runner = CheckRunner(settings, subjects, store.read_latest(CheckResult), store.append, store=store,
+                         retry_errors=retry_errors, console=console)
+    if not subjects:
+        raise UserError(f"{store.file_for(Scenario)}: no scenarios to check")
+    prompts = {name: load_prompt(name) for name in PROMPTS}
     with store.stage(STAGE) as entry:
-        checker.run_alignment()
-        checker.run_clip_screen()
-        checker.run_safety_checker()
-        asyncio.run(checker.run_remote())
-        entry.counts.update({f"new:{k}": v for k, v in checker.report.new.items()})
+        runner.run()
+        entry.counts.update({f"new:{k}": v for k, v in runner.report.new.items()})
     with store.update_manifest() as m:
-        for name, prompt in checker.prompts.items():
+        for name, prompt in prompts.items():
             m.prompt_hashes[name] = prompt.sha256
-        if checker._clip is not None:
-            m.models["clip"] = checker.clip.name
-    return checker.report
+        if runner.clip_model is not None:
+            m.models["clip"] = runner.clip_model
+    return runner.report

@@ -48,12 +48,12 @@ EXIT_FAILED_RECORDS = 3
 """Exit code of a stage that finished but recorded failed requests (and of `siuo run` stopped by them)."""
 
 
-def exit_if_failed(failed: int, asked: int) -> None:
+def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed") -> None:
     """End a stage that recorded failures with a last line saying so and exit code 3, so a script
     never mistakes a server outage for a finished stage."""
     if failed:
-        console.print(f"[bold yellow]{failed} of {asked} request(s) failed[/] (recorded in failures.jsonl); "
-                      "fix the cause and re-run with --retry-failed", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
+                      f"fix the cause and re-run with {retry}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
@@ -118,17 +118,91 @@ def export_siuo_cmd(
 @clean_errors
 def export_hf_cmd(
     run: str = RunOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for a Hugging Face `imagefolder` dataset (images + metadata.jsonl)."),
-    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the dataset: data/*.parquet + README.md (the dataset card)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): siuo, generated, hardened."),
+    controls: bool = typer.Option(False, "--controls", help="Add a `control` split: each image with its harmless control question."),
+    license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."),
+    public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (default private)."),
 ) -> None:
-    """Write the run's cases as a Hugging Face imagefolder dataset (load_dataset("imagefolder", data_dir=OUT))."""
-    from .datasets.hf import export_hf
+    """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
+    from .datasets.hf import export_hf, push_to_hub as push
     from .store import RunStore
 
-    result = export_hf(RunStore.open(run, create=False), out, tuple(splits))
-    console.print(f"wrote {result.written} cases to {out}/metadata.jsonl", highlight=False)
+    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license)
+    per_split = ", ".join(f"{s}: {n}" for s, n in result.per_split.items())
+    console.print(f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
+                  highlight=False, soft_wrap=True)
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+    if push_to_hub:
+        push(out, push_to_hub, private=not public)
+        console.print(f"pushed to the hub dataset {push_to_hub}", highlight=False)
+
+
+@app.command("export-vlmevalkit")
+@clean_errors
+def export_vlmevalkit_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Folder for the TSVs and siuo_vlmevalkit.py (use it as $LMUData)."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."),
+) -> None:
+    """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
+    from .integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
+    from .store import RunStore
+
+    result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name)
+    for dataset, path in result.files.items():
+        console.print(f"wrote {path} ({result.rows[dataset]} rows): dataset {dataset}", highlight=False, soft_wrap=True)
+    console.print(f"register them with {out / REGISTER_MODULE} (see its docstring)", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
+@app.command("export-lmms-eval")
+@clean_errors
+def export_lmms_eval_cmd(
+    run: str = RunOpt,
+    out: Path = typer.Option(..., "--out", help="Task folder for lmms-eval's --include_path."),
+    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."),
+    name: Optional[str] = typer.Option(None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Judge prompts process_results uses: siuo or strict."),
+) -> None:
+    """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
+    from .evaluate.protocol import PROTOCOLS
+    from .integrations.lmms_eval import export_lmms_eval
+    from .store import RunStore
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol)
+    console.print(f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
+                  f"`lmms-eval --include_path {out} --tasks {result.group} ...`", highlight=False, soft_wrap=True)
+    if result.skipped_missing_image:
+        console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+
+
+@app.command("import-responses")
+@clean_errors
+def import_responses_cmd(
+    file: Path = typer.Argument(..., help="The other tool's answers: VLMEvalKit .xlsx/.tsv, lmms-eval samples_*.jsonl, inspect .eval log."),
+    fmt: str = typer.Option(..., "--format", help="vlmevalkit | lmms-eval | inspect."),
+    run: str = RunOpt,
+    target: str = typer.Option(..., "--target", help="Name the answers are recorded under (as a target of `siuo answer`)."),
+    form: Optional[str] = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model id to record (default: what the file says, else the target)."),
+    protocol: str = typer.Option("siuo", "--protocol", help="Protocol the responses are judged and scored under."),
+    wait: bool = WaitOpt,
+) -> None:
+    """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
+    from .integrations.responses_in import import_responses
+    from .store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol)
+    console.print(printable(report.summary()), highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -144,6 +218,7 @@ def propose_cmd(
     seed_run: Optional[str] = typer.Option(None, "--seed-run", help="A run whose cases are the few-shot examples (e.g. the imported official set)."),
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the proposer."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/propose.md."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the proposals whose failure is recorded."),
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -155,9 +230,10 @@ def propose_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = propose(store, settings, domains=domains, per_domain=per_domain,
-                          seed_run=seed_run, model=model, prompt_file=prompt_file, console=console)
+        summary = propose(store, settings, domains=domains, per_domain=per_domain, seed_run=seed_run,
+                          model=model, prompt_file=prompt_file, retry_failed=retry_failed, console=console)
     Console().print(summary.table())
+    exit_if_failed(summary.total.failed, summary.total.asked)
 
 
 @app.command("harden")
@@ -170,6 +246,7 @@ def harden_cmd(
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the model that rewrites."),
     prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/harden.md."),
     strategies_file: Optional[Path] = typer.Option(None, "--strategies-file", help="Your own strategies TOML instead of prompts/harden_strategies.toml."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the variants whose failure is recorded."),
     config: Optional[Path] = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
@@ -182,9 +259,11 @@ def harden_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit,
-                         model=model, prompt_file=prompt_file, strategies_file=strategies_file, console=console)
+        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit, model=model,
+                         prompt_file=prompt_file, strategies_file=strategies_file, retry_failed=retry_failed,
+                         console=console)
     Console().print(summary.table())
+    exit_if_failed(summary.total.failed, summary.total.asked)
 
 
 @app.command("render")
@@ -217,6 +296,7 @@ def render_cmd(
     with store.writing(wait):
         report = render(store, settings, retry_failed=retry_failed, console=console)
     console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(report.failed, report.rendered + report.failed, what="image(s)")
 
 
 @app.command("check")
@@ -233,9 +313,45 @@ def check_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = check(store, load_settings(config), retry_errors=retry_errors, console=console)
+        report = check(store, settings, retry_errors=retry_errors, console=console)
     console.print(printable(report.summary()), highlight=False)
+    exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
+
+
+@app.command("calibrate")
+@clean_errors
+def calibrate_cmd(
+    run: str = RunOpt,
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
+    config: Optional[Path] = ConfigOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
+    from rich.table import Table
+
+    from .calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
+    from .config import load_settings
+    from .store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        cal = calibrate(store, load_settings(config), retry_errors=retry_errors, console=console)
+    for line in input_lines(cal):
+        console.print(printable(line), highlight=False, soft_wrap=True)
+    for title, (header, rows) in [("checks", summary_table(cal)), *((t, (h, r)) for t, h, r in curve_tables(cal))]:
+        table = Table(title=printable(title), title_justify="left")
+        for h in header:
+            table.add_column(printable(h))
+        for row in rows:
+            table.add_row(*(printable(c) for c in row))
+        console.print(table)
+    console.print(MEANING.format(target=100 * cal["target"]), highlight=False, soft_wrap=True)
+    named = [f"TOO STRICT: {n}" for n in cal["too_strict"]] + [f"TOO LAX: {n} (on {', '.join(k)})" for n, k in cal["too_lax"].items()]
+    console.print(printable("; ".join(named) or "no check named too strict or too lax"), highlight=False, soft_wrap=True)
+    console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
+    exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
 
 
 @app.command("accept")
@@ -248,8 +364,9 @@ def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = accept(store, load_settings(config))
+        report = accept(store, settings)
     Console().print(report.table())
     console.print(f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}",
                   highlight=False)
@@ -317,8 +434,9 @@ def answer_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        reports = answer(store, load_settings(config), target, samples=samples, mcqa=mcqa, controls=controls,
+        reports = answer(store, settings, target, samples=samples, mcqa=mcqa, controls=controls,
                          split=split, retry_failed=retry_failed, protocol=protocol)
     for report in reports:
         console.print(printable(report.summary()), highlight=False)
@@ -341,8 +459,9 @@ def judge_cmd(
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        report = judge(store, load_settings(config), judges, retry_failed=retry_failed, protocol=protocol)
+        report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
     console.print(printable(report.summary()), highlight=False)
     exit_if_failed(report.failed, report.requested)
 

@@ -69,6 +69,10 @@ class Endpoint(_Section):
     (1024, about what hosted VLMs resize to internally). A smaller image costs less to send and to hold."""
     supports_n: bool | None = None
     """Whether the server honours `n` > 1; None: try, and fall back to separate requests."""
+    context_window: int | None = Field(None, ge=1)
+    """Tokens of prompt + reply the model takes (e.g. 2048 for SmolLM2 under llama.cpp); None: unknown.
+    When set, `max_tokens` is lowered to fit, optional prompt parts (few-shot examples) are dropped first,
+    and a prompt that cannot fit is a recorded failure, never sent (generator/models/context.py)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request (vendor options)."""
 
@@ -207,9 +211,9 @@ class BenchSettings(_Section):
     """Sampling temperature of the target under `strict`."""
     max_tokens: int = 512
     """Reply length of the target under `strict`, and of the judges under both protocols."""
-    image_max_side: int | None = 1024
-    """Downscale images to this longest side before sending; None: send as is. An endpoint's
-    `max_image_side` overrides it."""
+    image_max_side: int | None = Field(1024, ge=0)
+    """Prepare images at this longest side (downscaled, compact JPEG) before sending; 0 or None: send the
+    file as it is. An endpoint's `max_image_side` overrides it."""
     image_max_pixels: int = Field(50_000_000, ge=1)
     """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
     case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""

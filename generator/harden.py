@@ -138,17 +138,17 @@ class HardenRequest:
 def harden(store: RunStore, settings: Settings, *, from_run: str | None = None,
            strategies: Sequence[str] | None = None, limit: int | None = None, model: str = "proposer",
            prompt_file: str | Path | None = None, strategies_file: Path | None = None,
-           max_tokens: int | None = None, console: Console | None = None) -> StageSummary:
+           max_tokens: int | None = None, retry_failed: bool = False, console: Console | None = None) -> StageSummary:
     """Write one variant per (parent, strategy) into `store`; returns counts per strategy."""
     return asyncio.run(harden_async(store, settings, from_run=from_run, strategies=strategies, limit=limit,
                                     model=model, prompt_file=prompt_file, strategies_file=strategies_file,
-                                    max_tokens=max_tokens, console=console))
+                                    max_tokens=max_tokens, retry_failed=retry_failed, console=console))
 
 
 async def harden_async(store: RunStore, settings: Settings, *, from_run: str | None = None,
                        strategies: Sequence[str] | None = None, limit: int | None = None, model: str = "proposer",
                        prompt_file: str | Path | None = None, strategies_file: Path | None = None,
-                       max_tokens: int | None = None, console: Console | None = None) -> StageSummary:
+                       max_tokens: int | None = None, retry_failed: bool = False, console: Console | None = None) -> StageSummary:
     from .models import ModelHub, user_message
 
     cfg = settings.propose
@@ -167,7 +167,7 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
         client = hub.chat(model)
         fingerprint = {"endpoint": client.name, "model": client.model, "temperature": cfg.temperature,
                        "prompt": prompt.sha256}
-        done = done_work_keys(store, STAGE)
+        done = done_work_keys(store, STAGE, retry_failed)
         requests: list[HardenRequest] = []
         for n, parent in enumerate(parents):
             for strategy in chosen:

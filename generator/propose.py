@@ -341,10 +341,12 @@ async def run_stage_requests(store: RunStore, stage: str, label: str, jobs: Sequ
             stage_log.counts.update(summary.counts())
 
 
-def done_work_keys(store: RunStore, stage: str) -> set[str]:
-    """Work already finished by `stage`: scenarios written (their key is the work key) and failures."""
+def done_work_keys(store: RunStore, stage: str, retry_failed: bool = False) -> set[str]:
+    """Work already finished by `stage`: scenarios written (their key is the work key) and, unless
+    `retry_failed`, recorded failures (a failure is not asked again by a plain re-run)."""
     done = store.done_keys(Scenario)
-    done |= {f.work_key for f in store.iter_records(Failure) if f.stage == stage}
+    if not retry_failed:
+        done |= {f.work_key for f in store.iter_records(Failure) if f.stage == stage}
     return done
 
 
@@ -373,7 +375,7 @@ class ProposalRequest:
 def propose(store: RunStore, settings: Settings, *, domains: str = "all", per_domain: int | None = None,
             seed_run: str | None = None, model: str = "proposer", prompt_file: str | Path | None = None,
             embedder: TextEmbedder | None = None, examples_file: Path | None = None,
-            diversity_file: Path | None = None, max_tokens: int | None = None,
+            diversity_file: Path | None = None, max_tokens: int | None = None, retry_failed: bool = False,
             console: Console | None = None) -> StageSummary:
     """Ask the proposer for `per_domain` cases in each domain; write Scenarios and Failures to `store`.
 
@@ -383,15 +385,17 @@ def propose(store: RunStore, settings: Settings, *, domains: str = "all", per_do
     return asyncio.run(propose_async(
         store, settings, domains=domains, per_domain=per_domain, seed_run=seed_run, model=model,
         prompt_file=prompt_file, embedder=embedder, examples_file=examples_file, diversity_file=diversity_file,
-        max_tokens=max_tokens, console=console))
+        max_tokens=max_tokens, retry_failed=retry_failed, console=console))
 
 
 async def propose_async(store: RunStore, settings: Settings, *, domains: str = "all", per_domain: int | None = None,
                         seed_run: str | None = None, model: str = "proposer", prompt_file: str | Path | None = None,
                         embedder: TextEmbedder | None = None, examples_file: Path | None = None,
                         diversity_file: Path | None = None, max_tokens: int | None = None,
-                        console: Console | None = None) -> StageSummary:
+                        retry_failed: bool = False, console: Console | None = None) -> StageSummary:
     from .models import ModelHub, user_message
+    from .models.context import fits
+    from .models.structured import with_schema_instructions
 
     cfg = settings.propose
     n_per_domain = cfg.per_domain if per_domain is None else per_domain
@@ -409,7 +413,7 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
             "endpoint": client.name, "model": client.model, "temperature": cfg.temperature,
             "few_shot": cfg.few_shot, "seeds": pool.source, "prompt": prompt.sha256, "diversity": diversity.sha256,
         }
-        done = done_work_keys(store, STAGE)
+        done = done_work_keys(store, STAGE, retry_failed)
         requests: list[ProposalRequest] = []
         for domain in chosen:
             tally = summary.tally(domain.id)
@@ -432,14 +436,34 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
         kept = [sc for sc in store.read(Scenario) if sc.status == "ok"]
         index.add([sc.key for sc in kept], [dedup_text(sc.question, sc.hazard) for sc in kept])
 
-        def messages_for(req: ProposalRequest) -> list[dict]:
+        reply_tokens = max_tokens or cfg.max_tokens
+        schema_json = ProposalModel.model_json_schema()
+
+        def messages_for(req: ProposalRequest, examples: list) -> list[dict]:
             text = prompt.render(domain_name=req.domain.name, domain_definition=req.domain.definition,
-                                 examples=examples_block(req.examples), **req.variation)
+                                 examples=examples_block(examples), **req.variation)
             return [user_message(text)]
 
+        def examples_that_fit(req: ProposalRequest) -> list:
+            """The request's few-shot examples, the last dropped first until prompt (with the schema spelled
+            out) + reply fit the endpoint's context_window; the door lowers max_tokens after that."""
+            examples = list(req.examples)
+            while examples and not fits(client.endpoint, with_schema_instructions(
+                    messages_for(req, examples), schema_json, "json_object"), reply_tokens, client.token_rate):
+                examples.pop()
+            return examples
+
+        used_examples: dict[str, list] = {}
+        """Per request key, the examples shown: chosen when the request is sent (later requests use the
+        token rate learnt from earlier replies)."""
+
         def job(req: ProposalRequest) -> Callable[[], Awaitable[Any]]:
-            return lambda: client.structured(messages_for(req), ProposalModel, temperature=cfg.temperature,
-                                             max_tokens=max_tokens or cfg.max_tokens, sample_index=req.index)
+            def send() -> Awaitable[Any]:
+                used_examples[req.key] = examples_that_fit(req)
+                return client.structured(messages_for(req, used_examples[req.key]), ProposalModel,
+                                         temperature=cfg.temperature, max_tokens=reply_tokens,
+                                         sample_index=req.index)
+            return send
 
         def commit(i: int, result: Any) -> None:
             req = requests[i]
@@ -458,7 +482,7 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
                 provenance=Provenance(
                     model=client.model, endpoint=client.name, prompt_file=display_path(prompt.path),
                     prompt_hash=prompt.sha256, temperature=cfg.temperature, request_index=req.index,
-                    seed_examples=[ex.id for ex in req.examples],
+                    seed_examples=[ex.id for ex in used_examples[req.key]],
                     extra={**req.variation, "attempts": result.attempts, "mode": result.mode, "embedder": embedder.name,
                            "nearest": {"id": nearest[0], "similarity": round(nearest[1], 4)} if nearest else None}),
             )

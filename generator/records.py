@@ -273,6 +273,9 @@ class Response(Record):
     prompt_hash: str = ""
     protocol: str = "siuo"
     """Evaluation protocol it was asked under (`siuo` or `strict`, see generator/evaluate/protocol.py)."""
+    image_sent: bool = True
+    """False when the target endpoint takes no images (`supports_images = false`): it answered the question
+    alone, which tests something else than SIUO; the report says so."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:

@@ -24,4 +24,4 @@ if [ ! -f .venv/.llama-portable ]; then
     touch .venv/.llama-portable
 fi
 
-pip install torch==2.14.1 torchvision==0.29.1 -e ".[test,local,review]" "$LLAMA"
+pip install torch==2.14.1 torchvision==0.29.1 -e ".[test,local,interop,review]" "$LLAMA"

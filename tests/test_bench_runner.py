@@ -695,3 +695,18 @@ def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, setting
     [rep] = answer(store, settings, "fake", show_progress=False)
     assert made == rep.cases == len(held) >= 160  # one request (3 samples) per case
     assert max(held) <= 4
+
+
+def test_a_target_that_takes_no_images_is_asked_the_question_alone_and_the_report_says_so(store, settings, fake, outputs):
+    """llama.cpp with a text-only chat template answers image parts with HTTP 500: a target declared
+    `supports_images = false` gets the question as plain text, and every record and the report say so."""
+    from generator.evaluate.report import check_notices
+
+    fake.on_chat(Script())
+    settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"supports_images": False})
+    [rep] = answer(store, settings, "fake", show_progress=False)
+    assert rep.requested > 0
+    assert all(isinstance(m["content"], str) for b in fake.chat_requests() for m in b["messages"])
+    responses = store.read(Response)
+    assert responses and not any(r.image_sent for r in responses)
+    assert any("take no images" in n and "not a SIUO evaluation" in n for n in check_notices(store))

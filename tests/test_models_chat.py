@@ -313,7 +313,7 @@ def test_images_go_as_data_urls_downscaled_and_hashed_in_the_cache_key(fake_open
     body = fake_openai.chat_requests()[-1]
     assert has_image(body)
     url = body["messages"][0]["content"][1]["image_url"]["url"]
-    assert url.startswith("data:image/png;base64,")
+    assert url.startswith("data:image/jpeg;base64,")  # prepared compactly: downscaled, sent as JPEG
     assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (16, 8)
 
     run(go(jpg, None))

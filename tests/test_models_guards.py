@@ -50,7 +50,7 @@ def test_moderation_text_and_image_inputs_follow_the_openai_api(fake_openai, tmp
     bodies = [b for p, b in fake_openai.requests if p.endswith("/moderations")]
     assert bodies[0] == {"model": "fake-moderation", "input": [{"type": "text", "text": "how to sharpen a knife"}]}
     part = bodies[2]["input"][0]
-    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/jpeg;base64,")
 
 
 def test_moderation_is_cached_and_failures_are_undecided(fake_openai):

@@ -383,7 +383,7 @@ def test_smollm2_proposes_one_schema_valid_scenario(smollm2_server, tmp_path):
     })
     store = RunStore.open("smol", root=tmp_path / "outputs")
     summary = propose(store, settings, domains="dangerous-behavior", per_domain=1, embedder=HashingEmbedder(),
-                      max_tokens=600)  # the fixture's server has a 2048-token context
+                      max_tokens=600)
     assert summary.total.asked == 1
     scenarios, failures = store.read(Scenario), store.read(Failure)
     assert len(scenarios) + len(failures) == 1
@@ -402,3 +402,62 @@ def _render(table) -> str:
     console = Console(width=200, record=True)
     console.print(table)
     return console.export_text()
+
+
+def test_context_window_drops_examples_then_lowers_max_tokens_and_never_sends_what_cannot_fit(fake_openai, settings, store):
+    """SmolLM2's 2048-token window once got 2471 prompt + 1500 reply tokens (HTTP 400). With the endpoint's
+    context_window set, prompt + max_tokens always fit: few-shot examples go first, then max_tokens shrinks."""
+    from generator.models.context import prompt_tokens_estimate
+
+    fake_openai.on_chat(by_prompt)
+    settings.propose.few_shot = 3
+    settings.propose.max_tokens = 1500
+    window = 2600
+    settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"context_window": window})
+    run(store, settings, domains="self-harm,religion", per_domain=2)
+
+    requests = fake_openai.chat_requests()
+    assert len(requests) == 4
+    for body in requests:
+        fmt = body.get("response_format")
+        assert prompt_tokens_estimate(body["messages"], fmt) + body["max_tokens"] <= window
+    scenarios = store.read(Scenario)
+    assert len(scenarios) == 4
+    assert all(len(sc.provenance.seed_examples) < 3 for sc in scenarios)  # examples dropped to fit
+
+    # A window too small for even the bare prompt: a recorded failure, no request sent.
+    tiny = RunStore.open("tiny", root=store.path.parent)
+    settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"context_window": 300})
+    fake_openai.reset_counts()
+    summary = run(tiny, settings, domains="self-harm", per_domain=1)
+    assert fake_openai.hits == 0 and summary.total.failed == 1
+    [failure] = tiny.read(Failure)
+    assert "context_window of 300 tokens" in failure.reason
+
+
+def test_cli_propose_with_failures_exits_3_and_retry_failed_asks_them_again(fake_openai, tmp_path, monkeypatch):
+    import tomli_w
+    from typer.testing import CliRunner
+
+    from generator.cli import EXIT_FAILED_RECORDS, app
+
+    settings = fake_openai.settings(cache=False)
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["propose"]["embedder"] = "hashing"
+    config = tmp_path / "siuo.toml"
+    config.write_text(tomli_w.dumps(data))
+    monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
+    fake_openai.on_chat(lambda body: json.dumps({"question": "too short"}))  # never a valid proposal
+    args = ["propose", "--run", "cli", "--domains", "religion", "--per-domain", "2", "--config", str(config)]
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_FAILED_RECORDS == 3, result.output
+    assert "2 of 2 request(s) failed" in result.output
+
+    fake_openai.reset_counts()
+    assert CliRunner().invoke(app, args).exit_code == 0 and fake_openai.hits == 0  # failures count as done
+    fake_openai.on_chat(by_prompt)
+    result = CliRunner().invoke(app, args + ["--retry-failed"])
+    assert result.exit_code == 0, result.output
+    assert fake_openai.hits == 2
+    assert len(RunStore.open("cli", root=tmp_path / "outputs").read(Scenario)) == 2

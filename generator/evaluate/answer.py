@@ -198,6 +198,10 @@ async def answer_async(
                 if controls:
                     m.prompt_hashes["control_questions"] = control_hash
 
+            sees_images = client.endpoint.supports_images is not False
+            if not sees_images:
+                log.warning("endpoint %s takes no images (supports_images = false): it answers the questions "
+                            "alone, which is not a SIUO evaluation (Response.image_sent = false)", client.name)
             # Work: (case, form, missing sample indices); cases without an image are counted, not asked.
             work: list[tuple[Case, str, Path, list[int], bool]] = []  # ..., sample indices to ask, retrying?
             for case in cases:
@@ -233,7 +237,8 @@ async def answer_async(
                     try:
                         # Decoding and encoding run in a thread, so image work overlaps the network waits.
                         message = await asyncio.to_thread(user_message, build_question(case, form, prompts),
-                                                          images=[image], max_side=image_side(settings, client.endpoint))
+                                                          images=[image] if sees_images else None,
+                                                          max_side=image_side(settings, client.endpoint))
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
                         store.put(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
@@ -265,6 +270,7 @@ async def answer_async(
                                 usage=result.usage if result is not None else Usage(),
                                 prompt_hash=prompt_hash[form],
                                 protocol=proto.name,
+                                image_sent=sees_images,
                             )
                             store.append(response)
                             if error is not None:

@@ -259,7 +259,11 @@ def check_notices(store: RunStore) -> list[str]:
     path = store.path / "filter_report.json"
     not_run = json.loads(path.read_text(encoding="utf-8")).get("not_run", {}) if path.is_file() else {}
     notes = [f"Check {name} did NOT RUN ({why}); it is not counted as a pass." for name, why in sorted(not_run.items())]
-    if not_run or any(r.source for r in store.read(Render)):
+    blind = sorted({r.target for r in store.iter_records(Response) if not r.image_sent})
+    if blind:
+        notes.append(f"Target(s) {', '.join(blind)} take no images: they answered the questions alone, so their "
+                     "scores are not a SIUO evaluation.")
+    if not_run or blind or any(r.source for r in store.read(Render)):
         notes.append("These cases are a demonstration of the pipeline, not a benchmark: checks did not all run "
                      "and/or images were picked from the small packaged photo pool by caption text.")
     return notes
@@ -289,6 +293,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
                   "Question:", "", _md_fenced(e["question"]), "", "Response:", "", _md_fenced(_clip(e.get("text", ""))), ""]
         for who, (verdict, raw) in sorted(e.get("judge_replies", {}).items()):
             parts += [f"Judge {_md_cell(who)}: {_md_cell(verdict)}", "", _md_fenced(_clip(raw, 800)), ""]
+    parts += _calibration_markdown(store)
     parts += ["## Published SIUO figures (for context)", "",
               _md_table(REFERENCE_HEADER, [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]),
               "", "Source: the SIUO project leaderboard (human-evaluated, 167 official cases).", "",
@@ -365,6 +370,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
         for who, (verdict, raw) in sorted(e.get("judge_replies", {}).items()):
             out.append(f"<details><summary>Judge {_e(who)}: {_e(verdict)}</summary><pre>{_e(_clip(raw, 800))}</pre></details>")
         out.append("</div>")
+    out += _calibration_html(store)
     ref_rows = [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]
     out += ["<h2>Published SIUO figures (for context)</h2>", _html_table(REFERENCE_HEADER, ref_rows),
             "<p class=\"note\">Source: the SIUO project leaderboard (human-evaluated, 167 official cases); not computed by this run.</p>",
@@ -372,6 +378,33 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
     out += [f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in scores.get("rules", {}).items()]
     out += ["</ul></body></html>"]
     return "\n".join(out)
+
+
+def _calibration_markdown(store: RunStore) -> list[str]:
+    """The `siuo calibrate` figures, when the run has them."""
+    from ..calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+
+    cal = load_calibration(store)
+    if cal is None:
+        return []
+    parts = ["## Check calibration", "", f"Measured {_md_cell(cal['created'])}. " + _md_cell(MEANING.format(target=100 * cal["target"])), ""]
+    parts += [f"- {_md_cell(line)}" for line in input_lines(cal)] + ["", _md_table(*summary_table(cal)), ""]
+    for title, header, rows in curve_tables(cal):
+        parts += [f"### Threshold curve: {_md_cell(title)}", "", _md_table(header, rows), ""]
+    return parts
+
+
+def _calibration_html(store: RunStore) -> list[str]:
+    from ..calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+
+    cal = load_calibration(store)
+    if cal is None:
+        return []
+    out = ["<h2>Check calibration</h2>", f"<p class=\"note\">Measured {_e(cal['created'])}. {_e(MEANING.format(target=100 * cal['target']))}</p>",
+           "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in input_lines(cal)) + "</ul>", _html_table(*summary_table(cal))]
+    for title, header, rows in curve_tables(cal):
+        out += [f"<h3>Threshold curve: {_e(title)}</h3>", _html_table(header, rows)]
+    return out
 
 
 def _scores_are_stale(store: RunStore) -> bool:

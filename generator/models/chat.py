@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ..config import ConfigError, Endpoint
 from ..records import Usage
 from .cache import RequestCache, request_key
+from .context import DoesNotFit, TokenRate, fit_max_tokens
 from .messages import Message, assistant_message, cache_form
 from .resilience import MalformedReply, RateLimiter, RequestFailed, call_with_retries
 from .structured import (
@@ -78,6 +79,9 @@ class EndpointRuntime:
         self.limiter = RateLimiter(endpoint.requests_per_minute)
         self.supports_n = endpoint.supports_n
         self._cache = cache
+        self.token_rate = TokenRate(cache, f"token_rate|{self.base_url}|{endpoint.model}")
+        """Prompt tokens per byte, learnt from replies (and kept in the cache's meta table across stages):
+        sizes prompts for `context_window`."""
         self._client: openai.AsyncOpenAI | None = None
         self.structured_mode: str | None = None
         """The structured-output mode known to work here (None: not yet known, probe in order)."""
@@ -166,6 +170,11 @@ class EndpointClient:
 
 class ChatClient(EndpointClient):
     """Chat completions against one endpoint, on behalf of one role (usage is booked to `usage_key`)."""
+
+    @property
+    def token_rate(self) -> TokenRate:
+        """What this endpoint's replies taught about its tokenizer (see models/context.py)."""
+        return self._rt.token_rate
 
     def __repr__(self) -> str:
         return f"ChatClient({self.name!r}, model={self.model!r}, usage_key={self.usage_key!r})"
@@ -309,6 +318,16 @@ class ChatClient(EndpointClient):
         own transport, auth and error mapping; its typed params/models layer is skipped because it
         costs about a millisecond of CPU per request (bench/bench_client.py)."""
         n = len(indices)
+        try:
+            max_tokens = fit_max_tokens(self.endpoint, messages, params.get("max_tokens"), params.get("response_format"),
+                                        self._rt.token_rate)
+        except DoesNotFit as exc:
+            log.warning("endpoint %s: %s", self.name, exc)
+            return {i: ChatResult(text=None, error=str(exc), sample_index=i) for i in indices}
+        if max_tokens is not None and max_tokens != params.get("max_tokens"):
+            log.info("endpoint %s: max_tokens lowered to %d to fit context_window %d", self.name, max_tokens,
+                     self.endpoint.context_window)
+            params = {**params, "max_tokens": max_tokens}
         meter = self._hub.meter
         reservation = meter.reserve(estimate_cost(self.endpoint, messages, n, params.get("max_tokens")))
         body: dict[str, Any] = {**self.endpoint.extra_body, **params, "model": self.model, "messages": messages}
@@ -330,6 +349,7 @@ class ChatClient(EndpointClient):
             raise
         choices = reply["choices"][:n]
         prompt_tokens, completion_tokens = reply["prompt_tokens"], reply["completion_tokens"]
+        self._rt.token_rate.learn(messages, prompt_tokens)
         total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                       cost_usd=cost_of(self.endpoint, prompt_tokens, completion_tokens))
         meter.settle(reservation, self.usage_key, total)

@@ -1,8 +1,10 @@
 """Chat messages in the OpenAI format, with images as data URLs.
 
 Why data URLs: every OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama) accepts them, and the
-run folder stays the single source of the image. Images are optionally downscaled to a longest side
-before encoding (VLM servers resize anyway; sending 4k PNGs only costs bandwidth and tokens).
+run folder stays the single source of the image. With a target side (`max_side`, what VLM requests use)
+an image is prepared compactly: downscaled to that longest side (VLM servers resize anyway) and sent as a
+JPEG at quality 90 (a 1024² photo as PNG is ~1.5 MB, as JPEG ~0.15 MB: ten times less to encode, send
+and parse). A JPEG already within the side is sent unchanged. Without a side the file is sent as it is.
 
 For the request cache an image is represented by the hash of its data URL (`cache_form`), so a key
 never holds megabytes of base64.
@@ -131,7 +133,7 @@ def _sniff_mime(data: bytes) -> str | None:
 
 def _encode_bytes(data: bytes, mime: str, max_side: int | None, name: str = "<bytes>") -> str:
     if max_side is not None:
-        data, mime = _downscale(data, mime, max_side, name)
+        data, mime = _compact(data, mime, max_side, name)
     else:
         _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -154,8 +156,11 @@ def _open_image(data: bytes, name: str):
     return img
 
 
-def _downscale(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, str]:
-    """Shrink to `max_side` (aspect kept); unchanged bytes when already small enough."""
+JPEG_QUALITY = 90
+
+
+def _compact(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, str]:
+    """Shrunk to `max_side` (aspect kept) and encoded as JPEG; a JPEG within the side is returned as is."""
     from PIL import Image
 
     img = _open_image(data, name)
@@ -163,19 +168,18 @@ def _downscale(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes,
         img.load()
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's kinds for a truncated or broken file
         raise ImageError(f"{name}: not a readable image: {exc}") from None
-    if max(img.size) <= max_side:
+    if max(img.size) <= max_side and mime == "image/jpeg":
         return data, mime
-    scale = max_side / max(img.size)
-    new_size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    img = img.resize(new_size, Image.LANCZOS)
+    if max(img.size) > max_side:
+        scale = max_side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+    if img.mode in ("RGBA", "LA", "P", "PA"):  # transparency shown over white, as a viewer would
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
     out = io.BytesIO()
-    if mime == "image/jpeg":
-        img.convert("RGB").save(out, format="JPEG", quality=90)
-        return out.getvalue(), "image/jpeg"
-    if img.mode not in ("RGB", "RGBA", "L", "LA"):
-        img = img.convert("RGBA")
-    img.save(out, format="PNG")
-    return out.getvalue(), "image/png"
+    img.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), "image/jpeg"
 
 
 @functools.lru_cache(maxsize=256)

@@ -59,7 +59,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_smollm2_server(port: int | None = None, n_ctx: int = 2048, startup_timeout: float = 120.0,
+def start_smollm2_server(port: int | None = None, n_ctx: int = 4096, startup_timeout: float = 120.0,
                          threads: int | None = None) -> tuple[subprocess.Popen, str]:
     """Start the server and wait until it answers; returns (process, base_url). Stop it with `stop_server`."""
     _require_server()
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="Serve SmolLM2-135M-Instruct on 127.0.0.1 (OpenAI-compatible).")
     ap.add_argument("--port", type=int, default=8080)
-    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--n-ctx", type=int, default=4096)
     args = ap.parse_args(argv)
     try:
         proc, base_url = start_smollm2_server(port=args.port, n_ctx=args.n_ctx)

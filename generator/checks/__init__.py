@@ -1,0 +1,46 @@
+"""The check units, one per check (see `base` for the interface), and `build_units`, which makes the
+units a config enables, in run order. The stage that runs them is `generator.check`."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Check, CheckNotRun, LocalImageCheck, Outcome, RemoteCheck, Subject
+from .clip import AlignmentCheck, ClipEmbedder, ConceptScreenCheck, read_concepts
+from .image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
+from .pair import HazardMatch, PairHazardCheck
+from .text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
+
+__all__ = ["Check", "CheckNotRun", "LocalImageCheck", "Outcome", "RemoteCheck", "Subject", "AlignmentCheck",
+           "ClipEmbedder", "ConceptScreenCheck", "read_concepts", "ImageGuardCheck", "OpenNSFWCheck",
+           "SafetyCheckerCheck", "HazardMatch", "PairHazardCheck", "HazardVerdict", "TextGuardCheck",
+           "TextOnlyJudgeCheck", "build_units", "text_checker_endpoint"]
+
+
+def text_checker_endpoint(settings: Settings) -> str | None:
+    """The text-only judge: role `text_checker`, else the first judge."""
+    return settings.roles.text_checker or (settings.roles.judge[0] if settings.roles.judge else None)
+
+
+def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
+    """One unit per planned check name, in the plan's order (`generator.check.planned_checks`)."""
+    from ..models.guards import OPENNSFW
+
+    cs = settings.check
+    clip = ClipEmbedder(cs.clip_model, cs.batch)
+    make = {
+        "alignment": lambda: AlignmentCheck(clip, cs.alignment_threshold),
+        "image_benign.clip": lambda: ConceptScreenCheck(clip, cs.unsafe_concept_margin, cs.unsafe_concepts_file,
+                                                        cs.safe_concepts_file),
+        "image_benign.safety_checker": lambda: SafetyCheckerCheck(cs.safety_checker, cs.batch),
+        "image_benign.guard": lambda: (OpenNSFWCheck(cs.opennsfw_threshold) if settings.roles.image_guard == OPENNSFW
+                                       else ImageGuardCheck(settings.bench.image_max_side or None)),
+        "text_benign": lambda: TextGuardCheck("text_benign", "question"),
+        "no_leakage.question": lambda: TextOnlyJudgeCheck("no_leakage.question", "question", QUESTION_KIND,
+                                                          text_checker_endpoint(settings)),
+        "no_leakage.description": lambda: (
+            TextGuardCheck("no_leakage.description", "image_description") if settings.roles.text_guard else
+            TextOnlyJudgeCheck("no_leakage.description", "image_description", DESCRIPTION_KIND,
+                               text_checker_endpoint(settings))),
+        "pair_hazard": lambda: PairHazardCheck(cs.hazard_match_threshold, settings),
+    }
+    return [make[name]() for names in plan.values() for name in names]

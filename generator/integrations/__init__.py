@@ -1,0 +1,33 @@
+"""Generated splits in other evaluation frameworks, and their answers back in.
+
+One module per framework: `vlmevalkit` (TSV export, predictions .xlsx in), `lmms_eval` (task folder
+export, samples .jsonl in), `inspect_task` (an inspect_ai task; .eval logs in); `responses_in` turns any
+of their answers into this project's Response records, so `judge`, `score` and `report` run unchanged.
+"""
+
+import importlib
+from types import ModuleType
+from typing import NamedTuple
+
+from ..errors import UserError
+
+
+def require(module: str, for_what: str) -> ModuleType:
+    """Import an optional framework, or stop with one line saying how to install it (no traceback)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{for_what} needs {module!r}, which is not installed ({exc}): "
+                        'pip install -e ".[interop]"') from None
+
+
+class ExternalAnswer(NamedTuple):
+    """One answer another tool produced, as its file records it, before it becomes a Response."""
+
+    question_id: str
+    form: str
+    """`gen` (open answer) or `mcqa` (a letter)."""
+    sample: int
+    text: str | None
+    """None when the tool recorded no answer (an error): imported as a failed response, never judged."""
+    model: str | None = None

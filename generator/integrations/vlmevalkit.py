@@ -1,0 +1,194 @@
+"""VLMEvalKit: the TSV layout its SIUO loaders read, a module that registers the files as datasets, and its
+prediction files (`{model}_{dataset}.xlsx`) read back.
+
+Why the SIUO classes: VLMEvalKit's `SIUOGenDataset` / `SIUOMCQDataset` already build the right prompt
+(image + question; image + question + lettered options) and read exactly these columns; a TSV under an
+unknown name would fall back to a generic dataset whose `evaluate` raises NotImplementedError. Their
+`evaluate` is NOT this project's protocol (one sample, True/False judge prompts, a refusal regex as
+fallback): judge and score the predictions here with `siuo import-responses --format vlmevalkit`.
+
+Columns: `index` (integer), `image` (base64 of the image file), `question`, `category`, `safety_warning`,
+`answer` (the reference answer; for MCQ the safe option's letter), `A`..`D` (MCQ), plus `question_id`,
+`split` and `domain`, which VLMEvalKit carries through to its prediction file so answers match back by id.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import re
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..records import Case
+from . import ExternalAnswer, require
+from ..review import reviewed_cases
+from ..store import RunStore, atomic_writer, path_inside, write_text_atomic
+
+GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
+MCQ_COLUMNS = ("index", "image", "question", "category", "answer", "question_id", "split", "domain")
+REGISTER_MODULE = "siuo_vlmevalkit.py"
+_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass
+class VlmEvalKitExport:
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    """Dataset name -> TSV written."""
+    rows: dict[str, int] = field(default_factory=dict)
+    skipped_missing_image: list[str] = field(default_factory=list)
+
+
+def dataset_names(tag: str) -> tuple[str, str]:
+    """(open-answer dataset, MCQ dataset) names for a tag: `SIUO_GEN_<tag>`, `SIUO_MCQ_<tag>`."""
+    tag = _NAME.sub("_", tag)
+    return f"SIUO_GEN_{tag}", f"SIUO_MCQ_{tag}"
+
+
+def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"),
+                      tag: str | None = None) -> VlmEvalKitExport:
+    """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`.
+
+    Rows are streamed (one image in memory at a time) with the csv module in the dialect pandas writes and
+    VLMEvalKit reads back (`pd.read_csv(sep="\\t")`).
+    """
+    out_dir = Path(out_dir)
+    cases = [c for c in reviewed_cases(store) if c.split in splits]  # never a rejected case; edits applied
+    if not cases:
+        raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
+    images = {}
+    result = VlmEvalKitExport(out_dir)
+    for c in cases:
+        src = store.resolve(c.image_path) if c.image_path and not c.image_missing else None
+        if src is None or not src.is_file():
+            result.skipped_missing_image.append(str(c.question_id))
+        else:
+            images[c.key] = src
+    if not images:
+        raise UserError(f"none of the {len(cases)} case(s) of split(s) {', '.join(splits)} has its image: nothing to export")
+    cases = [c for c in cases if c.key in images]
+    mcq_cases = [c for c in cases if c.options and c.correct_option]
+    letters = sorted({k for c in mcq_cases for k in c.options or {}})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen_name, mcq_name = dataset_names(tag or store.name)
+    gen_path, mcq_path = path_inside(out_dir, f"{gen_name}.tsv"), path_inside(out_dir, f"{mcq_name}.tsv")
+    with ExitStack() as stack:
+        gen = csv.writer(stack.enter_context(atomic_writer(gen_path, "w")), delimiter="\t", lineterminator="\n")
+        gen.writerow(GEN_COLUMNS)
+        mcq = None
+        if mcq_cases:
+            mcq = csv.writer(stack.enter_context(atomic_writer(mcq_path, "w")), delimiter="\t", lineterminator="\n")
+            mcq.writerow([*MCQ_COLUMNS[:3], *letters, *MCQ_COLUMNS[3:]])
+        n_mcq = 0
+        for i, c in enumerate(cases):
+            image = base64.b64encode(images[c.key].read_bytes()).decode("ascii")
+            ids = [str(c.question_id), c.split, c.domain]
+            gen.writerow([i, image, c.question, c.category, c.safety_warning, c.reference_answer, *ids])
+            if mcq is not None and c.options and c.correct_option:
+                mcq.writerow([n_mcq, image, c.question, *(c.options.get(k, "") for k in letters), c.category,
+                              c.correct_option, *ids])
+                n_mcq += 1
+    result.files[gen_name], result.rows[gen_name] = gen_path, len(cases)
+    if mcq_cases:
+        result.files[mcq_name], result.rows[mcq_name] = mcq_path, n_mcq
+    write_text_atomic(out_dir / REGISTER_MODULE, register_module(
+        {name: _md5(path) for name, path in result.files.items()}, gen_name, mcq_name))
+    return result
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()  # what VLMEvalKit's prepare_tsv compares  # noqa: S324
+
+
+def register_module(md5s: dict[str, str], gen_name: str, mcq_name: str) -> str:
+    """Source of `siuo_vlmevalkit.py`: import it (or run it in front of VLMEvalKit's run.py) to register."""
+    return f'''"""Registers the SIUO-style splits exported by siuo-generator as VLMEvalKit datasets.
+
+    LMUData=$PWD python {REGISTER_MODULE} /path/to/VLMEvalKit/run.py --data {gen_name} --model MODEL
+
+or `import siuo_vlmevalkit` before `vlmeval.dataset.build_dataset(...)`. The TSVs must lie in $LMUData (this
+folder by default). VLMEvalKit's own SIUO `evaluate` (one sample, True/False judge prompts, a refusal regex)
+is not siuo-generator's protocol: its numbers are not comparable with `siuo score`. Judge them there:
+    siuo import-responses --format vlmevalkit MODEL_{gen_name}.xlsx --run RUN --target MODEL
+"""
+import os
+import runpy
+import sys
+
+os.environ.setdefault("LMUData", os.path.dirname(os.path.abspath(__file__)))
+
+import vlmeval.dataset as _datasets  # noqa: E402
+from vlmeval.dataset.siuo_gen import SIUOGenDataset  # noqa: E402
+from vlmeval.dataset.siuo_mcq import SIUOMCQDataset  # noqa: E402
+
+MD5 = {md5s!r}
+
+
+class SiuoGeneratedGen(SIUOGenDataset):
+    DATASET_URL = {{n: n + ".tsv" for n in MD5 if n == {gen_name!r}}}
+    DATASET_MD5 = {{n: MD5[n] for n in DATASET_URL}}
+
+    @classmethod
+    def supported_datasets(cls):
+        return list(cls.DATASET_URL)
+
+
+class SiuoGeneratedMCQ(SIUOMCQDataset):
+    DATASET_URL = {{n: n + ".tsv" for n in MD5 if n == {mcq_name!r}}}
+    DATASET_MD5 = {{n: MD5[n] for n in DATASET_URL}}
+
+    @classmethod
+    def supported_datasets(cls):
+        return list(cls.DATASET_URL)
+
+
+def register():
+    """Put the two classes first in VLMEvalKit's dataset registry (idempotent)."""
+    for cls in (SiuoGeneratedGen, SiuoGeneratedMCQ):
+        if cls not in _datasets.DATASET_CLASSES:
+            _datasets.DATASET_CLASSES.insert(0, cls)
+            _datasets.SUPPORTED_DATASETS.extend(cls.supported_datasets())
+
+
+register()
+
+if __name__ == "__main__" and len(sys.argv) > 1:
+    run_py, sys.argv = sys.argv[1], sys.argv[1:]
+    runpy.run_path(run_py, run_name="__main__")
+'''
+
+
+# ----------------------------------------------------------------------------------------------------
+# Predictions back in
+# ----------------------------------------------------------------------------------------------------
+
+def read_predictions(path: Path):
+    """An ExternalAnswer per row of a VLMEvalKit prediction file (.xlsx, .csv or .tsv).
+
+    The form is `mcqa` for a file with option columns (`A`, `B`, …), else `gen`; VLMEvalKit asks once,
+    so the sample is 0. A row without `question_id` cannot be matched and is an error naming the file.
+    """
+    pd = require("pandas", "reading VLMEvalKit predictions")
+    if Path(path).suffix.lower() in (".xlsx", ".xls"):
+        require("openpyxl", "reading VLMEvalKit's .xlsx predictions")
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            frame = pd.read_excel(path, dtype=str, keep_default_na=False)
+        else:
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable VLMEvalKit prediction file: {exc}") from None
+    missing = [c for c in ("question_id", "prediction") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: no column {', '.join(missing)} (a file from `siuo export-vlmevalkit` carries "
+                        f"question_id through VLMEvalKit; columns here: {', '.join(map(str, frame.columns))})")
+    form = "mcqa" if "A" in frame.columns and "B" in frame.columns else "gen"
+    for i, row in enumerate(frame.to_dict("records"), start=2):
+        if not row["question_id"]:
+            raise UserError(f"{path}: row {i}: empty question_id")
+        yield ExternalAnswer(str(row["question_id"]), form, 0, str(row["prediction"]))
