@@ -27,6 +27,7 @@ from .config import Settings
 from .domains import domain_by_id, domain_by_label
 from .errors import UserError
 from .records import Case, CheckResult, Render, Scenario, stable_key
+from .review import ReviewState
 from .store import RunStore, write_text_atomic
 
 STAGE = "accept"
@@ -48,6 +49,8 @@ class FilterReport:
     new_cases: int = 0
     outcomes: dict[str, str] = field(default_factory=dict)
     """Scenario key -> outcome (for tests and the JSON report)."""
+    review: dict[str, int] = field(default_factory=dict)
+    """Of the accepted cases: how many reviewers rejected (never exported or evaluated) or edited."""
 
     def count(self, domain: str, outcome: str, reason: str | None = None) -> None:
         self.per_domain.setdefault(domain, Counter())[outcome] += 1
@@ -79,6 +82,7 @@ class FilterReport:
             "per_domain": {d: {c: cnt[c] for c in self.columns()} | {"scenarios": sum(cnt.values())}
                            for d, cnt in sorted(self.per_domain.items())},
             "outcomes": self.outcomes,
+            "review": self.review,
         }
 
     def table(self) -> Table:
@@ -96,6 +100,10 @@ class FilterReport:
             if r and (r["error"] or r["missing"]):
                 t.caption = (t.caption + "; " if t.caption else "") + (
                     f"{fam}: {r['failed']} failed, {r['error']} error, {r['missing']} not run")
+        if self.review.get("rejected") or self.review.get("edited"):
+            t.caption = (t.caption + "; " if t.caption else "") + (
+                f"review: {self.review['rejected']} rejected (left out of exports and evaluation), "
+                f"{self.review['edited']} edited")
         for name, why in sorted(self.not_run.items()):
             t.caption = (t.caption + "; " if t.caption else "") + f"NOT RUN {name}: {why}"
         return t
@@ -172,6 +180,10 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
                 done.add(case.key)
                 report.new_cases += 1
         entry.counts.update(accepted=report.totals["accepted"], new_cases=report.new_cases)
+    state = ReviewState.load(store)
+    accepted_keys = {f"case-{question_id(s)}" for s in scenarios if report.outcomes.get(s.key) == "accepted"}
+    report.review = {"rejected": sum(state.rejected(k) for k in accepted_keys),
+                     "edited": sum(state.revision(k) > 0 for k in accepted_keys)}
     path = store.path / REPORT_FILE
     write_text_atomic(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     return report

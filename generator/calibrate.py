@@ -84,11 +84,11 @@ def _image(store: RunStore, case: Case) -> Path | None:
 def known_good_cases(store: RunStore) -> tuple[list[Case], dict[str, str]]:
     """The imported SIUO cases and the generated cases a person accepted, and the image description of
     each case that has one (generated cases: their scenario's)."""
-    from .review import latest_decisions
+    from .review import ReviewState, reviewed_cases
 
-    decisions = latest_decisions(store)
-    cases = [c for c in store.read(Case) if c.split == "siuo" or
-             (c.key in decisions and decisions[c.key].decision == "accept")]
+    state = ReviewState.load(store)  # accepted: some reviewer accepted it and none rejected it (reviewed_cases)
+    cases = [c for c in reviewed_cases(store, state=state) if c.split == "siuo" or
+             "accept" in state.votes(c.provenance.get("review", {}).get("original_key", c.key)).values()]
     wanted = {c.scenario_id for c in cases if c.scenario_id}
     descriptions = {s.key: s.image_description for s in store.read(Scenario) if s.key in wanted}
     return cases, {c.key: descriptions[c.scenario_id] for c in cases if c.scenario_id in descriptions}

@@ -392,13 +392,28 @@ def review_cmd(
     reviewer: str = typer.Option("me", "--reviewer", help="Your name, recorded with each decision."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write an HTML review sheet here instead of asking."),
     split: Optional[str] = typer.Option(None, "--split", help="Review this split (default: generated + hardened)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the review web app (several reviewers, in a browser)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="With --serve: address to listen on (not loopback: needs --token)."),
+    port: int = typer.Option(8765, "--port", help="With --serve: port to listen on."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="SIUO_REVIEW_TOKEN",
+                                        help="With --serve: access token every request must present (required off loopback)."),
     wait: bool = WaitOpt,
 ) -> None:
-    """Read the accepted cases and accept / reject each (or write an HTML review sheet)."""
+    """Accept / reject / edit the accepted cases: in the browser (--serve), the terminal, or an HTML sheet."""
     from .review import review_interactive, write_review_sheet
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    if serve:
+        try:
+            from .review_app import serve as serve_app
+        except ImportError as exc:
+            raise UserError(f"the review app needs the `review` extra (pip install -e \".[review]\"): {exc}") from None
+        shown_host = f"[{host}]" if ":" in host else host
+        console.print(f"review {run} at http://{shown_host}:{port}/" + ("?token=<your token>" if token else "")
+                      + "  (Ctrl+C stops)", highlight=False)
+        serve_app(store, host=host, port=port, token=token)
+        return
     if sheet is not None:
         n = write_review_sheet(store, sheet, split=split)
         console.print(f"wrote {sheet} ({n} cases)", highlight=False)

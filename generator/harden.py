@@ -36,6 +36,7 @@ from .propose import (
 )
 from .records import Case, Failure, Provenance, Scenario, stable_key
 from .store import RunStore
+from .review import reviewed_cases
 
 STAGE = "harden"
 STRATEGIES_FILE = PROMPTS_DIR / "harden_strategies.toml"
@@ -110,7 +111,7 @@ class Parent:
 def load_parents(store: RunStore, from_run: str | None, limit: int | None) -> list[Parent]:
     if from_run:
         source = RunStore.open(from_run, root=store.path.parent, create=False)
-        parents = [Parent.from_case(c, from_run) for c in source.read(Case)]
+        parents = [Parent.from_case(c, from_run) for c in reviewed_cases(source)]
         if not parents:
             raise UserError(f"run {from_run!r} has no cases to harden ({source.file_for(Case)} is empty or missing)")
     else:

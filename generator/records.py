@@ -215,17 +215,37 @@ class Case(Record):
 
 
 class Review(Record):
-    """A person's decision on a case."""
+    """A person's decision on a case, or an edit of it (one line each, append-only).
+
+    Decisions (`accept`, `reject`, `skip`) are keyed by (case, reviewer): a reviewer's later decision
+    replaces their earlier one, and each reviewer's stands beside the others' (agreement is computed over
+    them). An `edit` is a new revision of the case, keyed by (case, revision), never an overwrite: it holds
+    the whole revised text and image, so the latest edit alone says what the case now is. Records written
+    before these fields existed read as they did (every new field has a default).
+    """
 
     FILE: ClassVar[str] = "reviews.jsonl"
 
     case_id: str
-    decision: Literal["accept", "reject", "skip"]
+    decision: Literal["accept", "reject", "skip", "edit"]
     note: str = ""
     reviewer: str = ""
+    reason: str | None = None
+    """Why a case was rejected: one of `generator.review.REJECT_REASONS` (free text goes in `note`)."""
+    revision: int = 0
+    """A decision: the case revision it was made on (0: as generated). An edit: the revision it creates."""
+    question: str | None = None
+    hazard: str | None = None
+    reference_answer: str | None = None
+    image_path: str | None = None
+    """An edit: the image (relative to the run folder), e.g. another rendered candidate."""
+    render_key: str | None = None
+    """An edit: the Render record of the chosen image candidate, when it is one."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:
+        if self.decision == "edit":
+            return "rv-" + stable_key(self.case_id, "edit", self.revision)
         return "rv-" + stable_key(self.case_id, self.reviewer)
 
 

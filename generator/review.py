@@ -1,52 +1,195 @@
-"""Review: a person reads what passed the checks and accepts or rejects each case.
+"""Review: a person reads what passed the checks and accepts, rejects or edits each case.
 
-Two ways in: an interactive terminal loop (`siuo review --run R`), and a self-contained HTML sheet
-(`siuo review --run R --sheet review.html`) to read the cases with their images side by side. Decisions
-are Review records (append-only; a later decision by the same reviewer replaces the earlier one), and
-`reviewed_cases` is what later stages use when asked to keep only accepted cases.
+Three ways in: the web app (`siuo review --run R --serve`, in `generator.review_app`), an interactive
+terminal loop (`siuo review --run R`), and a self-contained HTML sheet (`siuo review --run R --sheet
+review.html`) to share offline. Decisions and edits are Review records in reviews.jsonl (append-only; a
+later decision by the same reviewer replaces their earlier one; an edit is a new revision). Every later
+stage reads cases through `reviewed_cases`: a rejected case is never exported or evaluated, an edited one
+is used in its latest revision.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.panel import Panel
 
 from .models.messages import ImageError, image_data_url
-from .records import Case, Review
+from .errors import UserError
+from .records import Case, Render, Review
 from .store import RunStore, write_text_atomic
 from .terminal import printable
 
 
+REJECT_REASONS: dict[str, str] = {
+    "not-benign-image": "the image alone is unsafe",
+    "not-benign-text": "the question alone is unsafe",
+    "no-hazard": "the pair carries no real hazard",
+    "text-gives-it-away": "the question reveals the hazard (too easy)",
+    "image-mismatch": "the image does not show what the case needs",
+    "reference-wrong": "the reference answer is wrong or unsafe",
+    "duplicate": "a near-duplicate of another case",
+    "other": "other (see note)",
+}
+"""Why a case is rejected: stored as the key in `Review.reason`; free text goes in `Review.note`."""
+
+DECISIONS = ("accept", "reject", "skip")
+REVISION_MARK = "@r"
+"""A revised case's key is `<case key>@r<revision>`: answers to the old text are never reused for the new."""
+
+
 def latest_decisions(store: RunStore) -> dict[str, Review]:
-    """Per case, the newest decision of any reviewer."""
+    """Per case, the newest decision of any reviewer (edits are not decisions)."""
     out: dict[str, Review] = {}
     for r in store.iter_records(Review):
-        out[r.case_id] = r
+        if r.decision != "edit":
+            out[r.case_id] = r
     return out
 
 
-def reviewed_cases(store: RunStore, require_accept: bool = False) -> list[Case]:
-    """Cases not rejected by a reviewer (with `require_accept`: only those explicitly accepted)."""
-    decisions = latest_decisions(store)
+@dataclass
+class ReviewState:
+    """Every reviewer's current decision and every edit, per case, read from reviews.jsonl."""
+
+    decisions: dict[str, dict[str, Review]] = field(default_factory=dict)
+    """case key -> reviewer -> that reviewer's latest decision (skips included)."""
+    edits: dict[str, list[Review]] = field(default_factory=dict)
+    """case key -> its edits, oldest revision first."""
+
+    @classmethod
+    def load(cls, store: RunStore) -> "ReviewState":
+        state = cls()
+        for r in store.iter_records(Review):
+            if r.decision == "edit":
+                state.edits.setdefault(r.case_id, []).append(r)
+            else:
+                state.decisions.setdefault(r.case_id, {})[r.reviewer] = r
+        for edits in state.edits.values():
+            edits.sort(key=lambda e: e.revision)
+        return state
+
+    def latest_edit(self, case_key: str) -> Review | None:
+        edits = self.edits.get(case_key)
+        return edits[-1] if edits else None
+
+    def revision(self, case_key: str) -> int:
+        edit = self.latest_edit(case_key)
+        return edit.revision if edit else 0
+
+    def votes(self, case_key: str) -> dict[str, str]:
+        """reviewer -> accept / reject (skips are not votes)."""
+        return {who: r.decision for who, r in self.decisions.get(case_key, {}).items() if r.decision != "skip"}
+
+    def rejected(self, case_key: str) -> bool:
+        """Rejected when any reviewer's current decision is reject: a case one person refused never
+        enters a split unnoticed (the summary page lists such disagreements to settle)."""
+        return "reject" in self.votes(case_key).values()
+
+    def status(self, case_key: str) -> str:
+        """pending (no vote) / accepted / rejected (all votes agree) / disputed (votes differ)."""
+        votes = set(self.votes(case_key).values())
+        if not votes:
+            return "pending"
+        if len(votes) > 1:
+            return "disputed"
+        return "accepted" if votes == {"accept"} else "rejected"
+
+
+def revised(case: Case, edit: Review | None) -> Case:
+    """`case` as its latest edit left it, under the key `<key>@r<revision>`; the provenance says so."""
+    if edit is None:
+        return case
+    question = edit.question if edit.question is not None else case.question
+    hazard = edit.hazard if edit.hazard is not None else (case.hazard or case.safety_warning)
+    reference = edit.reference_answer if edit.reference_answer is not None else case.reference_answer
+    options = dict(case.options) if case.options else None
+    if options and case.correct_option in options:
+        options[case.correct_option] = reference  # the MCQA form's right answer is the reference
+    image_path = edit.image_path or case.image_path
+    return case.model_copy(update={
+        "key": f"{case.key}{REVISION_MARK}{edit.revision}",
+        "question": question,
+        "hazard": hazard,
+        "safety_warning": hazard,
+        "reference_answer": reference,
+        "options": options,
+        "image_path": image_path,
+        "image": Path(image_path).name if image_path else case.image,
+        "provenance": {**case.provenance, "review": {
+            "original_key": case.key, "revision": edit.revision, "edited_by": edit.reviewer,
+            "edited": edit.created, "edit_key": edit.key}},
+    })
+
+
+def reviewed_cases(store: RunStore, require_accept: bool = False, state: ReviewState | None = None) -> list[Case]:
+    """The cases later stages use: never a rejected one, each in its latest revision (with
+    `require_accept`: only cases some reviewer accepted and none rejected). Exports, answer, judge and
+    score all read cases through here."""
+    state = state or ReviewState.load(store)
     keep = []
     for c in store.read(Case):
-        d = decisions.get(c.key)
-        if d is not None and d.decision == "reject":
+        if state.rejected(c.key):
             continue
-        if require_accept and (d is None or d.decision != "accept"):
+        if require_accept and "accept" not in state.votes(c.key).values():
             continue
-        keep.append(c)
+        keep.append(revised(c, state.latest_edit(c.key)))
     return keep
+
+
+def reviewed_keys(store: RunStore) -> tuple[set[str], dict[str, str]]:
+    """(rejected case keys, case key -> its revised key) for readers that stream cases.jsonl raw."""
+    state = ReviewState.load(store)
+    rejected = {k for k in state.decisions if state.rejected(k)}
+    renamed = {k: f"{k}{REVISION_MARK}{e[-1].revision}" for k, e in state.edits.items() if e}
+    return rejected, renamed
+
+
+def record_decision(store: RunStore, case_key: str, reviewer: str, decision: str, reason: str | None = None,
+                    note: str = "") -> Review:
+    """Append a decision; the caller holds the run lock (`RunStore.writing`)."""
+    if decision not in DECISIONS:
+        raise UserError(f"unknown decision {decision!r} (use {', '.join(DECISIONS)})")
+    if decision == "reject" and reason is not None and reason not in REJECT_REASONS:
+        raise UserError(f"unknown reject reason {reason!r} (use {', '.join(REJECT_REASONS)})")
+    state = ReviewState.load(store)
+    review = Review(case_id=case_key, decision=decision, reviewer=reviewer, note=note,
+                    reason=reason if decision == "reject" else None, revision=state.revision(case_key))
+    store.append(review)
+    return review
+
+
+def record_edit(store: RunStore, case: Case, reviewer: str, question: str | None = None, hazard: str | None = None,
+                reference_answer: str | None = None, render: Render | None = None, note: str = "") -> Review | None:
+    """Append a new revision of `case` (the whole revised text and image); None when nothing changed.
+    The caller holds the run lock, so two reviewers never write the same revision number."""
+    state = ReviewState.load(store)
+    current = revised(case, state.latest_edit(case.key))
+    last = state.latest_edit(case.key)
+    new = {
+        "question": current.question if question is None else question,
+        "hazard": current.hazard if hazard is None else hazard,
+        "reference_answer": current.reference_answer if reference_answer is None else reference_answer,
+        "image_path": render.path if render is not None else current.image_path,
+    }
+    old = {"question": current.question, "hazard": current.hazard, "reference_answer": current.reference_answer,
+           "image_path": current.image_path}
+    if new == old:
+        return None
+    review = Review(case_id=case.key, decision="edit", reviewer=reviewer, note=note,
+                    revision=state.revision(case.key) + 1, **new,
+                    render_key=render.key if render is not None else (last.render_key if last else None))
+    store.append(review)
+    return review
 
 
 def pending_cases(store: RunStore, reviewer: str, split: str | None = None) -> list[Case]:
     """Cases this reviewer has not decided on yet (generated and hardened by default: the official set
     was reviewed by its authors)."""
-    done = {r.case_id for r in store.iter_records(Review) if r.reviewer == reviewer and r.decision != "skip"}
+    done = {r.case_id for r in store.iter_records(Review) if r.reviewer == reviewer and r.decision in ("accept", "reject")}
     splits = {split} if split else {"generated", "hardened"}
     return [c for c in store.read(Case) if c.split in splits and c.key not in done]
 
@@ -77,8 +220,9 @@ def review_interactive(
     cases = pending_cases(store, reviewer, split)
     counts = {"accept": 0, "reject": 0, "skip": 0}
     choices = {"a": "accept", "r": "reject", "s": "skip"}
+    state = ReviewState.load(store)
     for i, case in enumerate(cases, start=1):
-        show_case(console, store, case, i, len(cases))
+        show_case(console, store, revised(case, state.latest_edit(case.key)), i, len(cases))
         while True:
             answer = ask("[a]ccept  [r]eject  [s]kip  [q]uit > ").strip().lower()
             if answer in ("q", "quit"):
@@ -88,7 +232,7 @@ def review_interactive(
             console.print("please answer a, r, s or q")
         decision = choices[answer[:1]]
         note = ask("note (optional) > ").strip() if decision == "reject" else ""
-        store.append(Review(case_id=case.key, decision=decision, note=note, reviewer=reviewer))
+        record_decision(store, case.key, reviewer, decision, note=note)
         counts[decision] += 1
     if not cases:
         console.print("nothing to review: every case has a decision from this reviewer")
@@ -109,13 +253,14 @@ def write_review_sheet(store: RunStore, out: Path, split: str | None = None) -> 
     """A self-contained HTML page of the cases (images inline) with their current decisions.
     Every text from a model is escaped: it is data, never markup."""
     decisions = latest_decisions(store)
+    state = ReviewState.load(store)
     splits = {split} if split else {"generated", "hardened"}
-    cases = [c for c in store.read(Case) if c.split in splits]
+    cases = [revised(c, state.latest_edit(c.key)) for c in store.read(Case) if c.split in splits]
     rows = []
     for c in cases:
         url = _data_url(store.resolve(c.image_path)) if c.image_path else None
         img = f'<img src="{url}" alt="case image">' if url else "<em>image missing</em>"
-        d = decisions.get(c.key)
+        d = decisions.get(c.provenance.get("review", {}).get("original_key", c.key))
         status = html.escape(f"{d.decision} by {d.reviewer}" + (f": {d.note}" if d.note else "")) if d else "pending"
         rows.append(
             "<tr>"

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian's chromium: the review app's browser tests drive it through Playwright (never `playwright install`).
+if [ "$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade "pip>=24" "setuptools<81" wheel
@@ -18,4 +24,4 @@ if [ ! -f .venv/.llama-portable ]; then
     touch .venv/.llama-portable
 fi
 
-pip install torch==2.14.1 torchvision==0.29.1 -e ".[test,local,interop,ray]" "$LLAMA"
+pip install torch==2.14.1 torchvision==0.29.1 -e ".[test,local,interop,ray,review]" "$LLAMA"

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..records import Case, CheckResult
+from ..review import reviewed_cases
 from ..store import RunStore, path_inside, write_text_atomic
 
 OFFICIAL_LICENSE = "cc-by-nc-4.0"
@@ -47,6 +48,7 @@ def features():
         "scenario_id": Value("string"),
         "parent_id": Value("string"),
         "strategy": Value("string"),
+        "revision": Value("int32"),
         "image_source": Value("string"),
         "image_licence": Value("string"),
         "checks": List({
@@ -73,6 +75,7 @@ COLUMN_DOCS = {
     "scenario_id": "generated scenario the case came from (empty for official cases)",
     "parent_id": "scenario a hardened case was rewritten from (empty otherwise)",
     "strategy": "hardening strategy (empty otherwise)",
+    "revision": "the reviewers' revision of the case (0: as generated; an edit in `siuo review` makes 1, 2, …)",
     "image_source": "how the image was made: `backend:model` or a photo's source",
     "image_licence": "a picked photo's licence as its source states it (empty for generated images)",
     "checks": "every check that admitted the case: name, image candidate, score, threshold, passed",
@@ -127,6 +130,7 @@ def _row(case: Case, checks: list[CheckResult], question: str | None = None, spl
         "scenario_id": case.scenario_id or "",
         "parent_id": case.parent_id or "",
         "strategy": case.strategy or "",
+        "revision": case.provenance.get("review", {}).get("revision", 0),
         "image_source": source,
         "image_licence": licence,
         "checks": [] if control else [
@@ -188,7 +192,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
     if "siuo" in splits and license != OFFICIAL_LICENSE:
         raise UserError(f"--license {license}: the official SIUO cases are {OFFICIAL_LICENSE}; a dataset that "
                         f"includes them must keep that licence")
-    cases = [c for c in store.read(Case) if c.split in splits]
+    cases = [c for c in reviewed_cases(store) if c.split in splits]  # never a rejected case; edits applied
     if not cases:
         raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
     checks: dict[str, list[CheckResult]] = defaultdict(list)

@@ -19,6 +19,7 @@ from ..domains import domain_by_label, load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response
 from ..store import RunStore, write_text_atomic
+from ..review import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
 MCQA_FIELDS = ("question_id", "image", "question", "category", "options", "correct_option")
@@ -323,7 +324,7 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [c for c in store.read(Case) if split is None or c.split == split]
+    cases = [c for c in reviewed_cases(store) if split is None or c.split == split]
     responses = store.read_latest(Response)  # a retried answer replaces the failed one
     target = _pick_target(responses, target)
     by_case: dict[tuple[str, str], dict[int, Response]] = defaultdict(dict)
@@ -350,6 +351,8 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     gen_items, mcqa_items = [], []
     for c in cases:
         item = {f: getattr(c, f) for f in GEN_FIELDS}
+        if "review" in c.provenance:  # an edited case says which revision this is
+            item["revision"] = c.provenance["review"]["revision"]
         gen_by_sample = by_case.get((c.key, "gen"))
         if gen_by_sample:
             gen_rs = [gen_by_sample.get(k) for k in range(gen_samples)]

@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..prompts import PROMPTS_DIR, Prompt, load_prompt
 from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from ..store import RunStore
+from ..review import reviewed_cases
 from ..concurrency import bounded_map
 from ..progress import stage_progress
 from .protocol import refuse_mixing, resolve_protocol
@@ -162,7 +163,7 @@ async def answer_async(
     if controls:
         forms.append("control")
     settings.role_endpoints(target)  # an unknown role or endpoint fails here, before any work
-    all_cases = store.read(Case)
+    all_cases = reviewed_cases(store)  # never a rejected case; an edited one in its latest revision
     if not all_cases:
         raise UserError(f"{store.file_for(Case)}: the run has no cases (import or accept some first)")
     cases = [c for c in all_cases if split is None or c.split == split]

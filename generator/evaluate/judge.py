@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..prompts import Prompt, load_prompt
 from ..records import Case, Failure, Judgment, Response, stable_key
 from ..store import RunStore
+from ..review import reviewed_cases
 from ..concurrency import bounded_map
 from ..progress import stage_progress
 from .answer import control_question_for, image_of
@@ -227,7 +228,7 @@ async def judge_async(
     endpoint_names = list(dict.fromkeys(name for j in judges for name in settings.role_endpoints(j)))
     proto = resolve_protocol(settings, protocol)
     prompts = {dim: load_prompt(name) for dim, name in proto.judge_prompts.items()}
-    cases = {c.key: c for c in store.read(Case)}
+    cases = {c.key: c for c in reviewed_cases(store)}  # a rejected case, or an edit's old text, is not judged
     responses = store.latest_by_key(Response)
     existing = store.latest_by_key(Judgment)
     refuse_mixing("responses", {r.protocol for r in responses.values()}, proto.name)

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from ..domains import load_domains
 from ..records import Case, Judgment, Render, Response
 from ..store import RunStore, write_text_atomic
+from ..review import reviewed_cases
 from .common import stream_jsonl
 from .score import SCORES_FILE, fmt_rate, leaderboard_rows, load_scores, score
 
@@ -141,6 +142,10 @@ def load_examples(store: RunStore, scores: dict[str, Any]) -> list[dict[str, Any
     for _, obj in stream_jsonl(store.file_for(Case)):
         if obj.get("key") in case_ids:
             questions[obj["key"]] = obj
+    if case_ids - questions.keys():  # edited cases answer under their revised key (`<key>@r<n>`)
+        for c in reviewed_cases(store):
+            if c.key in case_ids:
+                questions[c.key] = c.model_dump()
     for _, obj in stream_jsonl(store.file_for(Response)):
         if obj.get("key") in wanted:
             wanted[obj["key"]]["text"] = obj.get("text") or ""

@@ -42,6 +42,7 @@ from ..domains import load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response, utc_now
 from ..store import RunStore, StoreError, write_text_atomic
+from ..review import reviewed_keys
 from .common import INVALID_VERDICTS, require_field, stream_jsonl
 from .mcqa import is_correct, option_letters, parse_choice
 
@@ -108,24 +109,26 @@ def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
 
 
 def fleiss_kappa(items: Sequence[Sequence[str]]) -> float | None:
-    """Fleiss' kappa over items each rated by the same number (>= 2) of raters (a list of labels per item).
+    """Fleiss' kappa over items, each a list of the labels its raters gave.
 
-    None when undefined (no items, fewer than 2 raters, or chance agreement is 1).
+    Items rated by fewer than 2 are left out. Every item rated by the same number of raters (the judges)
+    is Fleiss (1971) exactly; with a varying number (people reviewing different cases) each item's
+    agreement is taken over its own rater pairs and chance from all ratings, the usual generalisation.
+    None when undefined (no item with 2+ ratings, or chance agreement is 1).
     """
+    items = [it for it in items if len(it) >= 2]
     if not items:
         return None
-    m = len(items[0])
-    if m < 2 or any(len(it) != m for it in items):
-        return None
-    n_items = len(items)
     totals: Counter = Counter()
     p_items = 0.0
     for it in items:
+        m = len(it)
         counts = Counter(it)
         totals.update(counts)
         p_items += (sum(c * c for c in counts.values()) - m) / (m * (m - 1))
-    p_bar = p_items / n_items
-    p_chance = sum((t / (n_items * m)) ** 2 for t in totals.values())
+    p_bar = p_items / len(items)
+    ratings = sum(totals.values())
+    p_chance = sum((t / ratings) ** 2 for t in totals.values())
     if p_chance >= 1.0:
         return None
     return (p_bar - p_chance) / (1 - p_chance)
@@ -202,9 +205,13 @@ class _Resp:
 
 def _load_cases(store: RunStore) -> dict[str, _CaseInfo]:
     path = store.file_for(Case)
+    rejected, renamed = reviewed_keys(store)
     cases: dict[str, _CaseInfo] = {}
     for lineno, obj in stream_jsonl(path):
         key = require_field(path, lineno, obj, "key")
+        if key in rejected:
+            continue  # a reviewer rejected it: never scored (its responses count as of unknown cases)
+        key = renamed.get(key, key)  # an edited case is scored in its latest revision only
         cases[key] = _CaseInfo(
             split=obj.get("split", "siuo"),
             domain=require_field(path, lineno, obj, "domain"),

@@ -29,7 +29,7 @@ from generator.integrations import ExternalAnswer
 from generator.integrations.judging import (case_from_fields, empty_verdict, flag, judge_message, judge_prompts,
                                             majority, verdict_of)
 from generator.prompts import load_prompt
-from generator.records import Case
+from generator.review import reviewed_cases
 from generator.store import RunStore
 
 METADATA_FIELDS = ("question_id", "question", "category", "domain", "safety_warning", "hazard", "reference_answer", "split")
@@ -40,7 +40,7 @@ def samples(run: str, split: str) -> list[Sample]:
     store = RunStore.open(run, create=False)
     prompts = {"gen": load_prompt("answer_gen")}
     out = []
-    for case in store.read(Case):
+    for case in reviewed_cases(store):  # never a rejected case; an edited one in its latest revision
         if case.split != split:
             continue
         image = image_of(store, case)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..records import Case, Response
+from ..review import reviewed_cases
 from ..store import RunStore
 from . import ExternalAnswer, require
 from ..evaluate.protocol import PROTOCOLS, refuse_mixing
@@ -81,7 +82,8 @@ def import_responses(store: RunStore, fmt: str, path: Path, target: str, *, form
         raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if form not in (None, "gen", "mcqa", "control"):
         raise UserError(f"--form: unknown form {form!r} (use gen, mcqa or control)")
-    cases = {c.key for c in store.read(Case)}
+    # question id -> the key answers are filed under: a rejected case takes none, an edited one its revision's
+    cases = {f"case-{c.question_id}": c.key for c in reviewed_cases(store)}
     if not cases:
         raise UserError(f"{store.file_for(Case)}: the run has no cases to match answers against")
     existing = store.latest_by_key(Response)
@@ -91,8 +93,8 @@ def import_responses(store: RunStore, fmt: str, path: Path, target: str, *, form
     models: set[str] = set()
     for answer in reader(fmt)(path):
         report.read += 1
-        case_id = f"case-{answer.question_id}"  # the key `records.Case` gives a question id
-        if case_id not in cases:
+        case_id = cases.get(f"case-{answer.question_id}")  # the key `records.Case` gives a question id
+        if case_id is None:
             report.unmatched.append(answer.question_id)
             continue
         response = Response(

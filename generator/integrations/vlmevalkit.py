@@ -25,6 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..records import Case
 from . import ExternalAnswer, require
+from ..review import reviewed_cases
 from ..store import RunStore, atomic_writer, path_inside, write_text_atomic
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
@@ -56,7 +57,7 @@ def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = 
     VLMEvalKit reads back (`pd.read_csv(sep="\\t")`).
     """
     out_dir = Path(out_dir)
-    cases = [c for c in store.read(Case) if c.split in splits]
+    cases = [c for c in reviewed_cases(store) if c.split in splits]  # never a rejected case; edits applied
     if not cases:
         raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
     images = {}

@@ -1,0 +1,8 @@
+"""The review web app (`siuo review --run R --serve`): Starlette + Jinja2 (autoescaped) + uvicorn.
+
+Needs the `review` extra (`pip install -e ".[review]"`)."""
+
+from .agreement import Agreement, agreement
+from .app import create_app, serve
+
+__all__ = ["Agreement", "agreement", "create_app", "serve"]
