@@ -316,11 +316,11 @@ class Settings(_Section):
 CONFIG_ENV = "SIUO_CONFIG"
 
 
-def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
-    """A TOML file of the project's (config, domains, strategies, diversity) as a dict, or `error` naming
-    the file: "<path>: <what> not found" / "<path>: not valid TOML: ..."."""
+def read_text(path: Path, error: type[Exception], what: str) -> str:
+    """A UTF-8 text file of the user's, or `error` naming the file and what is wrong with it (missing, a
+    folder, not UTF-8, unreadable): the one reader behind every input file the project parses."""
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -329,6 +329,14 @@ def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
         raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def read_toml(path: Path, error: type[Exception], what: str) -> dict[str, Any]:
+    """A TOML file of the project's (config, domains, strategies, diversity) as a dict, or `error` naming
+    the file: "<path>: <what> not found" / "<path>: not valid TOML: ..."."""
+    text = read_text(path, error, what)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from None
     except RecursionError:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ..config import read_text
 from ..domains import domain_by_label, load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response
@@ -60,16 +61,7 @@ class ImportReport:
 
 
 def _load_items(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SiuoFormatError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise SiuoFormatError(f"{path}: is a folder, not a JSON file") from None
-    except OSError as exc:
-        raise SiuoFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise SiuoFormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = read_text(path, SiuoFormatError, "JSON file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
