@@ -318,11 +318,9 @@ class CheckRunner:
             return
         # Where the batches run is the executor's business (this process, or Ray actors that each load the
         # unit once: generator/executors.py); the records are written here, by the driver alone.
-        from .executors import Loader, executor_settings, loaded_unit, map_batches, unit_batch
+        from .executors import Loader, batches_of, loaded_unit, map_batches, unit_batch
 
-        ex = executor_settings(self.settings)
-        bs = (ex.batch_size if ex.kind == "ray" else None) or self.settings.check.batch
-        chunks = [work[start:start + bs] for start in range(0, len(work), bs)]
+        chunks = batches_of(self.settings, work, self.settings.check.batch)
         batches = [[(s.images[k], s.image_description or "") for s, k in chunk] for chunk in chunks]
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"{unit.name}: {len(work)} images", total=len(work))

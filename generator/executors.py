@@ -67,13 +67,18 @@ def map_batches(settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, bat
         yield i, _call(batch_fn, model, batch)
 
 
+def batches_of(settings: Any, items: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    """`items` in consecutive batches: `executor.batch_size` on Ray when set, else `batch_size`."""
+    ex = executor_settings(settings)
+    size = (ex.batch_size if ex.kind == "ray" else None) or batch_size
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
 def map_ordered(settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, items: Sequence[Any], *,
                 batch_size: int, loaded: Any = None) -> list:
     """`batch_fn` over `items`, `batch_size` at a time, through the executor: one result per item, in
     order. A batch whose function raised gives that exception for each of its items."""
-    ex = executor_settings(settings)
-    size = (ex.batch_size if ex.kind == "ray" else None) or batch_size
-    batches = [list(items[i:i + size]) for i in range(0, len(items), size)]
+    batches = batches_of(settings, items, batch_size)
     out: list[Any] = [None] * len(batches)
     for i, result in map_batches(settings, loader, batch_fn, batches, loaded=loaded):
         out[i] = [result] * len(batches[i]) if isinstance(result, Exception) else result
