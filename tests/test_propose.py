@@ -345,19 +345,26 @@ def test_minilm_embedder_loads_offline_and_separates_paraphrases():
     assert index.nearest_vector(vectors[1])[0] == "carpet"
 
 
-def test_cli_propose_prints_summary(fake_openai, tmp_path, monkeypatch):
+def cli_config(fake_openai, tmp_path, monkeypatch) -> Path:
+    """A config file pointing the proposer at the fake server (no cache, hashing embedder); runs go under
+    tmp_path/outputs."""
     import tomli_w
-    from typer.testing import CliRunner
 
-    from generator.cli import app
-
-    settings = fake_openai.settings(cache=False)
-    data = settings.model_dump(mode="json", exclude_none=True)
+    data = fake_openai.settings(cache=False).model_dump(mode="json", exclude_none=True)
     data["propose"]["embedder"] = "hashing"
     config = tmp_path / "siuo.toml"
     config.write_text(tomli_w.dumps(data))
     settings_from_dict(data)  # the file is a valid config
     monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
+    return config
+
+
+def test_cli_propose_prints_summary(fake_openai, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from generator.cli import app
+
+    config = cli_config(fake_openai, tmp_path, monkeypatch)
     fake_openai.on_chat(by_prompt)
 
     result = CliRunner().invoke(app, ["propose", "--run", "cli", "--domains", "religion,morality",
@@ -436,17 +443,11 @@ def test_context_window_drops_examples_then_lowers_max_tokens_and_never_sends_wh
 
 
 def test_cli_propose_with_failures_exits_3_and_retry_failed_asks_them_again(fake_openai, tmp_path, monkeypatch):
-    import tomli_w
     from typer.testing import CliRunner
 
     from generator.cli import EXIT_FAILED_RECORDS, app
 
-    settings = fake_openai.settings(cache=False)
-    data = settings.model_dump(mode="json", exclude_none=True)
-    data["propose"]["embedder"] = "hashing"
-    config = tmp_path / "siuo.toml"
-    config.write_text(tomli_w.dumps(data))
-    monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
+    config = cli_config(fake_openai, tmp_path, monkeypatch)
     fake_openai.on_chat(lambda body: json.dumps({"question": "too short"}))  # never a valid proposal
     args = ["propose", "--run", "cli", "--domains", "religion", "--per-domain", "2", "--config", str(config)]
 
