@@ -39,10 +39,14 @@ def serve(port: int, latency: float) -> None:
 
     def script(body: dict) -> str | list[str]:
         text = last_user_text(body)
-        if "for SAFETY only" in text:
+        # A judge prompt ends by listing its verdict lines: answer with one of them, so every judgment
+        # parses (an unparsable reply would be recorded as a failure, and the bench would time failures).
+        if "VERDICT: UNSAFE" in text:
             return "The response ignores the hazard.\nVERDICT: UNSAFE"
-        if "for EFFECTIVENESS only" in text:
+        if "VERDICT: VERY" in text:
             return "It answers the question.\nVERDICT: VERY"
+        if "VERDICT: ANSWERED" in text:
+            return "It describes the image.\nVERDICT: ANSWERED"
         n = int(body.get("n") or 1)
         return [f"Sure, here is a helpful answer (sample {i})." for i in range(n)]
 

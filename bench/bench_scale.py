@@ -91,7 +91,8 @@ def child(args: argparse.Namespace) -> None:
     jud = asyncio.run(judge_async(store, settings, ["judge"], show_progress=False))
     t2 = time.perf_counter()
     print(json.dumps({"answer_s": t1 - t0, "judge_s": t2 - t1, "requests": ans.cases + jud.requested,
-                      "errors": ans.errors + jud.verdicts.get("error", 0),
+                      # every reply that did not become a scored record: the bench must not time failures
+                      "errors": ans.errors + sum(jud.verdicts.get(k, 0) for k in ("error", "unparsable", "suspect")),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

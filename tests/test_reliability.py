@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -165,3 +166,26 @@ def test_put_replaces_a_key_in_place_and_appends_a_new_one(tmp_path):
     store.put(Failure(stage="answer", work_key="a", reason="failed again"))
     lines = store.file_for(Failure).read_text().splitlines()
     assert [f.reason for f in store.iter_records(Failure)] == ["failed again", "other"] and len(lines) == 2
+
+
+def test_put_reads_a_record_file_once_not_once_per_record(tmp_path, monkeypatch):
+    """`put` keeps the file's keys between calls (re-reading per call made a run's failures O(n²)),
+    and still sees a line that another store appended meanwhile."""
+    from generator.records import Failure
+
+    store = RunStore.open("r", root=tmp_path)
+    reads: list[str] = []
+    real = RunStore.iter_records
+
+    def counting(self, record_type):
+        reads.append(record_type.__name__)
+        return real(self, record_type)
+
+    monkeypatch.setattr(RunStore, "iter_records", counting)
+    for i in range(200):
+        store.put(Failure(stage="judge", work_key=f"k{i}", reason="no verdict"))
+    assert reads == ["Failure"]
+    RunStore.open("r", root=tmp_path).append(Failure(stage="judge", work_key="other", reason="x"))
+    store.put(Failure(stage="judge", work_key="other", reason="replaced, not duplicated"))
+    lines = store.file_for(Failure).read_text().splitlines()
+    assert len(lines) == 201 and json.loads(lines[-1])["reason"] == "replaced, not duplicated"

@@ -6,14 +6,17 @@ an image is prepared compactly: downscaled to that longest side (VLM servers res
 JPEG at quality 90 (a 1024² photo as PNG is ~1.5 MB, as JPEG ~0.15 MB: ten times less to encode, send
 and parse). A JPEG already within the side is sent unchanged. Without a side the file is sent as it is.
 
-For the request cache an image is represented by the hash of its data URL (`cache_form`), so a key
-never holds megabytes of base64.
+An image is prepared once per (content, target side): a file's content hash is computed once per
+(path, size, mtime) and keys a cache of prepared data URLs bounded in bytes, so the same picture under
+two names (a split and its copy) is prepared once, and an edited file is prepared again. For the request
+cache an image is represented by the hash of its data URL (`cache_form`), so a key never holds megabytes
+of base64 and names exactly the bytes the model was sent; that hash too is computed once, when the image
+is prepared (`DataURL.digest`).
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import io
 import threading
@@ -24,9 +27,6 @@ from typing import Any
 from ..errors import UserError
 
 Message = dict[str, Any]
-
-_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif"}
-
 
 class ImageError(UserError):
     """An image for a message cannot be read; the message names the file."""
@@ -54,69 +54,99 @@ def user_message(text: str, images: list[Path | str | bytes] | None = None, max_
     return {"role": "user", "content": parts}
 
 
-def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> str:
-    """`data:image/...;base64,...` for a file path (PNG/JPEG/WebP) or raw PNG bytes."""
+def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> "DataURL":
+    """`data:image/...;base64,...` for a file path (PNG/JPEG/WebP/GIF) or raw image bytes."""
     if isinstance(image, (bytes, bytearray)):
-        return _encode_bytes(bytes(image), "image/png", max_side)
+        data = bytes(image)
+        return _prepare(data, max_side, "<bytes>")
     path = Path(image)
     try:
         stat = path.stat()
+        stamp = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        data = None
+        content = _CONTENT.get(stamp)
+        if content is None:
+            data = path.read_bytes()
+            content = hashlib.sha256(data).hexdigest()
+            _CONTENT.put(stamp, content)
+        url = _PREPARED.get((content, max_side))
+        if url is None:
+            url = _prepare(data if data is not None else path.read_bytes(), max_side, str(path))
+            _PREPARED.put((content, max_side), url)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None
-    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, max_side)
-    url = _PREPARED.get(key)
-    if url is None:
-        url = _data_url_for_file(*key)
-        _PREPARED.put(key, url)
     return url
 
 
-class _ByteBoundedCache:
-    """Least-recently-used prepared data URLs, bounded by their total size in bytes (not by a count:
-    64 thumbnails and 64 photos differ a thousandfold). Thread-safe: images are prepared in threads."""
+class DataURL(str):
+    """A prepared image's data URL, carrying `digest`: the sha256 of the URL, computed once when the
+    image is prepared, so a request cache key never hashes the same megabyte twice."""
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._items: OrderedDict[tuple, str] = OrderedDict()
+    digest: str
+
+    def __new__(cls, url: str) -> "DataURL":
+        self = super().__new__(cls, url)
+        self.digest = "sha256:" + hashlib.sha256(url.encode("ascii")).hexdigest()
+        return self
+
+
+class _BoundedLRU:
+    """Least-recently-used entries bounded by their total weight (`weigh(value)`): prepared data URLs
+    by their size in bytes (64 thumbnails and 64 photos differ a thousandfold), content hashes by count.
+    Thread-safe: images are prepared in threads."""
+
+    def __init__(self, max_weight: int, weigh=len):
+        self.max_weight = max_weight
+        self.weight = 0
+        self._weigh = weigh
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> str | None:
-        with self._lock:
-            url = self._items.get(key)
-            if url is not None:
-                self._items.move_to_end(key)
-            return url
+    def __len__(self) -> int:
+        return len(self._items)
 
-    def put(self, key: tuple, url: str) -> None:
+    def get(self, key: tuple) -> Any:
         with self._lock:
-            if key in self._items or len(url) > self.max_bytes:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: Any) -> None:
+        weight = self._weigh(value)
+        with self._lock:
+            if key in self._items or weight > self.max_weight:
                 return
-            self._items[key] = url
-            self.bytes += len(url)
-            while self.bytes > self.max_bytes:
+            self._items[key] = value
+            self.weight += weight
+            while self.weight > self.max_weight:
                 _, old = self._items.popitem(last=False)
-                self.bytes -= len(old)
+                self.weight -= self._weigh(old)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self.bytes = 0
+            self.weight = 0
 
 
-_PREPARED = _ByteBoundedCache(256 * 1024 * 1024)
-"""An image is prepared once per (file, mtime, size, target side) while it fits in these 256 MB."""
+_PREPARED = _BoundedLRU(256 * 1024 * 1024)
+"""Prepared data URLs by (content hash, target side), while they fit in these 256 MB."""
+
+_CONTENT = _BoundedLRU(100_000, weigh=lambda _: 1)
+"""Content hashes by (path, mtime, size): a file is hashed once (100k entries: about 20 MB at most)."""
 
 
-def _data_url_for_file(path: str, mtime_ns: int, size: int, max_side: int | None) -> str:
-    p = Path(path)
-    mime = _MIME.get(p.suffix.lower())
-    data = p.read_bytes()
-    if mime is None:
-        mime = _sniff_mime(data)
+def _prepare(data: bytes, max_side: int | None, name: str) -> DataURL:
+    """The data URL for an image's bytes. The type is read from the bytes, never from a file's name, so
+    the result depends only on (content, target side), which is what the caches are keyed by."""
+    mime = _sniff_mime(data)
+    if max_side is not None:
+        data, mime = _compact(data, mime, max_side, name)  # any format Pillow reads becomes a JPEG
+    else:
+        _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
         if mime is None:
-            raise ImageError(f"{p}: not a PNG, JPEG, WebP or GIF image")
-    return _encode_bytes(data, mime, max_side, name=str(p))
+            raise ImageError(f"{name}: not a PNG, JPEG, WebP or GIF image")
+    return DataURL(f"data:{mime};base64," + base64.b64encode(data).decode("ascii"))
 
 
 def _sniff_mime(data: bytes) -> str | None:
@@ -129,14 +159,6 @@ def _sniff_mime(data: bytes) -> str | None:
     if data[:3] == b"GIF":
         return "image/gif"
     return None
-
-
-def _encode_bytes(data: bytes, mime: str, max_side: int | None, name: str = "<bytes>") -> str:
-    if max_side is not None:
-        data, mime = _compact(data, mime, max_side, name)
-    else:
-        _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _open_image(data: bytes, name: str):
@@ -159,7 +181,7 @@ def _open_image(data: bytes, name: str):
 JPEG_QUALITY = 90
 
 
-def _compact(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, str]:
+def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[bytes, str]:
     """Shrunk to `max_side` (aspect kept) and encoded as JPEG; a JPEG within the side is returned as is."""
     from PIL import Image
 
@@ -182,10 +204,10 @@ def _compact(data: bytes, mime: str, max_side: int, name: str) -> tuple[bytes, s
     return out.getvalue(), "image/jpeg"
 
 
-@functools.lru_cache(maxsize=256)
 def data_url_digest(url: str) -> str:
-    """`sha256:<hex>` of a data URL's content (Python caches a str's hash, so repeats are cheap)."""
-    return "sha256:" + hashlib.sha256(url.encode("ascii", "replace")).hexdigest()
+    """`sha256:<hex>` of a data URL's content: the one computed when it was prepared, if it was."""
+    digest = getattr(url, "digest", None)
+    return digest if digest is not None else "sha256:" + hashlib.sha256(url.encode("ascii", "replace")).hexdigest()
 
 
 def cache_form(messages: list[Message]) -> list[Message]:
