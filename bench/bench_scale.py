@@ -113,8 +113,8 @@ def main() -> None:
     from generator.config import Endpoint
 
     concurrency = Endpoint.model_fields["max_concurrency"].default
-    print("| cases | images | latency | answer s | judge s | requests | req/s | ÷ C/L | peak RSS MB | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| cases | images | latency | answer s | judge s | ms/case | requests | req/s | ÷ C/L | peak RSS MB | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for latency in (float(x) for x in args.latencies.split(",")):
@@ -132,7 +132,7 @@ def main() -> None:
                         rate = r["requests"] / wall
                         label = ("1024² noise PNG" if args.noise else "1024² photo PNG") if size > 1 else "1×1"
                         print(f"| {cases:,} | {label} | {latency * 1000:.0f} ms | {r['answer_s']:.1f} | {r['judge_s']:.1f} "
-                              f"| {r['requests']:,} | {rate:.0f} | {rate / (concurrency / latency):.2f} "
+                              f"| {wall * 1000 / cases:.1f} | {r['requests']:,} | {rate:.0f} | {rate / (concurrency / latency):.2f} "
                               f"| {r['peak_rss_mb']:.0f} | {r['errors']} |", flush=True)
             finally:
                 proc.kill()
