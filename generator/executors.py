@@ -74,17 +74,6 @@ def batches_of(settings: Any, items: Sequence[Any], batch_size: int) -> list[lis
     return [list(items[i:i + size]) for i in range(0, len(items), size)]
 
 
-def map_ordered(settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, items: Sequence[Any], *,
-                batch_size: int, loaded: Any = None) -> list:
-    """`batch_fn` over `items`, `batch_size` at a time, through the executor: one result per item, in
-    order. A batch whose function raised gives that exception for each of its items."""
-    batches = batches_of(settings, items, batch_size)
-    out: list[Any] = [None] * len(batches)
-    for i, result in map_batches(settings, loader, batch_fn, batches, loaded=loaded):
-        out[i] = [result] * len(batches[i]) if isinstance(result, Exception) else result
-    return [r for batch in out for r in batch]
-
-
 def _call(batch_fn: BatchFn, model: Any, batch: Sequence[Any]) -> list | Exception:
     try:
         result = list(batch_fn(model, batch))

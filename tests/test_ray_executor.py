@@ -150,15 +150,17 @@ def test_ray_needs_a_cluster_or_says_how_to_start_one(monkeypatch):
         list(executors.map_batches(Settings(executor=dict(kind="ray")), lambda: None, lambda m, b: b, [[1]]))
 
 
-def test_local_map_ordered_keeps_order_and_records_a_failing_batch():
+def test_local_map_batches_keeps_order_and_yields_a_failing_batch_as_its_exception():
     def fn(model, batch):
         if 5 in batch:
             raise ValueError("bad batch")
         return [model + x for x in batch]
 
-    out = executors.map_ordered(Settings(), lambda: 100, fn, list(range(8)), batch_size=3)
-    assert out[:3] == [100, 101, 102] and out[6:] == [106, 107]
-    assert all(isinstance(e, ValueError) for e in out[3:6])
+    batches = executors.batches_of(Settings(), list(range(8)), batch_size=3)
+    out = list(executors.map_batches(Settings(), lambda: 100, fn, batches))
+    assert [i for i, _ in out] == [0, 1, 2]
+    assert out[0][1] == [100, 101, 102] and out[2][1] == [106, 107]
+    assert isinstance(out[1][1], ValueError)
 
 
 def test_cli_unknown_executor_is_one_line(tmp_path, monkeypatch):

@@ -57,8 +57,7 @@ def user_message(text: str, images: list[Path | str | bytes] | None = None, max_
 def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> "DataURL":
     """`data:image/...;base64,...` for a file path (PNG/JPEG/WebP/GIF) or raw image bytes."""
     if isinstance(image, (bytes, bytearray)):
-        data = bytes(image)
-        return _prepare(data, max_side, "<bytes>")
+        return _prepare(bytes(image), max_side, "<bytes>")
     path = Path(image)
     try:
         stat = path.stat()
