@@ -288,26 +288,34 @@ class RunStore:
     # -- reading ------------------------------------------------------------------------------------
 
     def iter_records(self, record_type: type[R]) -> Iterator[R]:
-        """Every record in file order. A torn last line is skipped with a warning; a bad line elsewhere
-        is an error naming the file and line (someone edited the file by hand)."""
+        """Every record in file order, read a line at a time (a 100k-line file is never held whole).
+        A torn last line is skipped with a warning; a bad line elsewhere is an error naming the file and
+        line (someone edited the file by hand)."""
         path = self.file_for(record_type)
         if not path.exists():
             return
         with open(path, "rb") as fh:
-            data = fh.read()
-        lines = data.split(b"\n")
-        torn_tail = not data.endswith(b"\n") and bool(data)
-        last = len(lines) - 1
-        for i, raw in enumerate(lines):
-            if not raw.strip():
-                continue
-            try:
-                yield record_type.model_validate_json(raw)
-            except (ValidationError, ValueError) as exc:
-                if i == last and torn_tail:
-                    log.warning("%s:%d: ignoring a torn last line (an interrupted write)", path, i + 1)
-                    return
-                raise StoreError(f"{path}:{i + 1}: not a valid {record_type.__name__} record: {_first_error(exc)}") from None
+            for number, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield record_type.model_validate_json(raw)
+                except (ValidationError, ValueError) as exc:
+                    if not raw.endswith(b"\n"):  # only the last line can lack its newline: a torn write
+                        log.warning("%s:%d: ignoring a torn last line (an interrupted write)", path, number)
+                        return
+                    raise StoreError(f"{path}:{number}: not a valid {record_type.__name__} record: {_first_error(exc)}") from None
+
+    def iter_latest(self, record_type: type[R]) -> Iterator[R]:
+        """The records of `latest_by_key` (each key's last-written one), streamed in the order those were
+        written. Two passes over the file hold only each key's line number, so a stage walks a run of
+        100k responses without holding 100k responses."""
+        last: dict[str, int] = {}
+        for i, r in enumerate(self.iter_records(record_type)):
+            last[r.key] = i
+        for i, r in enumerate(self.iter_records(record_type)):
+            if last.get(r.key) == i:
+                yield r
 
     def read(self, record_type: type[R]) -> list[R]:
         """All records, one per key (the first written wins: a duplicate line never counts twice)."""

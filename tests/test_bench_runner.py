@@ -697,6 +697,32 @@ def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, setting
     assert max(held) <= 4
 
 
+def test_the_judge_streams_responses_rather_than_holding_the_run(store, settings, fake, outputs):
+    """Memory is flat in run size: while the judge works, the Response records alive number about its
+    window (`max_concurrency`), not the run's ~500 responses, read from the file as they are needed."""
+    import gc
+
+    script = Script()
+    fake.on_chat(script)
+    answer(store, settings, "fake", show_progress=False)
+    answered = len(store.read(Response))
+    alive: list[int] = []
+
+    def reply(body: dict):
+        if len(alive) % 25 == 0:  # a census now and then: gc.get_objects() walks the whole heap
+            alive.append(sum(1 for o in gc.get_objects() if type(o) is Response))
+        else:
+            alive.append(-1)
+        return script(body)
+
+    fake.on_chat(reply)
+    settings.endpoints["judge-a"] = settings.endpoints["judge-a"].model_copy(update={"max_concurrency": 4})
+    rep = judge(store, settings, ["judge"], show_progress=False)
+    censuses = [n for n in alive if n >= 0]
+    assert answered >= 400 and rep.requested > 800 and len(censuses) > 30
+    assert max(censuses) <= 8, f"at most the window's responses alive, got {max(censuses)} of {answered}"
+
+
 def test_a_target_that_takes_no_images_is_asked_the_question_alone_and_the_report_says_so(store, settings, fake, outputs):
     """llama.cpp with a text-only chat template answers image parts with HTTP 500: a target declared
     `supports_images = false` gets the question as plain text, and every record and the report say so."""

@@ -177,8 +177,14 @@ async def answer_async(
         "mcqa": prompts["mcqa"].sha256,
         "control": hashlib.sha256((prompts["gen"].sha256 + control_hash).encode()).hexdigest(),
     }
-    existing = store.latest_by_key(Response)
-    refuse_mixing("responses", {r.protocol for r in existing.values()}, proto.name)
+    # Of the responses already made only each key's outcome is kept (a resume of a 10k-case run holds
+    # keys, not every response's text).
+    failed_before: dict[str, bool] = {}  # response key -> its latest record is a failed call
+    protocols: set[str] = set()
+    for r in store.iter_records(Response):
+        failed_before[r.key] = r.error is not None
+        protocols.add(r.protocol)
+    refuse_mixing("responses", protocols, proto.name)
 
     own_hub = hub is None
     if own_hub:
@@ -216,10 +222,10 @@ async def answer_async(
                         continue
                     todo, fresh = [], []
                     for k in range(sampling[form].samples):
-                        done = existing.get(response_key(case.key, client.name, form, k))
-                        if done is None:
+                        failed = failed_before.get(response_key(case.key, client.name, form, k))
+                        if failed is None:
                             fresh.append(k)
-                        elif retry_failed and done.error is not None:
+                        elif retry_failed and failed:
                             todo.append(k)
                         else:
                             report.already_done += 1

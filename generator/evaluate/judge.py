@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..config import Settings, image_side
@@ -229,31 +230,41 @@ async def judge_async(
     proto = resolve_protocol(settings, protocol)
     prompts = {dim: load_prompt(name) for dim, name in proto.judge_prompts.items()}
     cases = {c.key: c for c in reviewed_cases(store)}  # a rejected case, or an edit's old text, is not judged
-    responses = store.latest_by_key(Response)
-    existing = store.latest_by_key(Judgment)
-    refuse_mixing("responses", {r.protocol for r in responses.values()}, proto.name)
-    refuse_mixing("judgments", {j.protocol for j in existing.values()}, proto.name)
-    report = JudgeReport(judges=endpoint_names)
+    # Memory stays flat in run size: of the judgments only each key's verdict is kept, and the responses
+    # are streamed from their file (twice: once to count, check and report skips, once feeding the workers).
+    judged: dict[str, bool] = {}  # judgment key -> its latest record is a failed call
+    judgment_protocols: set[str] = set()
+    for j in store.iter_records(Judgment):
+        judged[j.key] = j.verdict == ERROR
+        judgment_protocols.add(j.protocol)
+    refuse_mixing("judgments", judgment_protocols, proto.name)
+    response_protocols: set[str] = set()
 
-    work: list[tuple[Response, str, str, bool]] = []  # (response, dimension, judge endpoint, is_retry)
-    for r in responses.values():
-        dims = DIMENSIONS_BY_FORM.get(r.form)
-        if dims is None:
-            report.not_judged_form += 1
-            continue
-        if r.error is not None or r.text is None:
-            report.not_judged_errors += 1
-            continue
-        if r.case_id not in cases:
-            report.unknown_case += 1  # its case was removed from cases.jsonl since: nothing to judge it against
-            continue
-        for dim in dims:
-            for name in endpoint_names:
-                done = existing.get(judgment_key(r.key, dim, name))
-                if done is not None and not (retry_failed and done.verdict == ERROR):
-                    report.already_done += 1
-                    continue
-                work.append((r, dim, name, done is not None))
+    def pending(report: JudgeReport) -> Iterator[tuple[Response, str, str, bool]]:
+        """(response, dimension, judge endpoint, is_retry) still to do; what is skipped is counted in `report`."""
+        for r in store.iter_latest(Response):
+            response_protocols.add(r.protocol)
+            dims = DIMENSIONS_BY_FORM.get(r.form)
+            if dims is None:
+                report.not_judged_form += 1
+                continue
+            if r.error is not None or r.text is None:
+                report.not_judged_errors += 1
+                continue
+            if r.case_id not in cases:
+                report.unknown_case += 1  # its case was removed from cases.jsonl since: nothing to judge it against
+                continue
+            for dim in dims:
+                for name in endpoint_names:
+                    failed = judged.get(judgment_key(r.key, dim, name))
+                    if failed is not None and not (retry_failed and failed):
+                        report.already_done += 1
+                        continue
+                    yield r, dim, name, failed is not None
+
+    report = JudgeReport(judges=endpoint_names)
+    total = sum(1 for _ in pending(report))  # the counting pass: the report's skips, the protocols
+    refuse_mixing("responses", response_protocols, proto.name)
 
     own_hub = hub is None
     if own_hub:
@@ -269,7 +280,7 @@ async def judge_async(
             m.protocol = proto.name
 
         with store.stage("judge") as stage, stage_progress(hub=hub, enabled=show_progress) as progress:
-            task = progress.add_task("judge", total=len(work))
+            task = progress.add_task("judge", total=total)
 
             async def judge_one(r: Response, dim: str, name: str, is_retry: bool) -> None:
                 client = clients[name]
@@ -327,7 +338,7 @@ async def judge_async(
                 report.requested += 1
                 progress.advance(task)
 
-            await bounded_map(lambda w: judge_one(*w), work, sum(c.endpoint.max_concurrency for c in clients.values()))
+            await bounded_map(lambda w: judge_one(*w), pending(JudgeReport(judges=endpoint_names)), sum(c.endpoint.max_concurrency for c in clients.values()))
             stage.counts.update(
                 {
                     "asked": report.requested,
