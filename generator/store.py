@@ -14,10 +14,10 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
@@ -327,12 +327,15 @@ class RunStore:
                 out.append(r)
         return out
 
-    def latest_by_key(self, record_type: type[R]) -> dict[str, R]:
+    def latest_by_key(self, record_type: type[R], keep: Callable[[R], Any] | None = None) -> dict[str, Any]:
         """Records by key, the last written winning: a retried call (`--retry-failed`) replaces its
-        error, a person's later decision replaces the earlier one. Keys keep first-written order."""
-        by_key: dict[str, R] = {}
+        error, a person's later decision replaces the earlier one. Keys keep first-written order.
+
+        `keep`: hold `keep(record)` instead of the record, so a stage that needs only each key's outcome
+        holds that, not every response's text (memory flat in run size)."""
+        by_key: dict[str, Any] = {}
         for r in self.iter_records(record_type):
-            by_key[r.key] = r
+            by_key[r.key] = r if keep is None else keep(r)
         return by_key
 
     def read_latest(self, record_type: type[R]) -> list[R]:

@@ -178,13 +178,9 @@ async def answer_async(
         "control": hashlib.sha256((prompts["gen"].sha256 + control_hash).encode()).hexdigest(),
     }
     # Of the responses already made only each key's outcome is kept (a resume of a 10k-case run holds
-    # keys, not every response's text).
-    failed_before: dict[str, bool] = {}  # response key -> its latest record is a failed call
-    protocols: set[str] = set()
-    for r in store.iter_records(Response):
-        failed_before[r.key] = r.error is not None
-        protocols.add(r.protocol)
-    refuse_mixing("responses", protocols, proto.name)
+    # keys, not every response's text): response key -> (its latest record is a failed call, protocol).
+    made = store.latest_by_key(Response, keep=lambda r: (r.error is not None, r.protocol))
+    refuse_mixing("responses", {protocol for _, protocol in made.values()}, proto.name)
 
     own_hub = hub is None
     if own_hub:
@@ -222,10 +218,10 @@ async def answer_async(
                         continue
                     todo, fresh = [], []
                     for k in range(sampling[form].samples):
-                        failed = failed_before.get(response_key(case.key, client.name, form, k))
-                        if failed is None:
+                        done = made.get(response_key(case.key, client.name, form, k))
+                        if done is None:
                             fresh.append(k)
-                        elif retry_failed and failed:
+                        elif retry_failed and done[0]:  # it failed
                             todo.append(k)
                         else:
                             report.already_done += 1

@@ -230,14 +230,11 @@ async def judge_async(
     proto = resolve_protocol(settings, protocol)
     prompts = {dim: load_prompt(name) for dim, name in proto.judge_prompts.items()}
     cases = {c.key: c for c in reviewed_cases(store)}  # a rejected case, or an edit's old text, is not judged
-    # Memory stays flat in run size: of the judgments only each key's verdict is kept, and the responses
-    # are streamed from their file (twice: once to count, check and report skips, once feeding the workers).
-    judged: dict[str, bool] = {}  # judgment key -> its latest record is a failed call
-    judgment_protocols: set[str] = set()
-    for j in store.iter_records(Judgment):
-        judged[j.key] = j.verdict == ERROR
-        judgment_protocols.add(j.protocol)
-    refuse_mixing("judgments", judgment_protocols, proto.name)
+    # Memory stays flat in run size: of the judgments only each key's outcome is kept (judgment key ->
+    # (its latest record is a failed call, protocol)), and the responses are streamed from their file
+    # (twice: once to count, check and report skips, once feeding the workers).
+    judged = store.latest_by_key(Judgment, keep=lambda j: (j.verdict == ERROR, j.protocol))
+    refuse_mixing("judgments", {protocol for _, protocol in judged.values()}, proto.name)
     response_protocols: set[str] = set()
 
     def pending(report: JudgeReport) -> Iterator[tuple[Response, str, str, bool]]:
@@ -256,11 +253,11 @@ async def judge_async(
                 continue
             for dim in dims:
                 for name in endpoint_names:
-                    failed = judged.get(judgment_key(r.key, dim, name))
-                    if failed is not None and not (retry_failed and failed):
+                    done = judged.get(judgment_key(r.key, dim, name))
+                    if done is not None and not (retry_failed and done[0]):  # done[0]: it failed
                         report.already_done += 1
                         continue
-                    yield r, dim, name, failed is not None
+                    yield r, dim, name, done is not None
 
     report = JudgeReport(judges=endpoint_names)
     total = sum(1 for _ in pending(report))  # the counting pass: the report's skips, the protocols

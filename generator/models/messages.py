@@ -85,7 +85,7 @@ class DataURL(str):
 
     def __new__(cls, url: str) -> "DataURL":
         self = super().__new__(cls, url)
-        self.digest = "sha256:" + hashlib.sha256(url.encode("ascii")).hexdigest()
+        self.digest = _sha256_of(url)
         return self
 
 
@@ -206,7 +206,12 @@ def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[b
 def data_url_digest(url: str) -> str:
     """`sha256:<hex>` of a data URL's content: the one computed when it was prepared, if it was."""
     digest = getattr(url, "digest", None)
-    return digest if digest is not None else "sha256:" + hashlib.sha256(url.encode("ascii", "replace")).hexdigest()
+    return digest if digest is not None else _sha256_of(url)
+
+
+def _sha256_of(url: str) -> str:
+    """The one digest formula of a data URL (a prepared one and a plain str must key alike)."""
+    return "sha256:" + hashlib.sha256(url.encode("ascii", "replace")).hexdigest()
 
 
 def cache_form(messages: list[Message]) -> list[Message]:
