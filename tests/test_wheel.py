@@ -52,7 +52,7 @@ def wheel(tmp_path_factory) -> Path:
         path = ROOT / name
         if path.is_dir():
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "_data", "*.pyc"))
-        else:
+        elif path.exists():
             src.mkdir(exist_ok=True)
             shutil.copy2(path, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
@@ -91,8 +91,8 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
         return done
 
     # The installed copy is the one that runs: its files, not the checkout's.
-    where = run("-c", "import generator, generator.resources as r; print(generator.__file__); print(r.data_root())",
-                cmd=[sys.executable]).stdout.split()
+    where = run("-c", "import generator, generator.prompts as p; print(generator.__file__); "
+                      "print(p.load_prompt('propose').path)", cmd=[sys.executable]).stdout.split()
     assert all(Path(p).resolve().is_relative_to(site.resolve()) for p in where), where
     assert not Path(where[0]).resolve().is_relative_to(ROOT)
 
