@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import UserError
+from .resources import data_dir
 from .store import write_text_atomic
 
 
@@ -414,7 +415,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
     return settings.model_dump(mode="json")
 
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = data_dir("configs")
 
 
 def write_starter_config(template: str, out: Path, force: bool = False) -> None:

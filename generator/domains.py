@@ -8,9 +8,9 @@ from pathlib import Path
 
 from .config import read_toml
 from .errors import UserError
+from .resources import data_dir
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SEEDS_DIR = PROJECT_ROOT / "seeds"
+SEEDS_DIR = data_dir("seeds")
 BUILTIN_DOMAINS = SEEDS_DIR / "domains.toml"
 
 

@@ -32,9 +32,10 @@ from .domains import domain_by_id
 from .errors import UserError
 from .prompts import PROMPTS_DIR, load_prompt
 from .propose import (
-    ProposalModel, StageSummary, display_path, done_work_keys, record_manifest, run_stage_requests,
+    ProposalModel, StageSummary, done_work_keys, record_manifest, run_stage_requests,
 )
 from .records import Case, Failure, Provenance, Scenario, stable_key
+from .resources import display_path
 from .store import RunStore
 from .review import reviewed_cases
 

@@ -1,4 +1,5 @@
-"""Prompt templates live as files in prompts/ (one per task); records carry the file's hash.
+"""Prompt templates live as files in prompts/ (one per task, shipped in the wheel, see resources.py);
+records carry the file's hash.
 
 Templates use `string.Template` placeholders (`$question`, `${domain_definition}`): substitution is one
 pass, so text inserted into a template (seed cases, model output) is data and is never itself expanded.
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .resources import data_dir
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = data_dir("prompts")
 
 
 class PromptError(UserError):

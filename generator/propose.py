@@ -42,12 +42,13 @@ from rich.table import Table
 
 from .concurrency import bounded_map
 from .config import Settings
-from .domains import PROJECT_ROOT, SEEDS_DIR, Domain, select_domains
+from .domains import SEEDS_DIR, Domain, select_domains
 from .embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
 from .errors import UserError
 from .progress import stage_progress
 from .prompts import Prompt, load_prompt
 from .records import Case, Failure, Provenance, Scenario, stable_key
+from .resources import display_path
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -255,14 +256,6 @@ def load_diversity(path: Path = DIVERSITY_FILE) -> Diversity:
 def examples_block(examples: Iterable[SeedExample]) -> str:
     """Examples as JSON lines: untrusted seed text goes into the prompt as quoted data, never as syntax."""
     return "\n".join(json.dumps(ex.fields, ensure_ascii=False) for ex in examples) or "(no examples)"
-
-
-def display_path(path: Path) -> str:
-    """A prompt path as it goes into records: relative to the project when inside it (no home dirs)."""
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import UserError
-from ..domains import PROJECT_ROOT
+from ..resources import data_file
 from .base import CheckNotRun, LocalImageCheck, Outcome
 
 
 def read_concepts(path_str: str) -> list[str]:
-    """Concept lines of a file (`#` comments and blank lines skipped); relative paths may be the project's."""
+    """Concept lines of a file (`#` comments and blank lines skipped); a relative path not found here may be
+    one of the toolkit's own (the default `prompts/unsafe_concepts.txt`)."""
     p = Path(path_str).expanduser()
     if not p.is_absolute() and not p.exists():
-        p = PROJECT_ROOT / path_str
+        p = data_file(path_str)
     if not p.is_file():
         raise UserError(f"{path_str}: concept list not found")
     lines = [ln.split("#", 1)[0].strip() for ln in p.read_text(encoding="utf-8").splitlines()]

@@ -42,11 +42,11 @@ from starlette.templating import Jinja2Templates
 
 from ..errors import UserError
 from ..records import Case, CheckResult, Render, Review, Scenario
+from ..resources import review_app_dir
 from ..review import REJECT_REASONS, ReviewState, record_decision, record_edit, revised
 from ..store import RunLockedError, RunStore
 from .agreement import agreement
 
-HERE = Path(__file__).parent
 SESSION_COOKIE = "siuo_session"
 REVIEWER_COOKIE = "siuo_reviewer"
 TOKEN_COOKIE = "siuo_token"
@@ -191,7 +191,7 @@ def _secured(response: Response) -> Response:
 
 def create_app(store: RunStore, token: str | None = None) -> Starlette:
     """The review app for `store`; `token`, when given, is required of every request."""
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    env = Environment(loader=FileSystemLoader(review_app_dir("templates")), autoescape=True)
     templates = Jinja2Templates(env=env)
     secret = secrets.token_bytes(32)
     write_guard = threading.Lock()
@@ -413,7 +413,7 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
             Route("/image/render/{key}", render_image),
             Route("/summary", summary),
             Route("/reviewer", reviewer_page, methods=["GET", "POST"]),
-            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+            Mount("/static", StaticFiles(directory=review_app_dir("static")), name="static"),
         ],
         middleware=[Middleware(Guard)],
     )
