@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -69,7 +70,7 @@ def _stop(proc) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=10)
-    except Exception:
+    except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
 

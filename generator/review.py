@@ -53,7 +53,7 @@ class RevisionConflict(UserError):
         self.case_key, self.base, self.current = case_key, base, current
 
 
-def _check_base(state: "ReviewState", case_key: str, base_revision: int | None) -> None:
+def _check_base(state: ReviewState, case_key: str, base_revision: int | None) -> None:
     if base_revision is not None and base_revision != state.revision(case_key):
         raise RevisionConflict(case_key, base_revision, state.revision(case_key))
 
@@ -77,7 +77,7 @@ class ReviewState:
     """case key -> its edits, oldest revision first."""
 
     @classmethod
-    def load(cls, store: RunStore) -> "ReviewState":
+    def load(cls, store: RunStore) -> ReviewState:
         state = cls()
         for r in store.iter_records(Review):
             if r.decision == "edit":

@@ -49,7 +49,14 @@ from starlette.templating import Jinja2Templates
 
 from ..errors import UserError
 from ..records import Case, CheckResult, Render, Review, Scenario
-from ..review import REJECT_REASONS, ReviewState, RevisionConflict, record_decision, record_edit, revised
+from ..review import (
+    REJECT_REASONS,
+    ReviewState,
+    RevisionConflict,
+    record_decision,
+    record_edit,
+    revised,
+)
 from ..store import RunLockedError, RunStore
 from .agreement import agreement
 
