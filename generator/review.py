@@ -77,7 +77,7 @@ class ReviewState:
     """case key -> its edits, oldest revision first."""
 
     @classmethod
-    def load(cls, store: RunStore) -> ReviewState:
+    def load(cls, store: RunStore) -> "ReviewState":
         state = cls()
         for r in store.iter_records(Review):
             if r.decision == "edit":
