@@ -42,6 +42,22 @@ REVISION_MARK = "@r"
 """A revised case's key is `<case key>@r<revision>`: answers to the old text are never reused for the new."""
 
 
+class RevisionConflict(UserError):
+    """A decision or edit made on a revision of the case that is no longer its latest: another reviewer
+    saved a revision meanwhile. Recording it would put old text back over theirs, or record an accept of
+    text this reviewer never saw, so nothing is written."""
+
+    def __init__(self, case_key: str, base: int, current: int):
+        super().__init__(f"case {case_key} is at revision {current}, not {base} as when this decision was made: "
+                         "nothing recorded")
+        self.case_key, self.base, self.current = case_key, base, current
+
+
+def _check_base(state: ReviewState, case_key: str, base_revision: int | None) -> None:
+    if base_revision is not None and base_revision != state.revision(case_key):
+        raise RevisionConflict(case_key, base_revision, state.revision(case_key))
+
+
 def latest_decisions(store: RunStore) -> dict[str, Review]:
     """Per case, the newest decision of any reviewer (edits are not decisions)."""
     out: dict[str, Review] = {}
@@ -149,13 +165,15 @@ def reviewed_keys(store: RunStore) -> tuple[set[str], dict[str, str]]:
 
 
 def record_decision(store: RunStore, case_key: str, reviewer: str, decision: str, reason: str | None = None,
-                    note: str = "") -> Review:
-    """Append a decision; the caller holds the run lock (`RunStore.writing`)."""
+                    note: str = "", base_revision: int | None = None) -> Review:
+    """Append a decision; the caller holds the run lock (`RunStore.writing`). With `base_revision` (the
+    revision the reviewer was shown), a case revised since raises RevisionConflict and records nothing."""
     if decision not in DECISIONS:
         raise UserError(f"unknown decision {decision!r} (use {', '.join(DECISIONS)})")
     if decision == "reject" and reason is not None and reason not in REJECT_REASONS:
         raise UserError(f"unknown reject reason {reason!r} (use {', '.join(REJECT_REASONS)})")
     state = ReviewState.load(store)
+    _check_base(state, case_key, base_revision)
     review = Review(case_id=case_key, decision=decision, reviewer=reviewer, note=note,
                     reason=reason if decision == "reject" else None, revision=state.revision(case_key))
     store.append(review)
@@ -163,10 +181,14 @@ def record_decision(store: RunStore, case_key: str, reviewer: str, decision: str
 
 
 def record_edit(store: RunStore, case: Case, reviewer: str, question: str | None = None, hazard: str | None = None,
-                reference_answer: str | None = None, render: Render | None = None, note: str = "") -> Review | None:
+                reference_answer: str | None = None, render: Render | None = None, note: str = "",
+                base_revision: int | None = None) -> Review | None:
     """Append a new revision of `case` (the whole revised text and image); None when nothing changed.
-    The caller holds the run lock, so two reviewers never write the same revision number."""
+    The caller holds the run lock, so two reviewers never write the same revision number. With
+    `base_revision` (the revision the edited text started from), a case revised since raises
+    RevisionConflict: the edit would silently undo the other reviewer's."""
     state = ReviewState.load(store)
+    _check_base(state, case.key, base_revision)
     current = revised(case, state.latest_edit(case.key))
     last = state.latest_edit(case.key)
     new = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -78,15 +79,15 @@ def test_a_post_without_the_right_csrf_token_is_refused_and_writes_nothing(run):
     csrf = _named(client, "ana")
     key = run.read(Case)[0].key
     for bad in ({}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}):
-        r = client.post(f"/case/{key}/decide", data={"decision": "accept", **bad}, follow_redirects=False)
+        r = client.post(f"/case/{key}/decide", data={"decision": "accept", "revision": "0", **bad}, follow_redirects=False)
         assert r.status_code == 403 and "CSRF" in r.text
     # A token is bound to its browser session: another browser's token does not pass.
     other = TestClient(create_app(run), base_url="http://127.0.0.1")
     other_csrf = _named(other, "bo")
-    assert client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": other_csrf}).status_code == 403
+    assert client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": other_csrf, "revision": "0"}).status_code == 403
     assert client.post("/reviewer", data={"name": "eve", "next": "/"}).status_code == 403
     assert not run.file_for(Review).exists()
-    ok = client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": csrf}, follow_redirects=False)
+    ok = client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": csrf, "revision": "0"}, follow_redirects=False)
     assert ok.status_code == 303 and [r.decision for r in run.read(Review)] == ["accept"]
 
 
@@ -226,8 +227,171 @@ def test_a_decision_while_another_process_writes_the_run_is_refused_not_lost_sil
     csrf = _named(client, "ana")
     key = run.read(Case)[0].key
     with RunStore(run.path).writing():  # another writer (its own lock handle, as another process has)
-        r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept"}, follow_redirects=False)
+        r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False)
         assert r.status_code == 409 and "Not saved" in r.text and "another siuo process" in r.text
     assert not run.file_for(Review).exists()
-    r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept"}, follow_redirects=False)
+    r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False)
     assert r.status_code == 303 and [x.reviewer for x in run.read(Review)] == ["ana"]
+
+
+# -- the Host a request is addressed to (DNS rebinding) -----------------------------------------------------
+
+REFUSED_HOSTS = ("evil.example:8765", "evil.example", "127.0.0.1.evil.example:8765", "localhost.evil.example:8765",
+                 "127.0.0.1:9999", "localhost", "[::1]", "10.0.0.7:8765", "0.0.0.0:8765", "::1:8765",
+                 "127.0.0.1:8765:8765", "localhost:8765@evil.example", "", "<b>x</b>:8765")
+
+
+def test_without_a_token_only_a_loopback_name_and_this_port_are_served(run):
+    """A page on another site whose DNS name is rebound to 127.0.0.1 reaches the server with its own name
+    as Host: refused before any page is read or any form is taken, even one with a valid CSRF token."""
+    client = TestClient(create_app(run), base_url="http://127.0.0.1:8765")
+    csrf = _named(client, "ana")
+    key = run.read(Case)[0].key
+    question = run.read(Case)[0].question
+    for host in ("127.0.0.1:8765", "localhost:8765", "LocalHost:8765", "[::1]:8765", "127.0.0.2:8765"):
+        r = client.get(f"/case/{key}", headers={"host": host})
+        assert r.status_code == 200 and question in r.text, host
+    for host in REFUSED_HOSTS:
+        for path in ("/", f"/case/{key}", "/summary", f"/image/case/{key}", "/static/review.js"):
+            r = client.get(path, headers={"host": host})
+            assert r.status_code == 400 and "answers only to a local address" in r.text, (host, path)
+            assert question not in r.text and "<b>x</b>" not in r.text, "nothing of the run; the Host escaped"
+        r = client.post(f"/case/{key}/decide", headers={"host": host},
+                        data={"csrf": csrf, "decision": "accept", "revision": "0"})
+        assert r.status_code == 400, host
+    assert not run.file_for(Review).exists(), "no forged-Host post was recorded"
+    # With a token, the token guards (a tunnel or proxy may use any name); without it, 401 still.
+    guarded = TestClient(create_app(run, token="s3cret"), base_url="http://127.0.0.1:8765")
+    assert guarded.get("/", headers={"host": "review.example:443"}).status_code == 401
+    assert guarded.get("/", headers={"host": "review.example:443", "Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_the_served_app_refuses_a_rebound_host_on_its_real_socket(run):
+    """Through uvicorn (as `siuo review --serve` runs it): the port checked is the one the socket listens on."""
+    import http.client
+
+    from generator.testing.review_run import served
+
+    with served(run) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        def get(host: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/", headers={"Host": host})
+            r = conn.getresponse()
+            body = r.read().decode()
+            conn.close()
+            return r.status, body
+
+        assert get(f"127.0.0.1:{port}")[0] == 200 and get(f"localhost:{port}")[0] == 200
+        status, body = get(f"attacker.example:{port}")
+        assert status == 400 and f"http://127.0.0.1:{port}/" in body
+        assert get(f"localhost:{port + 1}")[0] == 400
+
+
+# -- stale pages: every decision and edit names the revision it was made on -------------------------------
+
+def _case_form(client: TestClient, key: str) -> dict[str, str]:
+    """The hidden fields of the case page's edit form, as the browser would post them."""
+    page = client.get(f"/case/{key}").text
+    form = page[page.index('id="edit-form"'):]
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form[:form.index("</form>")]))
+
+
+def test_a_save_or_decision_from_an_older_page_is_a_conflict_and_records_nothing(run):
+    """ana and bo open the same case; ana saves an edit; bo's save (and accept) from his older page would put
+    the old text back / accept text he never saw: 409 with the current text and his, nothing recorded."""
+    ana, bo = (TestClient(create_app(run), base_url="http://127.0.0.1") for _ in range(2))
+    _named(ana, "ana")
+    _named(bo, "bo")
+    case = run.read(Case)[0]
+    ana_page, bo_page = _case_form(ana, case.key), _case_form(bo, case.key)
+    assert ana_page["revision"] == bo_page["revision"] == "0"
+    texts = {"hazard": "the hazard", "reference_answer": "the reference"}
+
+    r = ana.post(f"/case/{case.key}/edit", data={**ana_page, **texts, "question": "Ana's question"},
+                 follow_redirects=False)
+    assert r.status_code == 303
+    before = run.file_for(Review).read_bytes()
+
+    r = bo.post(f"/case/{case.key}/edit", data={**bo_page, **texts, "question": "Bo's question", "note": "bo typed"},
+                follow_redirects=False)
+    assert r.status_code == 409 and "Not saved" in r.text and "revision 1 by <b>ana</b>" in r.text
+    assert '<p class="text" id="question">Ana&#39;s question</p>' in r.text, "the current text is shown"
+    assert ">Bo&#39;s question</textarea>" in r.text and 'value="bo typed"' in r.text, "bo's text is not lost"
+    r = bo.post(f"/case/{case.key}/decide", data={**bo_page, "decision": "accept"}, follow_redirects=False)
+    assert r.status_code == 409 and "Ana&#39;s question" in r.text
+    other = next(x for x in run.read(Render) if x.scenario_id == case.scenario_id and x.candidate == 1)
+    r = bo.post(f"/case/{case.key}/edit", data={**bo_page, "render_key": other.key}, follow_redirects=False)
+    assert r.status_code == 409 and f'name="render_key" value="{other.key}"' in r.text
+    assert run.file_for(Review).read_bytes() == before, "nothing recorded"
+    assert ReviewState.load(run).latest_edit(case.key).question == "Ana's question"
+
+    # A form with no revision at all is refused too (and says why).
+    r = bo.post(f"/case/{case.key}/decide", data={"csrf": bo_page["csrf"], "decision": "accept"})
+    assert r.status_code == 400 and "revision" in r.text
+    assert run.file_for(Review).read_bytes() == before
+
+    # The conflict page's own form carries the current revision: bo records his text knowingly.
+    conflict = bo.post(f"/case/{case.key}/edit", data={**bo_page, **texts, "question": "Bo's question"}).text
+    again = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', conflict))
+    assert again["revision"] == "1"
+    r = bo.post(f"/case/{case.key}/edit", data={**again, **texts, "question": "Bo's question"}, follow_redirects=False)
+    assert r.status_code == 303 and ReviewState.load(run).latest_edit(case.key).question == "Bo's question"
+
+    # A fresh page works: ana's accept is recorded against the revision her page showed.
+    fresh = _case_form(ana, case.key)
+    assert fresh["revision"] == "2"
+    r = ana.post(f"/case/{case.key}/decide", data={**fresh, "decision": "accept"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert [(x.reviewer, x.decision, x.revision) for x in run.read(Review)] == [
+        ("ana", "edit", 1), ("bo", "edit", 2), ("ana", "accept", 2)]
+
+
+def test_record_functions_refuse_a_stale_base_revision(run):
+    from generator.review import RevisionConflict
+
+    case = run.read(Case)[0]
+    record_edit(run, case, "ana", question="first", base_revision=0)
+    with pytest.raises(RevisionConflict, match="revision 1, not 0"):
+        record_edit(run, case, "bo", question="second", base_revision=0)
+    with pytest.raises(RevisionConflict):
+        record_decision(run, case.key, "bo", "accept", base_revision=0)
+    assert record_decision(run, case.key, "bo", "accept", base_revision=1).revision == 1
+    assert [r.decision for r in run.read(Review)] == ["edit", "accept"]
+
+
+# -- secrets that are not ASCII ------------------------------------------------------------------------------
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def test_a_non_ascii_csrf_value_or_token_guess_is_refused_not_a_server_error(run):
+    client = TestClient(create_app(run), base_url="http://127.0.0.1")
+    _named(client, "ana")
+    key = run.read(Case)[0].key
+    for bad in ("é" * 64, "秘", "\u2028", "%ED%A0%80"):  # the last: a lone surrogate's bytes, percent-encoded
+        body = f"csrf={bad if bad.startswith('%') else quote(bad)}&decision=accept&revision=0".encode()
+        r = client.post(f"/case/{key}/decide", content=body, headers=FORM)
+        assert r.status_code == 403 and "CSRF" in r.text, repr(bad)
+        body = f"csrf={bad if bad.startswith('%') else quote(bad)}&name=eve".encode()
+        assert client.post("/reviewer", content=body, headers=FORM).status_code == 403
+    assert not run.file_for(Review).exists()
+    guarded = TestClient(create_app(run, token="s3cret"), base_url="http://127.0.0.1")
+    assert guarded.get("/?token=%C3%A9t%C3%A9").status_code == 401
+    assert guarded.get("/?token=%ED%A0%80").status_code == 401  # a lone surrogate's bytes
+    assert guarded.get("/", headers={"Authorization": "Bearer été".encode()}).status_code == 401
+    guarded.cookies.set("siuo_token", "%C3%A9t%C3%A9")
+    assert guarded.get("/").status_code == 401
+
+
+def test_a_non_ascii_token_can_be_used_every_way(run):
+    token = "clé-ünïcode-秘密"
+    client = TestClient(create_app(run, token=token), base_url="http://127.0.0.1")
+    assert client.get("/").status_code == 401
+    assert client.get("/?token=" + quote("clé-ünïcode-秘", safe="")).status_code == 401
+    r = client.get("/?token=" + quote(token, safe="") + "&split=generated", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/?split=generated"
+    assert client.get("/").status_code == 200, "the cookie carries it"
+    bearer = TestClient(create_app(run, token=token), base_url="http://127.0.0.1")
+    assert bearer.get("/", headers={"Authorization": f"Bearer {token}".encode()}).status_code == 200

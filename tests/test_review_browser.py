@@ -155,3 +155,33 @@ def test_two_reviewers_decide_by_keyboard_and_the_run_says_exactly_that(browser,
         (c3.question_id, XSS_QUESTION, None),
     ], "c0 (rejected by bo) and c1 (rejected by both) are left out; c2 in its latest revision"
     assert items[0]["image"] == Path(other.path).name
+
+
+def test_a_save_from_a_page_older_than_a_colleagues_edit_shows_both_texts_and_keeps_what_was_typed(browser, tmp_path: Path):
+    """ana and bo have the same case open; ana saves an edit; bo's save from his older page gets the conflict
+    page: ana's text as it is now beside bo's, in a form that records his (knowingly) over hers."""
+    store = make_review_run(tmp_path, cases=1, hostile_question=False)
+    (case,) = store.read(Case)
+    ana_context, bo_context = browser.new_context(), browser.new_context()
+    ana, bo = ana_context.new_page(), bo_context.new_page()
+    with served(store) as url:
+        for page, name in ((ana, "ana"), (bo, "bo")):
+            page.goto(f"{url}/case/{case.key}")
+            _name_myself(page, name)
+        for page, text in ((ana, "Ana's question"), (bo, "Bo's question")):
+            page.keyboard.press("e")
+            page.keyboard.press("Control+a")
+            page.keyboard.type(text)
+        _key(ana, "Control+Enter")
+        assert ana.inner_text("#question") == "Ana's question"
+
+        _key(bo, "Control+Enter")
+        assert "Not saved" in bo.inner_text("h1")
+        assert bo.inner_text("#question") == "Ana's question", "the text as it is now"
+        assert bo.input_value("#edit-question") == "Bo's question", "what bo typed is kept"
+        _key(bo, "Control+Enter")
+        assert bo.inner_text("#question") == "Bo's question" and "revision 2" in bo.inner_text("h1")
+    ana_context.close()
+    bo_context.close()
+    assert [(r.reviewer, r.revision, r.question) for r in store.iter_records(Review)] == [
+        ("ana", 1, "Ana's question"), ("bo", 2, "Bo's question")]

@@ -6,7 +6,13 @@ Safety, because every case text is model-written and the page can write to the r
 - Every form carries a CSRF token (an HMAC of the browser's session cookie under a secret made at start);
   a POST without the right one is refused, so another site cannot make a reviewer's browser decide.
 - With `token`, every request must present it (once as `?token=`, then a cookie, or `Authorization:
-  Bearer`); `serve` refuses a non-loopback host without one.
+  Bearer`); `serve` refuses a non-loopback host without one. Secrets are compared as UTF-8 bytes, so a
+  non-ASCII token works and a non-ASCII guess is a plain refusal.
+- Without a token, a request must be addressed to this server by a loopback name or address and the port
+  it listens on (Host `127.0.0.1:PORT`, `localhost:PORT`, `[::1]:PORT`): a page on another site whose DNS
+  name is rebound to 127.0.0.1 sends its own name as Host and is refused, so it cannot read cases or post.
+- Every form carries the case revision it shows; a decision or edit on a revision that is no longer the
+  latest gets a conflict page (the current text beside what was typed) and records nothing.
 - No request parameter reaches the filesystem but through a known record key (a case or a render), and an
   image is served only when its real path lies inside the run folder.
 
@@ -19,6 +25,7 @@ the reviewer clicks again). Inside the server, a thread lock orders the writes o
 from __future__ import annotations
 
 import hmac
+import html
 import ipaddress
 import re
 import secrets
@@ -43,7 +50,14 @@ from starlette.templating import Jinja2Templates
 from ..errors import UserError
 from ..records import Case, CheckResult, Render, Review, Scenario
 from ..resources import review_app_dir
-from ..review import REJECT_REASONS, ReviewState, record_decision, record_edit, revised
+from ..review import (
+    REJECT_REASONS,
+    ReviewState,
+    RevisionConflict,
+    record_decision,
+    record_edit,
+    revised,
+)
 from ..store import RunLockedError, RunStore
 from .agreement import agreement
 
@@ -74,6 +88,39 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def same_secret(given: str | bytes, expected: str) -> bool:
+    """Constant-time equality of a presented secret and the expected one, as UTF-8 bytes:
+    `hmac.compare_digest` raises TypeError on a non-ASCII str, which made a non-ASCII guess a 500 and a
+    non-ASCII --token unusable."""
+    if isinstance(given, str):
+        given = given.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, expected.encode("utf-8", "surrogatepass"))
+
+
+def host_is_this_loopback_server(host_header: str | None, server: tuple[str, int] | None, scheme: str) -> bool:
+    """Whether a Host header names this server as only a local browser would: `localhost` or a loopback
+    IP literal, with the port the server listens on. Neither can be a name an attacker's DNS answers
+    for, so a rebound page (Host: its own name) never passes."""
+    if not host_header or not server:
+        return False
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::([0-9]{1,5}))?", host_header)
+    if m is None:
+        return False
+    name, port = m.group(1).lower(), m.group(2)
+    if port is None:
+        port = "443" if scheme == "https" else "80"
+    if int(port) != server[1]:
+        return False
+    if name == "localhost":
+        return True
+    bracketed = name.startswith("[")
+    try:
+        address = ipaddress.ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        return False
+    return address.is_loopback and bracketed == (address.version == 6)
 
 
 @dataclass
@@ -160,16 +207,29 @@ class Guard(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next) -> Response:
         token: str | None = request.app.state.token
+        if not token and not host_is_this_loopback_server(request.headers.get("host"), request.scope.get("server"),
+                                                          request.url.scheme):
+            port = (request.scope.get("server") or ("", "PORT"))[1]
+            return _secured(HTMLResponse(
+                "<h1>400</h1><p>This review server answers only to a local address: open "
+                f"<code>http://127.0.0.1:{port}/</code> (or <code>localhost:{port}</code>). This request was "
+                f"addressed to <code>{html.escape(request.headers.get('host') or '(no Host)')}</code>, as a page "
+                "of another site pointed at this computer would be. To reach the server under another name "
+                "(a tunnel, a proxy), start it with --token.</p>", 400))
         if token:
             given = request.query_params.get("token")
-            if given is not None and hmac.compare_digest(given, token) and request.method == "GET":
+            if given is not None and same_secret(given, token) and request.method == "GET":
                 rest = {k: v for k, v in request.query_params.items() if k != "token"}
-                response: Response = RedirectResponse(request.url.path + (f"?{urlencode(rest)}" if rest else ""), 303)
-                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+                response: Response = RedirectResponse(_local_path(request.url.path) + (f"?{urlencode(rest)}" if rest else ""), 303)
+                # percent-encoded: a cookie value is ASCII (a non-ASCII token could not be set otherwise)
+                response.set_cookie(TOKEN_COOKIE, quote(token, safe=""), httponly=True, samesite="strict")
                 return _secured(response)
             header = request.headers.get("authorization", "")
-            presented = request.cookies.get(TOKEN_COOKIE) or (header[7:] if header.startswith("Bearer ") else "")
-            if not hmac.compare_digest(presented.encode(), token.encode()):
+            if request.cookies.get(TOKEN_COOKIE):
+                presented: str | bytes = unquote(request.cookies[TOKEN_COOKIE])
+            else:  # headers arrive decoded as latin-1: their raw bytes are the token's UTF-8
+                presented = header[7:].encode("latin-1", "replace") if header.startswith("Bearer ") else b""
+            if not same_secret(presented, token):
                 return _secured(HTMLResponse("<h1>401</h1><p>This review server needs its access token: open the "
                                              "address siuo printed (it ends in ?token=...).</p>", 401))
         session = request.cookies.get(SESSION_COOKIE)
@@ -214,7 +274,7 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         """The posted form when its CSRF token is right, else None."""
         form = await request.form()
         given = str(form.get("csrf", ""))
-        if not hmac.compare_digest(given, csrf_token(request)):
+        if not same_secret(given, csrf_token(request)):
             return None
         return {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
@@ -326,39 +386,60 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         with write_guard, store.writing(wait=False):
             return fn(store, *args, **kwargs)
 
-    async def write(request: Request, fn, *args, **kwargs) -> Response | None:
+    async def write(request: Request, attempt: dict[str, Any], fn, *args, **kwargs) -> Response | None:
+        """Record one decision or edit; a page saying why when it was not (`attempt`: what the reviewer
+        sent, shown again on a conflict so nothing they typed is lost)."""
         try:
             await run_in_threadpool(locked_write, fn, *args, **kwargs)
         except RunLockedError as exc:
             return error(request, 409, f"Not saved: {exc}. Try again in a moment.")
+        except RevisionConflict as exc:
+            return conflict(request, exc.case_key, attempt)
         except UserError as exc:
             return error(request, 400, str(exc))
         return None
 
-    async def prepare_post(request: Request) -> tuple[dict[str, str], CaseView, str, RunData] | Response:
+    def conflict(request: Request, key: str, attempt: dict[str, Any]) -> Response:
+        """409: the case as it is now, beside what the reviewer tried to record on an older revision, with
+        forms to record it again on the current one (knowingly)."""
+        data = RunData(store)
+        view = data.by_key.get(key)
+        if view is None:
+            return error(request, 404, "No such case in this run.")
+        newer = [e for e in data.state.edits.get(key, []) if e.revision > attempt["base"]]
+        return page(request, "conflict.html", status_code=409, view=view, c=view.current, attempt=attempt,
+                    newer=newer, params=attempt["params"], reasons=REJECT_REASONS, case_url=case_url)
+
+    async def prepare_post(request: Request) -> tuple[dict[str, str], CaseView, str, RunData, int] | Response:
         form = await checked_form(request)
         if form is None:
             return error(request, 403, "This form expired (CSRF token missing or wrong): reload the page and try again.")
         reviewer = reviewer_of(request)
         if reviewer is None:
             return error(request, 403, "Name yourself first (top right) so your decisions carry your name.")
+        if not re.fullmatch(r"[0-9]{1,9}", form.get("revision", "")):
+            return error(request, 400, "This form does not say which revision of the case it showed (a page from an "
+                                       "older version of the app?): reload the case and try again.")
         data = RunData(store)
         view = data.by_key.get(request.path_params["key"])
         if view is None:
             return error(request, 404, "No such case in this run.")
-        return form, view, reviewer, data
+        return form, view, reviewer, data, int(form["revision"])
 
     async def decide(request: Request) -> Response:
         prepared = await prepare_post(request)
         if isinstance(prepared, Response):
             return prepared
-        form, view, reviewer, data = prepared
+        form, view, reviewer, data, base = prepared
         decision = form.get("decision", "")
         reason = form.get("reason") or None
         if decision == "reject" and reason is None:
             return error(request, 400, "Pick a reason to reject.")
-        failed = await write(request, record_decision, view.key, reviewer, decision, reason=reason,
-                             note=form.get("note", "")[:MAX_FIELD])
+        note = form.get("note", "")[:MAX_FIELD]
+        attempt = {"kind": "decision", "base": base, "params": filter_params(form), "decision": decision,
+                   "reason": reason, "note": note}
+        failed = await write(request, attempt, record_decision, view.key, reviewer, decision, reason=reason,
+                             note=note, base_revision=base)
         if failed:
             return failed
         return RedirectResponse("/next?" + qs({**filter_params(form), "after": view.key}), 303)
@@ -367,7 +448,7 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         prepared = await prepare_post(request)
         if isinstance(prepared, Response):
             return prepared
-        form, view, reviewer, data = prepared
+        form, view, reviewer, data, base = prepared
         fields = {k: form[k].replace("\r\n", "\n").strip() for k in ("question", "hazard", "reference_answer") if k in form}
         if any(len(v) > MAX_FIELD for v in fields.values()) or not all(fields.values()):
             return error(request, 400, "Question, hazard and reference answer must each be 1 to 20,000 characters.")
@@ -376,7 +457,11 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
             render = next((r for r in data.renders.get(view.case.scenario_id or "", []) if r.key == form["render_key"]), None)
             if render is None:
                 return error(request, 400, "That image is not a candidate of this case.")
-        failed = await write(request, record_edit, view.case, reviewer, render=render, note=form.get("note", "")[:MAX_FIELD], **fields)
+        note = form.get("note", "")[:MAX_FIELD]
+        attempt = {"kind": "edit", "base": base, "params": filter_params(form), "fields": fields, "render": render,
+                   "note": note}
+        failed = await write(request, attempt, record_edit, view.case, reviewer, render=render, note=note,
+                             base_revision=base, **fields)
         if failed:
             return failed
         params = filter_params(form)
