@@ -31,6 +31,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from generator.testing.fake_openai import Fault, FakeOpenAI  # noqa: E402
 from generator.testing.pipeline_script import respond  # noqa: E402
@@ -221,19 +222,41 @@ class Torture:
         return t
 
 
+PROBES = ("wheel", "reviewapp")
+"""The second hostile run's probes (issue 20), one module each: bench/torture_<part>.py with `probes(t)`."""
+
+
+def run_probes(t: Torture, part: str) -> None:
+    """One part's probes; a probe that crashes is a row that did not hold, never a lost table."""
+    import importlib
+    import traceback
+
+    try:
+        importlib.import_module(f"torture_{part}").probes(t)
+    except Exception as exc:  # noqa: BLE001 - the table must still print
+        traceback.print_exc()
+        t.record(part, "probes crashed", f"{type(exc).__name__}: {exc}"[:200], False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=8)
     ap.add_argument("--fault-rate", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--part", action="append", choices=("official", *PROBES),
+                    help="run only these parts (repeatable); default: all")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="siuo-torture-") as tmp:
         t = Torture(Path(tmp), args.seed, args.fault_rate)
         t0 = time.perf_counter()
         try:
-            official = t.official_files()
-            t.bad_inputs(official)
-            t.faults_and_kills(official, args.kills)
+            if not args.part or "official" in args.part:
+                official = t.official_files()
+                t.bad_inputs(official)
+                t.faults_and_kills(official, args.kills)
+            for part in PROBES:
+                if not args.part or part in args.part:
+                    run_probes(t, part)
         finally:
             t.fake.stop()
         Console().print(t.table())
