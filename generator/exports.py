@@ -70,8 +70,9 @@ class ExportFolder:
         self.force = force
         self._inputs = list(inputs)
         self._input_ids: set[tuple[int, int]] | None = None
-        self.previous: dict[str, str | None] = {}
-        """Files (relative names) the previous export of this kind wrote -> their sha256 (None: a folder)."""
+        self.previous: dict[str, str | list[str] | None] = {}
+        """Files (relative names) the previous export of this kind wrote -> their sha256 (None: a folder; a
+        list: either content, for a file announced while its replacement was on the way)."""
         self.written: dict[str, str | None] = {}
 
     # -- checks -------------------------------------------------------------------------------------
@@ -122,12 +123,12 @@ class ExportFolder:
         return self
 
     def _ours_unchanged(self, name: str, path: Path) -> bool:
-        digest = self.previous.get(name, "")
         if name not in self.previous:
             return False
+        digest = self.previous[name]
         if digest is None:  # a folder with its own marker (the dataset inside an lmms-eval task folder)
             return path.is_dir()
-        return path.is_file() and sha256_of(path) == digest
+        return path.is_file() and sha256_of(path) in ([digest] if isinstance(digest, str) else digest)
 
     def target(self, name: str) -> Path:
         """The path to write `name` (relative, `/`-separated) at; refused if it would overwrite a file this
@@ -164,7 +165,10 @@ class ExportFolder:
     def announce(self, files: dict[str, str]) -> None:
         """List files (name -> sha256) about to be put in place as ours before they are, so a kill between
         leaves none unowned: the next export removes them like any file of the previous export."""
-        self.previous = {**self.previous, **files}
+        for name, digest in files.items():
+            before = self.previous.get(name)
+            known = [] if before is None else [before] if isinstance(before, str) else list(before)
+            self.previous[name] = digest if not known else sorted({*known, digest})
         self._write_marker(self.previous)
 
     def commit(self, **extra) -> None:
@@ -176,6 +180,6 @@ class ExportFolder:
             path = self.out_dir / name
             if digest is None or not path.is_file() or self._is_input(path):
                 continue  # a folder of an earlier export is left as it is (its content is its own export's)
-            if sha256_of(path) == digest:
+            if self._ours_unchanged(name, path):
                 path.unlink()
         self._write_marker(self.written, **extra)

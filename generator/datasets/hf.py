@@ -266,9 +266,13 @@ def _write_export(folder: ExportFolder, store: RunStore, by_split: dict[str, lis
                                      .encode()).hexdigest()[:FINGERPRINT_CHARS]
         finals = {f"data/{split}-{fingerprint}-{i:05d}-of-{n:05d}.parquet": (tmp, d)
                   for (split, i, n, tmp), d in zip(temps, digests)}
+        result.written = sum(result.per_split.values())
+        result.fingerprint = fingerprint
+        card_text = dataset_card(store, result, split_names, cases)
         for name in finals:
             folder.target(name)
-        folder.announce({name: d for name, (_, d) in finals.items()})
+        folder.announce({**{name: d for name, (_, d) in finals.items()},
+                         "README.md": hashlib.sha256(card_text.encode("utf-8")).hexdigest()})
         for name, (tmp, _) in finals.items():
             os.replace(tmp, out_dir / name)
     finally:
@@ -276,9 +280,7 @@ def _write_export(folder: ExportFolder, store: RunStore, by_split: dict[str, lis
             tmp.unlink(missing_ok=True)
         if bars_were_on:
             datasets.enable_progress_bars()
-    result.written = sum(result.per_split.values())
-    result.fingerprint = fingerprint
-    write_text_atomic(card, dataset_card(store, result, split_names, cases))  # the switch
+    write_text_atomic(card, card_text)  # the switch
     folder.wrote("README.md")
     for name, (_, d) in finals.items():
         folder.wrote(name, d)
