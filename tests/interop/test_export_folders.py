@@ -225,7 +225,7 @@ def test_export_hf_killed_at_any_step_leaves_the_old_or_the_new_export_whole(tmp
         break
     else:
         pytest.fail("the export never finished")
-    assert seen == {"replace", "unlink", "shard"}  # a kill was tried in each kind of step
+    assert fail_at > 20 and seen == {"replace", "unlink", "shard"}  # kills tried at every step, of each kind
     assert _loaded_ids(out) == new and (out / "notes.txt").read_text() == "mine"
     # Nothing of the killed attempts is left behind: the shards on disk are the ones the card names.
     marker = json.loads((out / MARKER).read_text())
