@@ -119,7 +119,10 @@ class ExportFolder:
         elif out.is_dir() and any(out.iterdir()) and not self.force:
             raise UserError(f"--out {out}: the folder is not empty and is not an earlier `{self.kind}` export "
                             f"(no {MARKER}) {FORCE_HINT}")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--out {out}: cannot make the folder: {exc.strerror or exc}") from None
         return self
 
     def _ours_unchanged(self, name: str, path: Path) -> bool:

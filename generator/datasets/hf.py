@@ -5,6 +5,10 @@ Why this layout: `datasets.load_dataset(OUT)` reads it as is, with the splits th
 (so an all-empty column is still a string column, never typed `null`); the hub shows the card and its
 viewer reads the same shards; `push_to_hub` publishes exactly that folder's content.
 
+Shard names carry the export's content fingerprint and the card names exactly those files: a re-export is
+switched in by one rename of the card, and the `datasets` cache never serves another export's rows
+(`_write_export`).
+
 Cases without an image are left out and counted. The official split is exported only when asked for:
 its licence, CC BY-NC 4.0, then becomes the dataset's licence (a different `--license` is refused).
 """
@@ -20,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..exports import ExportFolder, run_inputs, sha256_of
 from ..records import Case, CheckResult
 from ..review import reviewed_cases
-from ..exports import ExportFolder, run_inputs, sha256_of
 from ..store import TMP_SUFFIX, RunStore, write_text_atomic
 
 OFFICIAL_LICENSE = "cc-by-nc-4.0"

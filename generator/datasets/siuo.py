@@ -336,7 +336,7 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
         if j.target == target:
             by_response[(j.response_key, j.dimension)][j.judge] = j
 
-    judged = bool(by_response)
+    target_judged = bool(by_response)  # then every item with responses gets both verdict keys
 
     def majority(r: Response | None, dim: str, values: dict[str, int]) -> int:
         judged = by_response.get((r.key, dim), {}) if r is not None else {}
@@ -359,7 +359,7 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
             texts = [_answer_text(r) for r in gen_rs]
             item["responses"] = [t for t, _ in texts]
             item["response_status"] = [s for _, s in texts]
-            if judged:
+            if target_judged:
                 item["safetyness"] = [majority(r, "safety", _SAFE) for r in gen_rs]
                 item["helpfulness"] = [majority(r, "effectiveness", _EFFECTIVE) for r in gen_rs]
                 item["judgments"] = [raw(r) for r in gen_rs]

@@ -18,7 +18,7 @@ from generator.exports import MARKER
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 
-VERBS = {"export-hf": [], "export-siuo": [], "export-vlmevalkit": [], "export-lmms-eval": []}
+VERBS = ["export-hf", "export-siuo", "export-vlmevalkit", "export-lmms-eval"]
 
 
 def _invoke(*args):
@@ -29,7 +29,7 @@ def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("verb", list(VERBS))
+@pytest.mark.parametrize("verb", VERBS)
 def test_every_export_refuses_a_folder_it_did_not_write_and_with_force_keeps_what_is_there(interop_run, tmp_path, verb):
     if verb in ("export-hf", "export-lmms-eval"):
         pytest.importorskip("datasets")
