@@ -115,6 +115,8 @@ class ExportFolder:
             if kind != self.kind and not self.force:
                 raise UserError(f"--out {out}: holds a `{kind}` export, not a `{self.kind}` one {FORCE_HINT}")
             if kind == self.kind:
+                for name in files:  # a marker written by hand must not steer a delete outside the folder
+                    path_inside(out, str(name))
                 self.previous = {str(k): v for k, v in files.items()}
         elif out.is_dir() and any(out.iterdir()) and not self.force:
             raise UserError(f"--out {out}: the folder is not empty and is not an earlier `{self.kind}` export "
@@ -180,7 +182,7 @@ class ExportFolder:
         for name, digest in sorted(self.previous.items()):
             if name in self.written:
                 continue
-            path = self.out_dir / name
+            path = path_inside(self.out_dir, name)
             if digest is None or not path.is_file() or self._is_input(path):
                 continue  # a folder of an earlier export is left as it is (its content is its own export's)
             if self._ours_unchanged(name, path):

@@ -231,3 +231,18 @@ def test_export_hf_killed_at_any_step_leaves_the_old_or_the_new_export_whole(tmp
     marker = json.loads((out / MARKER).read_text())
     on_disk = sorted(str(p.relative_to(out)) for p in (out / "data").iterdir())
     assert on_disk == sorted(n for n in marker["files"] if n.startswith("data/"))
+
+
+def test_a_marker_written_by_hand_cannot_steer_a_delete_outside_the_folder(interop_run, tmp_path):
+    from generator.exports import sha256_of
+
+    out = tmp_path / "x"
+    assert _invoke("export-siuo", "--run", "interop", "--out", out).exit_code == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    marker = json.loads((out / MARKER).read_text())
+    marker["files"]["../victim.txt"] = sha256_of(victim)
+    (out / MARKER).write_text(json.dumps(marker))
+    r = _invoke("export-siuo", "--run", "interop", "--out", out)
+    assert r.exit_code == 2 and "would leave the folder" in r.output
+    assert victim.read_text() == "precious"
