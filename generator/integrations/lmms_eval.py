@@ -162,7 +162,9 @@ _TaskDumper.add_representer(Function, lambda dumper, value: dumper.represent_sca
 
 
 def dump_yaml(data: dict) -> str:
-    return yaml.dump(data, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
+    """YAML text of `data`; non-ASCII characters escaped (`allow_unicode=False`): with them written raw,
+    PyYAML puts a NEL (U+0085) or line separator in a single-quoted scalar, which reads back as a space."""
+    return yaml.dump(data, Dumper=_TaskDumper, sort_keys=False, allow_unicode=False, default_flow_style=False,
                      width=1 << 20)
 
 
