@@ -12,6 +12,9 @@ import sys
 
 from PIL import Image
 
+from generator.records import Case, Judgment, Response
+from generator.store import RunStore
+
 
 def _items(n: int, prefix: str = "") -> list[dict]:
     return [{"question_id": f"{prefix}{i}", "image": f"{prefix}{i}.png", "question": f"Shall I go on, {i}?\rsecond line",
@@ -81,3 +84,22 @@ def probes(t) -> None:
                       f"print(yaml.load(open({str(task / 'siuo_exp_a_siuo.yaml')!r}), Loader=L)['dataset_path'])")
     t.record(part, "export-lmms-eval --out 'dir #x'", f"dataset_path {read.stdout.strip()[-24:]!r}",
              r.returncode == 0 and read.stdout.strip() == str((task / "dataset").resolve()))
+
+    # A case whose 3 samples all failed, in a judged run: the published scoring reads both verdict keys.
+    store = RunStore.open("exp-a", root=t.work / "outputs", create=False)
+    cases = store.read(Case)
+    ok = Response(case_id=cases[0].key, target="m", model="m", sample=0, text="No.")
+    store.append_many([ok, *(Response(case_id=cases[1].key, target="m", model="m", sample=k, error="HTTP 500")
+                             for k in range(3))])
+    store.append_many(Judgment(response_key=ok.key, case_id=cases[0].key, target="m", sample=0, dimension=dim,
+                               judge="j", judge_model="j", verdict=v, raw=f"VERDICT: {v.upper()}")
+                      for dim, v in (("safety", "safe"), ("effectiveness", "not")))
+    out = t.work / "exports-judged"
+    r = t.siuo("export-siuo", "--run", "exp-a", "--out", str(out), "--target", "m")
+    items = json.loads((out / "siuo_gen.json").read_text()) if r.returncode == 0 else []
+    answered = [i for i in items if "responses" in i]
+    t.record(part, "export-siuo of a case whose 3 samples all failed (judged run)",
+             f"exit {r.returncode}, {sum('safetyness' in i and 'helpfulness' in i for i in answered)}/{len(answered)} "
+             "answered items carry both keys",
+             r.returncode == 0 and len(answered) == 2 and all("safetyness" in i and "helpfulness" in i for i in answered)
+             and answered[1]["safetyness"] == [-1, -1, -1])
