@@ -104,13 +104,14 @@ def export_siuo_cmd(
     out: Path = typer.Option(..., "--out", help="Folder to write siuo_gen.json and siuo_mcqa.json into."),
     target: Optional[str] = typer.Option(None, "--target", help="Whose responses to include (default: the first target found)."),
     split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write a run's cases (and responses) back in the official SIUO format."""
     from .datasets.siuo import export_siuo
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
-    written = export_siuo(store, out, target=target, split=split)
+    written = export_siuo(store, out, target=target, split=split, force=force)
     for path in written:
         console.print(f"wrote {path}", highlight=False)
 
@@ -125,12 +126,14 @@ def export_hf_cmd(
     license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."),
     push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."),
     public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (default private)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
     from .datasets.hf import export_hf, push_to_hub as push
     from .store import RunStore
 
-    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license)
+    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license,
+                       force=force)
     per_split = ", ".join(f"{s}: {n}" for s, n in result.per_split.items())
     console.print(f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
                   highlight=False, soft_wrap=True)
@@ -148,12 +151,13 @@ def export_vlmevalkit_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the TSVs and siuo_vlmevalkit.py (use it as $LMUData)."),
     splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
     from .integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
     from .store import RunStore
 
-    result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name)
+    result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name, force=force)
     for dataset, path in result.files.items():
         console.print(f"wrote {path} ({result.rows[dataset]} rows): dataset {dataset}", highlight=False, soft_wrap=True)
     console.print(f"register them with {out / REGISTER_MODULE} (see its docstring)", highlight=False, soft_wrap=True)
@@ -169,6 +173,7 @@ def export_lmms_eval_cmd(
     splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."),
     name: Optional[str] = typer.Option(None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."),
     protocol: str = typer.Option("siuo", "--protocol", help="Judge prompts process_results uses: siuo or strict."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
     from .evaluate.protocol import PROTOCOLS
@@ -177,7 +182,8 @@ def export_lmms_eval_cmd(
 
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol)
+    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol,
+                              force=force)
     console.print(f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
                   f"`lmms-eval --include_path {out} --tasks {result.group} ...`", highlight=False, soft_wrap=True)
     if result.skipped_missing_image:

@@ -5,29 +5,36 @@ Why this layout: `datasets.load_dataset(OUT)` reads it as is, with the splits th
 (so an all-empty column is still a string column, never typed `null`); the hub shows the card and its
 viewer reads the same shards; `push_to_hub` publishes exactly that folder's content.
 
+Shard names carry the export's content fingerprint and the card names exactly those files: a re-export is
+switched in by one rename of the card, and the `datasets` cache never serves another export's rows
+(`_write_export`).
+
 Cases without an image are left out and counted. The official split is exported only when asked for:
 its licence, CC BY-NC 4.0, then becomes the dataset's licence (a different `--license` is refused).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..exports import ExportFolder, run_inputs, sha256_of
 from ..records import Case, CheckResult
 from ..review import reviewed_cases
-from ..store import RunStore, path_inside, write_text_atomic
+from ..store import TMP_SUFFIX, RunStore, write_text_atomic
 
 OFFICIAL_LICENSE = "cc-by-nc-4.0"
 DEFAULT_SPLITS = ("generated", "hardened")
 SPLIT_ORDER = ("siuo", "generated", "hardened", "control")
 MAX_SHARD_BYTES = 256 * 1024 * 1024
 """Image bytes per parquet shard (the hub's viewer and loaders like shards of a few hundred MB)."""
+FINGERPRINT_CHARS = 16
 
 
 def features():
@@ -90,6 +97,8 @@ class HfExport:
     shards: list[str] = field(default_factory=list)
     skipped_missing_image: list[str] = field(default_factory=list)
     license: str = OFFICIAL_LICENSE
+    fingerprint: str = ""
+    """sha256 (first 16 hex digits) of the shards' content: in every shard's name and in the card."""
 
 
 def _options(case: Case) -> list[str]:
@@ -174,8 +183,10 @@ def _write_shard(path: Path, group: list[tuple[dict, Path]], feats) -> None:
 
 
 def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_SPLITS, *, controls: bool = False,
-              license: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> HfExport:
-    """Write `out_dir/data/<split>-NNNNN-of-NNNNN.parquet` and `out_dir/README.md` (the dataset card).
+              license: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES, force: bool = False) -> HfExport:
+    """Write `out_dir/data/<split>-<fingerprint>-NNNNN-of-NNNNN.parquet` and `out_dir/README.md` (the card).
+
+    `out_dir` must be empty, new, or an earlier `export-hf` folder (`exports.ExportFolder`) unless `force`.
 
     `controls` adds a `control` split: each exported case's image with its harmless control question
     (the one `siuo answer --controls` asks), for over-refusal.
@@ -213,35 +224,72 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
             by_split["control"].append((_row(c, [], question=control_question_for(c), split="control"), src))
     if not by_split:
         raise UserError(f"none of the {len(cases)} case(s) of split(s) {', '.join(splits)} has its image: nothing to export")
+    folder = ExportFolder(out_dir, "hf", force=force, inputs=[*run_inputs(store), *(src for rows in by_split.values()
+                                                                                     for _, src in rows)]).claim()
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = path_inside(out_dir, ".data.siuo-tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    result.shards = _write_export(folder, store, by_split, cases, result, max_shard_bytes, datasets)
+    return result
+
+
+def _write_export(folder: ExportFolder, store: RunStore, by_split: dict[str, list[tuple[dict, Path]]],
+                  cases: list[Case], result: HfExport, max_shard_bytes: int, datasets) -> list[str]:
+    """Put the new export in place so that `load_dataset(OUT)` reads either the previous export whole or
+    the new one whole, whenever the process is killed.
+
+    How: the shards are written under hidden temp names, then renamed to names carrying the content
+    fingerprint (`data/<split>-<fingerprint>-NNNNN-of-NNNNN.parquet`, new names beside the previous
+    export's); the card, whose `configs` name exactly those files, is then replaced by one rename: that
+    rename is the switch. Only then are the previous export's shards removed. The fingerprint in the file
+    patterns also keys the `datasets` cache, which otherwise knows a local folder only by its name and
+    its card's `configs`: two exports never share a cache entry unless their shards are byte for byte the
+    same.
+    """
+    out_dir = folder.out_dir
+    card = folder.target("README.md")  # refused before any work if it is not ours
+    data_dir = out_dir / "data"
+    if data_dir.is_symlink() or (data_dir.exists() and not data_dir.is_dir()):
+        raise UserError(f"{data_dir}: is not a folder of an export")
+    data_dir.mkdir(exist_ok=True)
+    for stale in data_dir.glob(f".*{TMP_SUFFIX}"):  # temp shards of a killed export (hidden, ours by name)
+        stale.unlink(missing_ok=True)
     feats = features()
     split_names = [s for s in SPLIT_ORDER if s in by_split]
+    temps: list[tuple[str, int, int, Path]] = []
     bars_were_on = not datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # one summary line from the CLI, not a bar per shard
     try:
         for split in split_names:
             groups = _shard(by_split[split], max_shard_bytes)
             for i, group in enumerate(groups):
-                name = f"{split}-{i:05d}-of-{len(groups):05d}.parquet"
-                _write_shard(staging / name, group, feats)
-                result.shards.append(f"data/{name}")
+                tmp = data_dir / f".{split}-{i:05d}-of-{len(groups):05d}.parquet{TMP_SUFFIX}"
+                _write_shard(tmp, group, feats)
+                temps.append((split, i, len(groups), tmp))
             result.per_split[split] = len(by_split[split])
-        # Swap the new shards in whole: a shard left from an earlier export would be read as part of a split.
-        data_dir = out_dir / "data"
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        staging.rename(data_dir)
+        digests = [sha256_of(tmp) for *_, tmp in temps]
+        fingerprint = hashlib.sha256("".join(f"{t[0]}/{t[1]}/{t[2]}:{d}\n" for t, d in zip(temps, digests))
+                                     .encode()).hexdigest()[:FINGERPRINT_CHARS]
+        finals = {f"data/{split}-{fingerprint}-{i:05d}-of-{n:05d}.parquet": (tmp, d)
+                  for (split, i, n, tmp), d in zip(temps, digests)}
+        result.written = sum(result.per_split.values())
+        result.fingerprint = fingerprint
+        card_text = dataset_card(store, result, split_names, cases)
+        for name in finals:
+            folder.target(name)
+        folder.announce({**{name: d for name, (_, d) in finals.items()},
+                         "README.md": hashlib.sha256(card_text.encode("utf-8")).hexdigest()})
+        for name, (tmp, _) in finals.items():
+            os.replace(tmp, out_dir / name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for *_, tmp in temps:
+            tmp.unlink(missing_ok=True)
         if bars_were_on:
             datasets.enable_progress_bars()
-    result.written = sum(result.per_split.values())
-    write_text_atomic(out_dir / "README.md", dataset_card(store, result, split_names, cases))
-    return result
+    write_text_atomic(card, card_text)  # the switch
+    folder.wrote("README.md")
+    for name, (_, d) in finals.items():
+        folder.wrote(name, d)
+    folder.commit(fingerprint=fingerprint, run=store.name, splits=dict(result.per_split))
+    return list(finals)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -306,7 +354,7 @@ def dataset_card(store: RunStore, result: HfExport, split_names: list[str], case
         tags=["safety", "multimodal", "siuo", "cross-modal-safety", "vision-language-models", "red-teaming"],
         size_categories=[_size_category(result.written)],
         configs=[{"config_name": "default",
-                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_names]}],
+                  "data_files": [{"split": s, "path": f"data/{s}-{result.fingerprint}-*"} for s in split_names]}],
     )
     filter_report = {}
     fr_path = store.path / "filter_report.json"

@@ -19,7 +19,7 @@ from ..config import read_text
 from ..domains import domain_by_label, load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response
-from ..store import RunStore, write_text_atomic
+from ..store import RunStore
 from ..review import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
@@ -302,7 +302,8 @@ def _answer_text(r: Response | None) -> tuple[str, str]:
     return r.text, "ok"
 
 
-def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split: str | None = None) -> list[Path]:
+def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split: str | None = None, *,
+                force: bool = False) -> list[Path]:
     """Write `siuo_gen.json` (and `siuo_mcqa.json` when cases have options) in the official format.
 
     With responses from `target`, each gen item gets `responses` (its samples in order, a failed or
@@ -310,13 +311,18 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     protocol's single sample, sample 0); with judgments, `safetyness` / `helpfulness` as 1 / 0 / -1 lists,
     the fields the official `gen_score.py` reads (-1: no valid verdict, as in the official parser), each
     the majority of the judges (as `siuo score` counts it), and `judgments`: per sample, each judge's
-    verdict and raw reply.
+    verdict and raw reply. Once the target is judged at all, every item with `responses` carries
+    `safetyness` / `helpfulness` (all -1 for a case whose samples all failed): the published scoring reads
+    both keys on every item and stops on a missing one.
+
+    `out_dir` must be empty, new, or an earlier `export-siuo` folder unless `force`; the run's own input
+    files (the official files it imported) are never written over (`exports.ExportFolder`).
     """
     from ..evaluate.score import response_verdict
+    from ..exports import ExportFolder, run_inputs
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for c in reviewed_cases(store) if split is None or c.split == split]
+    folder = ExportFolder(Path(out_dir), "siuo", force=force, inputs=run_inputs(store)).claim()
     responses = store.read_latest(Response)  # a retried answer replaces the failed one
     target = _pick_target(responses, target)
     by_case: dict[tuple[str, str], dict[int, Response]] = defaultdict(dict)
@@ -329,6 +335,8 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     for j in store.read_latest(Judgment):
         if j.target == target:
             by_response[(j.response_key, j.dimension)][j.judge] = j
+
+    target_judged = bool(by_response)  # then every item with responses gets both verdict keys
 
     def majority(r: Response | None, dim: str, values: dict[str, int]) -> int:
         judged = by_response.get((r.key, dim), {}) if r is not None else {}
@@ -351,7 +359,7 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
             texts = [_answer_text(r) for r in gen_rs]
             item["responses"] = [t for t, _ in texts]
             item["response_status"] = [s for _, s in texts]
-            if any(r is not None and (r.key, "safety") in by_response for r in gen_rs):
+            if target_judged:
                 item["safetyness"] = [majority(r, "safety", _SAFE) for r in gen_rs]
                 item["helpfulness"] = [majority(r, "effectiveness", _EFFECTIVE) for r in gen_rs]
                 item["judgments"] = [raw(r) for r in gen_rs]
@@ -370,13 +378,12 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
                 mitem["response_mcqa"], mitem["response_status"] = _answer_text(mcqa_by_sample.get(0))
             mcqa_items.append(mitem)
 
-    written = [out_dir / "siuo_gen.json"]
-    _dump_json(written[0], gen_items)
+    written = [folder.write_text("siuo_gen.json", _dumps(gen_items))]
     if mcqa_items:
-        written.append(out_dir / "siuo_mcqa.json")
-        _dump_json(written[1], mcqa_items)
+        written.append(folder.write_text("siuo_mcqa.json", _dumps(mcqa_items)))
+    folder.commit(run=store.name, target=target)  # a siuo_mcqa.json of an earlier export is removed when none now
     return written
 
 
-def _dump_json(path: Path, items: list[dict]) -> None:
-    write_text_atomic(path, json.dumps(items, ensure_ascii=False, indent=4))
+def _dumps(items: list[dict]) -> str:
+    return json.dumps(items, ensure_ascii=False, indent=4)

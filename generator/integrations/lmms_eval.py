@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import UserError
-from ..store import RunStore, path_inside, write_text_atomic
+from ..store import RunStore
 from . import ExternalAnswer
 
 log = logging.getLogger(__name__)
@@ -139,34 +141,52 @@ def siuo_rate(values):
     return _siuo.rate(values)
 '''
 
-TASK_YAML = """# SIUO-style split `{split}` of siuo-generator run `{run}`: open answers judged for safety and effectiveness.
+TASK_COMMENT = """# SIUO-style split `{split}` of siuo-generator run `{run}`: open answers judged for safety and effectiveness.
 # 3 repeats per case reduced by SIUO's majority; give the model sampling settings if the repeats should differ.
-task: {task}
-dataset_path: {dataset_path}
-dataset_kwargs:
-  local_files_only: true
-test_split: {split}
-output_type: generate_until
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-# The case id, so answers in the samples file match back (`siuo import-responses --format lmms-eval`);
-# lmms-eval logs the target, not the doc. The judge reads the reference answer from the doc.
-doc_to_target: question_id
-repeats: {repeats}
-filter_list:  # keep every repeat (lmms-eval's default keeps the first): process_results takes the majority
-  - name: none
-    filter:
-      - function: take_first_k
-        k: {repeats}
-generation_kwargs:
-  max_new_tokens: 500
-process_results: !function utils.process_results
-metric_list:
-{metrics}
-metadata:
-  version: 1.0
-  protocol: {protocol}
+# doc_to_target is the case id, so answers in the samples file match back (`siuo import-responses --format
+# lmms-eval`): lmms-eval logs the target, not the doc. The judge reads the reference answer from the doc.
+# filter_list keeps every repeat (lmms-eval's default keeps the first): process_results takes the majority.
 """
+
+
+class Function(str):
+    """A `!function module.name` value of an lmms-eval YAML (its loader imports it from the task folder)."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper plus lmms-eval's `!function` tag: every other value is quoted by the library,
+    so any text (a `#`, a colon, line breaks in a folder name) reads back as written."""
+
+
+_TaskDumper.add_representer(Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
+
+
+def dump_yaml(data: dict) -> str:
+    """YAML text of `data`; non-ASCII characters escaped (`allow_unicode=False`): with them written raw,
+    PyYAML puts a NEL (U+0085) or line separator in a single-quoted scalar, which reads back as a space."""
+    return yaml.dump(data, Dumper=_TaskDumper, sort_keys=False, allow_unicode=False, default_flow_style=False,
+                     width=1 << 20)
+
+
+def task_yaml(*, task: str, split: str, run: str, dataset_path: str, repeats: int, protocol: str) -> str:
+    """One split's task YAML, written by PyYAML."""
+    return TASK_COMMENT.format(split=split, run=run) + dump_yaml({
+        "task": task,
+        "dataset_path": dataset_path,
+        "dataset_kwargs": {"local_files_only": True},
+        "test_split": split,
+        "output_type": "generate_until",
+        "doc_to_visual": Function("utils.doc_to_visual"),
+        "doc_to_text": Function("utils.doc_to_text"),
+        "doc_to_target": "question_id",
+        "repeats": repeats,
+        "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": repeats}]}],
+        "generation_kwargs": {"max_new_tokens": 500},
+        "process_results": Function("utils.process_results"),
+        "metric_list": [{"metric": m, "aggregation": Function("utils.siuo_rate"), "higher_is_better": True}
+                        for m in METRICS],
+        "metadata": {"version": 1.0, "protocol": protocol},
+    })
 
 
 @dataclass
@@ -179,27 +199,29 @@ class LmmsEvalExport:
 
 def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"), *,
                      tag: str | None = None, protocol: str = "siuo", judge_sees_image: bool = True,
-                     repeats: int = 3) -> LmmsEvalExport:
-    """Write the task folder (see the module docstring)."""
+                     repeats: int = 3, force: bool = False) -> LmmsEvalExport:
+    """Write the task folder (see the module docstring). `out_dir` must be empty, new, or an earlier
+    `export-lmms-eval` folder unless `force` (`exports.ExportFolder`); a task YAML of a split no longer
+    exported is removed."""
     import re
 
     from ..datasets.hf import export_hf
+    from ..exports import ExportFolder, run_inputs
 
     out_dir = Path(out_dir)
     tag = re.sub(r"[^A-Za-z0-9_]", "_", tag or store.name)
-    hf = export_hf(store, path_inside(out_dir, "dataset"), splits)
+    folder = ExportFolder(out_dir, "lmms-eval", force=force, inputs=run_inputs(store)).claim()
+    hf = export_hf(store, folder.target("dataset"), splits, force=force)
+    folder.wrote("dataset", None)
     result = LmmsEvalExport(out_dir, group=f"siuo_{tag}", skipped_missing_image=hf.skipped_missing_image)
-    metrics = "\n".join(f"  - metric: {m}\n    aggregation: !function utils.siuo_rate\n    higher_is_better: true"
-                        for m in METRICS)
     for split in hf.per_split:
         task = f"siuo_{tag}_{split}"
-        write_text_atomic(out_dir / f"{task}.yaml", TASK_YAML.format(
-            split=split, run=store.name, task=task, dataset_path=(out_dir / "dataset").resolve(), repeats=repeats,
-            metrics=metrics, protocol=protocol))
+        folder.write_text(f"{task}.yaml", task_yaml(task=task, split=split, run=store.name, repeats=repeats,
+                                                    dataset_path=str((out_dir / "dataset").resolve()), protocol=protocol))
         result.tasks.append(task)
-    write_text_atomic(out_dir / f"{result.group}.yaml",
-                      f"group: {result.group}\ntask:\n" + "".join(f"  - {t}\n" for t in result.tasks))
-    write_text_atomic(out_dir / "utils.py", UTILS.format(protocol=protocol, judge_sees_image=judge_sees_image))
+    folder.write_text(f"{result.group}.yaml", dump_yaml({"group": result.group, "task": list(result.tasks)}))
+    folder.write_text("utils.py", UTILS.format(protocol=protocol, judge_sees_image=judge_sees_image))
+    folder.commit(run=store.name)
     return result
 
 

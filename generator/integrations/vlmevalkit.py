@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..records import Case
 from . import ExternalAnswer, require
 from ..review import reviewed_cases
-from ..store import RunStore, atomic_writer, path_inside, write_text_atomic
+from ..exports import ExportFolder, run_inputs
+from ..store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
 MCQ_COLUMNS = ("index", "image", "question", "category", "answer", "question_id", "split", "domain")
@@ -50,11 +51,12 @@ def dataset_names(tag: str) -> tuple[str, str]:
 
 
 def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"),
-                      tag: str | None = None) -> VlmEvalKitExport:
+                      tag: str | None = None, *, force: bool = False) -> VlmEvalKitExport:
     """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`.
 
-    Rows are streamed (one image in memory at a time) with the csv module in the dialect pandas writes and
-    VLMEvalKit reads back (`pd.read_csv(sep="\\t")`).
+    Rows are streamed (one image in memory at a time) with `tsv_writer`, which VLMEvalKit's reader
+    (`pd.read_csv(sep="\\t")`) reads back cell for cell. `out_dir` must be empty, new, or an earlier
+    `export-vlmevalkit` folder unless `force` (`exports.ExportFolder`).
     """
     out_dir = Path(out_dir)
     cases = [c for c in reviewed_cases(store) if c.split in splits]  # never a rejected case; edits applied
@@ -73,15 +75,17 @@ def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = 
     cases = [c for c in cases if c.key in images]
     mcq_cases = [c for c in cases if c.options and c.correct_option]
     letters = sorted({k for c in mcq_cases for k in c.options or {}})
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = ExportFolder(out_dir, "vlmevalkit", force=force, inputs=[*run_inputs(store), *images.values()]).claim()
     gen_name, mcq_name = dataset_names(tag or store.name)
-    gen_path, mcq_path = path_inside(out_dir, f"{gen_name}.tsv"), path_inside(out_dir, f"{mcq_name}.tsv")
+    gen_path = folder.target(f"{gen_name}.tsv")
+    mcq_path = folder.target(f"{mcq_name}.tsv") if mcq_cases else out_dir / f"{mcq_name}.tsv"
+    module_path = folder.target(REGISTER_MODULE)
     with ExitStack() as stack:
-        gen = csv.writer(stack.enter_context(atomic_writer(gen_path, "w")), delimiter="\t", lineterminator="\n")
+        gen = tsv_writer(stack.enter_context(atomic_writer(gen_path, "wb")))
         gen.writerow(GEN_COLUMNS)
         mcq = None
         if mcq_cases:
-            mcq = csv.writer(stack.enter_context(atomic_writer(mcq_path, "w")), delimiter="\t", lineterminator="\n")
+            mcq = tsv_writer(stack.enter_context(atomic_writer(mcq_path, "wb")))
             mcq.writerow([*MCQ_COLUMNS[:3], *letters, *MCQ_COLUMNS[3:]])
         n_mcq = 0
         for i, c in enumerate(cases):
@@ -93,11 +97,36 @@ def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = 
                               c.correct_option, *ids])
                 n_mcq += 1
     result.files[gen_name], result.rows[gen_name] = gen_path, len(cases)
+    folder.wrote(gen_path.name)
     if mcq_cases:
         result.files[mcq_name], result.rows[mcq_name] = mcq_path, n_mcq
-    write_text_atomic(out_dir / REGISTER_MODULE, register_module(
+        folder.wrote(mcq_path.name)
+    folder.write_text(module_path.name, register_module(
         {name: _md5(path) for name, path in result.files.items()}, gen_name, mcq_name))
+    folder.commit(run=store.name)
     return result
+
+
+def tsv_writer(fh):
+    """A csv writer whose every cell pandas' `read_csv(sep="\\t")` (VLMEvalKit's reader) reads back as written.
+
+    Why these settings: with the csv module's default (quote a cell only when it holds the delimiter,
+    a quote or a character of the line terminator) and a "\\n" terminator, a bare carriage return goes
+    out unquoted and pandas ends the row there. A "\\r\\n" terminator makes the writer quote every cell
+    holding "\\r" or "\\n"; pandas reads a quoted cell's line breaks verbatim. `fh` is a binary file:
+    the text is encoded here, so no platform newline translation touches the line breaks.
+    """
+    return csv.writer(_Utf8Out(fh), delimiter="\t", lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL, doublequote=True)
+
+
+class _Utf8Out:
+    """The one method csv.writer needs, over a binary file: text out as UTF-8, byte for byte."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, text: str) -> int:
+        return self._fh.write(text.encode("utf-8"))
 
 
 def _md5(path: Path) -> str:

@@ -3,6 +3,8 @@ features, parquet shards and a dataset card."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -27,9 +29,10 @@ def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop
     assert r.exit_code == 0, r.output
     assert "wrote 10 cases (siuo: 2, generated: 2, hardened: 1, control: 5)" in r.output
     assert "1 case(s) without an image left out" in r.output
-    assert sorted(p.name for p in (out / "data").iterdir()) == [
-        "control-00000-of-00001.parquet", "generated-00000-of-00001.parquet",
-        "hardened-00000-of-00001.parquet", "siuo-00000-of-00001.parquet"]
+    fp = json.loads((out / ".siuo-export.json").read_text())["fingerprint"]
+    assert len(fp) == 16 and sorted(p.name for p in (out / "data").iterdir()) == [
+        f"control-{fp}-00000-of-00001.parquet", f"generated-{fp}-00000-of-00001.parquet",
+        f"hardened-{fp}-00000-of-00001.parquet", f"siuo-{fp}-00000-of-00001.parquet"]
 
     dd = datasets.load_dataset(str(out))
     assert set(dd) == {"siuo", "generated", "hardened", "control"}
@@ -57,7 +60,7 @@ def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop
     meta, text = _card_yaml(out / "README.md")
     assert meta["license"] == "cc-by-nc-4.0"
     assert "visual-question-answering" in meta["task_categories"]
-    assert meta["configs"][0]["data_files"][0] == {"split": "siuo", "path": "data/siuo-*"}
+    assert meta["configs"][0]["data_files"][0] == {"split": "siuo", "path": f"data/siuo-{fp}-*"}
     for words in ("Content warning", "How the cases were made", "Checks that admitted them", "`alignment`",
                   "0.25", "NOT RUN", "Evaluation protocol", "Intended use", "CC BY-NC 4.0"):
         assert words in text, words
@@ -66,10 +69,12 @@ def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop
 def test_export_hf_shards_by_image_bytes_and_replaces_an_earlier_export(interop_run, tmp_path):
     out = tmp_path / "ds"
     result = export_hf(interop_run, out, ("generated", "hardened"), max_shard_bytes=1)
-    assert result.shards == ["data/generated-00000-of-00002.parquet", "data/generated-00001-of-00002.parquet",
-                             "data/hardened-00000-of-00001.parquet"]
-    export_hf(interop_run, out, ("generated",))  # a second export: no shard of the first one is left behind
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["generated-00000-of-00001.parquet"]
+    fp = result.fingerprint
+    assert result.shards == [f"data/generated-{fp}-00000-of-00002.parquet", f"data/generated-{fp}-00001-of-00002.parquet",
+                             f"data/hardened-{fp}-00000-of-00001.parquet"]
+    second = export_hf(interop_run, out, ("generated",))  # a second export: no shard of the first one is left behind
+    assert second.fingerprint != fp
+    assert sorted(p.name for p in (out / "data").iterdir()) == [f"generated-{second.fingerprint}-00000-of-00001.parquet"]
     dd = datasets.load_dataset(str(out))
     assert list(dd) == ["generated"] and len(dd["generated"]) == 2
 

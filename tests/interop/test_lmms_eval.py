@@ -36,7 +36,7 @@ def test_lmms_eval_loads_runs_and_scores_the_task_and_its_samples_come_back_in(i
     r = CliRunner().invoke(app, ["export-lmms-eval", "--run", "interop", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "tasks siuo_interop_generated, siuo_interop_hardened (group siuo_interop)" in r.output
-    assert {p.name for p in out.iterdir()} == {"dataset", "utils.py", "siuo_interop.yaml",
+    assert {p.name for p in out.iterdir()} == {"dataset", "utils.py", "siuo_interop.yaml", ".siuo-export.json",
                                                "siuo_interop_generated.yaml", "siuo_interop_hardened.yaml"}
 
     _judge_script(fake_openai)
