@@ -222,7 +222,7 @@ class Torture:
         return t
 
 
-PROBES = ("wheel", "reviewapp")
+PROBES = ("wheel", "reviewapp", "exports")
 """The second hostile run's probes (issue 20), one module each: bench/torture_<part>.py with `probes(t)`."""
 
 
