@@ -44,7 +44,7 @@ def stats_tables(store: RunStore) -> list[Table]:
     domains.add_column("domain")
     for col in columns:
         domains.add_column(col, justify="right")
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for domain in sorted(per_domain):
         row = per_domain[domain]
         totals.update(row)

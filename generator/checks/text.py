@@ -35,7 +35,7 @@ def clip_text(text: str | None, limit: int = 500) -> str:
 
 def guard_result(v: Any, subject: Subject, name: str, candidate: int | None) -> CheckResult:
     """A guard's verdict as a record: flagged fails, undecided is an error."""
-    base = dict(scenario_id=subject.key, check=name, candidate=candidate, model=v.model or "")
+    base: dict[str, Any] = dict(scenario_id=subject.key, check=name, candidate=candidate, model=v.model or "")
     score = max(v.scores.values()) if v.scores else None
     if v.flagged is None:
         return CheckResult(**base, score=score, error=v.error or "the guard could not decide", detail=clip_text(v.raw))

@@ -57,8 +57,8 @@ class SafetyChecker:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         local = Path(name_or_path).expanduser()
         pipeline_layout = local.is_dir() and (local / "safety_checker").is_dir()
-        checker_sub = {"subfolder": "safety_checker"} if pipeline_layout else {}
-        processor_sub = {"subfolder": "feature_extractor"} if pipeline_layout else {}
+        checker_sub: dict[str, Any] = {"subfolder": "safety_checker"} if pipeline_layout else {}
+        processor_sub: dict[str, Any] = {"subfolder": "feature_extractor"} if pipeline_layout else {}
         source = str(local) if local.exists() else name_or_path
         try:
             model = StableDiffusionSafetyChecker.from_pretrained(source, **checker_sub)
