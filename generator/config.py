@@ -41,9 +41,10 @@ class Endpoint(_Section):
     kind: Literal["chat", "moderation", "images", "chat_guard"] = "chat"
     """What the endpoint serves: chat completions, `/moderations`, `/images/generations`, or a chat-based
     safety model (Llama-Guard style) whose reply is a verdict."""
-    price_input_per_1k: float = 0.0
-    """USD per 1k prompt tokens (for cost accounting and `--max-cost`)."""
-    price_output_per_1k: float = 0.0
+    price_input_per_1k: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """USD per 1k prompt tokens (for cost accounting and `--max-cost`). Finite and >= 0: a negative or NaN
+    price would make every cost estimate pass any budget."""
+    price_output_per_1k: float = Field(0.0, ge=0, allow_inf_nan=False)
     """USD per 1k completion tokens."""
     max_concurrency: int = Field(32, ge=1)
     """Requests in flight at once to this endpoint."""
@@ -75,6 +76,21 @@ class Endpoint(_Section):
     and a prompt that cannot fit is a recorded failure, never sent (generator/models/context.py)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request (vendor options)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url_with_host(cls, v: str) -> str:
+        """Only http(s) with a host can ever answer: anything else (file://, ftp://, `localhost:8080/v1`,
+        `http:///v1`) would load, then be retried as an outage for a minute."""
+        try:
+            parts = urlsplit(v)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a valid URL ({exc})") from None
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise ValueError(f"{v!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1")
+        return v
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -118,8 +134,8 @@ class CacheSettings(_Section):
 
 
 class BudgetSettings(_Section):
-    max_cost_usd: float | None = None
-    """Stop cleanly (finished records kept) before the estimated cost would pass this."""
+    max_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """Finite and >= 0 (NaN would compare false with every cost and turn the budget off). Stop cleanly (finished records kept) before the estimated cost would pass this."""
 
 
 class ProposeSettings(_Section):
