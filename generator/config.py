@@ -251,7 +251,8 @@ class BenchSettings(_Section):
     """Reply length of the target under `strict`, and of the judges under both protocols."""
     image_max_side: int | None = Field(1024, ge=0)
     """Prepare images at this longest side (downscaled, compact JPEG) before sending; 0 or None: send the
-    file as it is. An endpoint's `max_image_side` overrides it."""
+    file as it is. An endpoint's `max_image_side` overrides it. Under protocol `siuo` targets are sent the
+    file's own bytes (as the published evaluation does), downscaled only past the endpoint's `max_image_side`."""
     image_max_pixels: int = Field(50_000_000, ge=1)
     """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
     case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""
