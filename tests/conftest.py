@@ -17,7 +17,13 @@ import pytest  # noqa: E402
 
 from generator.testing.fake_openai import FakeOpenAI  # noqa: E402
 
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
+from siuo_data import SIUO_DIR, siuo_files  # noqa: E402,F401 - the one place that knows where they are
+
+
+@pytest.fixture
+def siuo_paths() -> tuple[Path, Path]:
+    """(gen, mcqa) SIUO-format files: the official ones beside the checkout, else tests/data/'s mini set."""
+    return siuo_files()
 
 
 @pytest.fixture
