@@ -394,8 +394,11 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
     if "api_key" in ep or "key" in ep:
         raise ConfigError(f"{source}: endpoints.{name}: API keys do not belong in the config file; {hint}")
     url = ep.get("base_url")
-    if isinstance(url, str):
-        parts = urlsplit(url)
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # not a URL at all ("http://[::1/v1"): the field's validator names it
+        parts = None
+    if parts is not None:
         if parts.username or parts.password or "@" in parts.netloc:
             raise ConfigError(f"{source}: endpoints.{name}.base_url: holds credentials (user:key@host); {hint}")
         if any(_SECRET_FIELD.match(k) for k in parse_qs(parts.query)):

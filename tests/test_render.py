@@ -297,8 +297,8 @@ def test_photos_backend_without_a_folder_picks_from_the_packaged_pool_by_caption
     assert cat.source == "skimage.data:chelsea.png" and cat.licence.startswith("CC0")
     assert rocket.source == "skimage.data:rocket.jpg" and "public domain" in rocket.licence
     for r in renders.values():
-        assert r.source and r.licence and Path(r.path).is_file() and r.width and r.height
-        with Image.open(r.path) as im:
+        assert r.source and r.licence and store.resolve(r.path).is_file() and r.width and r.height
+        with Image.open(store.resolve(r.path)) as im:
             assert im.size == (r.width, r.height)
     # the provenance is in the file on disk, not only in memory
     rows = [json.loads(line) for line in store.file_for(Render).read_text().splitlines()]
