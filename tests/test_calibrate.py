@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from siuo_data import have_official, siuo_items
 from typer.testing import CliRunner
 
 from generator.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate
@@ -25,8 +26,6 @@ from generator.records import Case, CheckResult, Review, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import has_image, last_user_text
 from generator.testing.tiny_models import save_clip
-
-from siuo_data import have_official, siuo_items  # noqa: E402
 
 
 @pytest.fixture(scope="module")

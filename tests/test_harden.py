@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from siuo_data import siuo_items
 
 from generator.domains import domain_by_label
 from generator.embeddings import HashingEmbedder
@@ -16,8 +17,6 @@ from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 
 from test_propose import by_prompt, fake_proposal
-
-from siuo_data import siuo_items  # noqa: E402
 
 
 def parent_in(body: dict) -> dict:

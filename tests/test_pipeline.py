@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 from PIL import Image
+from siuo_data import siuo_files
 from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.testing.pipeline_script import respond
 from generator.testing.tiny_models import save_clip, save_sd_pipeline
 
-from siuo_data import siuo_files  # noqa: E402
 RECORD_FILES = ("scenarios.jsonl", "renders.jsonl", "checks.jsonl", "cases.jsonl", "responses.jsonl", "judgments.jsonl")
 
 

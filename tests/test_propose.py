@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from siuo_data import siuo_items
 
 from generator.config import settings_from_dict
 from generator.domains import domain_by_label, load_domains
@@ -24,7 +25,6 @@ from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import last_user_text
 
-from siuo_data import siuo_items  # noqa: E402
 VOCAB = [f"w{n}" for n in range(5000)]
 
 

@@ -5,7 +5,6 @@ picked by a tiny random CLIP. Nothing is downloaded."""
 from __future__ import annotations
 
 import hashlib
-
 import io
 import json
 import os
@@ -317,7 +316,7 @@ def test_picked_pool_photos_are_copied_into_the_run_once_per_file(tmp_path, fake
     store.append_many([scenario(1, image_description="a tabby cat sitting on a sofa at home"),
                        scenario(2, image_description="a tabby cat indoors looking to the side")])
     settings = fake_openai.settings(cache=False)
-    settings.render = settings.render.model_copy(update=dict(backend="photos", candidates=2, photos_dir=None))
+    settings.render = settings.render.model_copy(update={"backend": "photos", "candidates": 2, "photos_dir": None})
     assert render(store, settings).rendered == 4
     renders = store.read(Render)
     run = store.path.resolve()

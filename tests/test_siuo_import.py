@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from siuo_data import needs_official, siuo_files
 from typer.testing import CliRunner
 
 from generator.cli import app
@@ -22,8 +23,6 @@ from generator.datasets.siuo import (
 )
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
-
-from siuo_data import needs_official, siuo_files  # noqa: E402
 
 GEN, MCQA = siuo_files()  # the official files when beside the checkout, else the mini set of tests/data/
 
