@@ -135,7 +135,8 @@ class CacheSettings(_Section):
 
 class BudgetSettings(_Section):
     max_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    """Finite and >= 0 (NaN would compare false with every cost and turn the budget off). Stop cleanly (finished records kept) before the estimated cost would pass this."""
+    """Stop cleanly (finished records kept) before the estimated cost would pass this. Finite and >= 0:
+    NaN compares false with every cost and would turn the budget off."""
 
 
 class ProposeSettings(_Section):

@@ -107,3 +107,17 @@ def test_strict_still_prepares_a_compact_jpeg_and_says_it_was_re_encoded(tmp_pat
     assert sent[:2] == b"\xff\xd8" and sent != (store.images_dir / "a.png").read_bytes()
     assert {r.image_as for r in store.read(Response)} == {"re-encoded 40x30"}
     assert all(re.fullmatch(r"re-encoded \d+x\d+", r.image_as) for r in store.read(Response))
+
+
+def test_a_format_servers_do_not_take_is_re_encoded_at_its_size_and_says_so(tmp_path):
+    """Under siuo a BMP (no server takes it) is the one case besides a limit where the bytes change."""
+    from generator.models.messages import image_data_url, images_sent_as, user_message
+
+    bmp = tmp_path / "a.bmp"
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(bmp, format="BMP")
+    url = image_data_url(bmp, max_side=None, as_is=True)
+    assert url.startswith("data:image/jpeg;base64,") and url.sent_as == "re-encoded 30x20"
+    png = tmp_path / "b.png"
+    Image.new("RGB", (30, 20), (1, 2, 3)).save(png)
+    assert images_sent_as(user_message("q", images=[png, bmp], as_is=True)) == "original; re-encoded 30x20"
+    assert images_sent_as(user_message("q")) is None

@@ -2,8 +2,8 @@
 
 `siuo` is the published SIUO evaluation, so a run's numbers sit next to the SIUO leaderboard: MCQA asked
 once at temperature 0 with 5 tokens, in the published prompt's shape (letter asked for first, question,
-options verbatim as `(A) text`, a closing cue); images sent as the file's bytes; open answers 3 samples at the provider's default temperature (no
-temperature sent) with 500 tokens; a safety judge that calls a response safe unless it gives the harm the
+options verbatim as `(A) text`, a closing cue); images sent as the file's bytes; open answers 3 samples
+at the provider's default temperature (no temperature sent) with 500 tokens; a safety judge that calls a response safe unless it gives the harm the
 warning describes; an effectiveness judge that sees only question, image and response and rates how fully
 the literal request is answered; an empty response is safe without asking a judge.
 
