@@ -41,7 +41,10 @@ def make_inputs(root: Path, cases: int, size: int, noise: bool = False) -> tuple
     import numpy as np
     from PIL import Image, ImageEnhance
 
-    official = json.loads((SIUO_DIR / "siuo_gen.json").read_text(encoding="utf-8"))
+    source = SIUO_DIR / "siuo_gen.json"
+    if not source.is_file():  # a fresh clone has no ../shared: the project's own SIUO-format cases serve as templates
+        source = ROOT / "tests" / "data" / "siuo_mini_gen.json"
+    official = json.loads(source.read_text(encoding="utf-8"))
     images = root / f"images-{size}-{'noise' if noise else 'photo'}"
     images.mkdir(exist_ok=True)
     distinct = max(1, cases // 10)

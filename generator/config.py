@@ -42,9 +42,10 @@ class Endpoint(_Section):
     kind: Literal["chat", "moderation", "images", "chat_guard"] = "chat"
     """What the endpoint serves: chat completions, `/moderations`, `/images/generations`, or a chat-based
     safety model (Llama-Guard style) whose reply is a verdict."""
-    price_input_per_1k: float = 0.0
-    """USD per 1k prompt tokens (for cost accounting and `--max-cost`)."""
-    price_output_per_1k: float = 0.0
+    price_input_per_1k: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """USD per 1k prompt tokens (for cost accounting and `--max-cost`). Finite and >= 0: a negative or NaN
+    price would make every cost estimate pass any budget."""
+    price_output_per_1k: float = Field(0.0, ge=0, allow_inf_nan=False)
     """USD per 1k completion tokens."""
     max_concurrency: int = Field(32, ge=1)
     """Requests in flight at once to this endpoint."""
@@ -76,6 +77,21 @@ class Endpoint(_Section):
     and a prompt that cannot fit is a recorded failure, never sent (generator/models/context.py)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request (vendor options)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url_with_host(cls, v: str) -> str:
+        """Only http(s) with a host can ever answer: anything else (file://, ftp://, `localhost:8080/v1`,
+        `http:///v1`) would load, then be retried as an outage for a minute."""
+        try:
+            parts = urlsplit(v)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a valid URL ({exc})") from None
+        if parts.scheme.lower() not in ("http", "https") or not host:
+            raise ValueError(f"{v!r} must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080/v1")
+        return v
 
     def api_key(self) -> str | None:
         if not self.api_key_env:
@@ -119,8 +135,9 @@ class CacheSettings(_Section):
 
 
 class BudgetSettings(_Section):
-    max_cost_usd: float | None = None
-    """Stop cleanly (finished records kept) before the estimated cost would pass this."""
+    max_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """Stop cleanly (finished records kept) before the estimated cost would pass this. Finite and >= 0:
+    NaN compares false with every cost and would turn the budget off."""
 
 
 class ProposeSettings(_Section):
@@ -236,7 +253,8 @@ class BenchSettings(_Section):
     """Reply length of the target under `strict`, and of the judges under both protocols."""
     image_max_side: int | None = Field(1024, ge=0)
     """Prepare images at this longest side (downscaled, compact JPEG) before sending; 0 or None: send the
-    file as it is. An endpoint's `max_image_side` overrides it."""
+    file as it is. An endpoint's `max_image_side` overrides it. Under protocol `siuo` targets are sent the
+    file's own bytes (as the published evaluation does), downscaled only past the endpoint's `max_image_side`."""
     image_max_pixels: int = Field(50_000_000, ge=1)
     """An image with more pixels (width x height, read from its header) is never decoded: a failure of its
     case only (a decompression bomb, a PNG saying 20000x20000, would take gigabytes)."""
@@ -378,8 +396,11 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
     if "api_key" in ep or "key" in ep:
         raise ConfigError(f"{source}: endpoints.{name}: API keys do not belong in the config file; {hint}")
     url = ep.get("base_url")
-    if isinstance(url, str):
-        parts = urlsplit(url)
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # not a URL at all ("http://[::1/v1"): the field's validator names it
+        parts = None
+    if parts is not None:
         if parts.username or parts.password or "@" in parts.netloc:
             raise ConfigError(f"{source}: endpoints.{name}.base_url: holds credentials (user:key@host); {hint}")
         if any(_SECRET_FIELD.match(k) for k in parse_qs(parts.query)):

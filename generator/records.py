@@ -131,7 +131,8 @@ class Render(Record):
     backend: Literal["diffusers", "images_api", "photos"]
     model: str
     path: str
-    """Image path relative to the run folder (or absolute, for a photo folder outside it)."""
+    """Image path relative to the run folder (a picked photo is copied in: `images/photo-<sha256>.<ext>`;
+    older runs may hold an absolute path)."""
     seed: int | None = None
     steps: int | None = None
     guidance_scale: float | None = None
@@ -139,7 +140,8 @@ class Render(Record):
     height: int | None = None
     seconds: float | None = None
     source: str | None = None
-    """Where a picked photo comes from (`package:file` for the packaged pool); None for generated images."""
+    """Where a picked photo comes from (`package:file` for the packaged pool, the original file for a photo
+    folder); None for generated images."""
     licence: str | None = None
     """The picked photo's licence, as its source states it (packaged pool)."""
     created: str = Field(default_factory=utc_now)
@@ -276,6 +278,9 @@ class Response(Record):
     image_sent: bool = True
     """False when the target endpoint takes no images (`supports_images = false`): it answered the question
     alone, which tests something else than SIUO; the report says so."""
+    image_as: str | None = None
+    """How the image was sent: "original" (the file's own bytes), "downscaled WxH" (over the endpoint's
+    `max_image_side`) or "re-encoded WxH" (JPEG); None: no image sent, or a record older than this field."""
     created: str = Field(default_factory=utc_now)
 
     def make_key(self) -> str:

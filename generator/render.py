@@ -8,10 +8,13 @@ Three sources, one record shape:
   is re-made exactly from its record.
 - `images_api`: an OpenAI-compatible images endpoint through the model door (role `images`).
 - `photos`: a folder of real photos (SIUO's own images are real photos): for each scenario the K photos
-  whose CLIP embedding is closest to its `image_description`. The record points at the photo itself.
-  With no `photos_dir`, the packaged pool (`generator.photo_pool`: real photos shipped inside installed
-  wheels) is used instead, matched by caption text (no CLIP weights needed); each record carries the
-  photo's source and licence.
+  whose CLIP embedding is closest to its `image_description`. With no `photos_dir`, the packaged pool
+  (`generator.photo_pool`: real photos shipped inside installed wheels) is used instead, matched by
+  caption text (no CLIP weights needed). Either way a picked photo is copied into the run folder,
+  content-addressed (`images/photo-<sha256>.<ext>`, written once per distinct file, atomically), and the
+  record points at the copy, with the original in `source`: a run holds every image it uses, so the
+  review app (which serves only files inside the run) shows it and a rebuilt venv or a tidied photo
+  folder does not break the run.
 
 Resumable: a candidate whose `Render` key is already written (or whose failure is recorded, unless
 `retry_failed`) is skipped, and the model is not even loaded when nothing is left to do. PNGs are written
@@ -21,6 +24,7 @@ to a hidden temp name and renamed, so a killed run leaves no half file that look
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -37,7 +41,7 @@ from .config import Settings
 from .errors import UserError
 from .progress import stage_progress
 from .records import Failure, Render, Scenario, stable_key
-from .store import TMP_SUFFIX, RunStore
+from .store import TMP_SUFFIX, RunStore, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +301,27 @@ async def _render_images_api(store: RunStore, settings: Settings, scenarios: lis
     return report
 
 
+def copy_photo_into_run(store: RunStore, photo: Path, copied: dict[Path, str]) -> str:
+    """The run-relative path of `photo`'s copy inside the run (`images/photo-<sha256><ext>`), written
+    atomically the first time its content is seen; `copied` remembers files already copied this call, so
+    a photo picked by many scenarios is read and hashed once."""
+    if photo in copied:
+        return copied[photo]
+    try:
+        data = photo.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{photo}: cannot read the photo: {exc.strerror or exc}") from None
+    suffix = {".jpeg": ".jpg"}.get(photo.suffix.lower(), photo.suffix.lower()) or ".img"
+    relative = f"images/photo-{hashlib.sha256(data).hexdigest()}{suffix}"
+    target = store.path / relative
+    if not (target.is_file() and target.stat().st_size == len(data)):
+        store.images_dir  # noqa: B018 - makes images/ if the run has none yet
+        with atomic_writer(target, "wb") as fh:
+            fh.write(data)
+    copied[photo] = relative
+    return relative
+
+
 def list_photos(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
                   and not p.name.startswith("."))
@@ -346,12 +371,14 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
     text_emb = scorer.encode_texts([by_key[k].image_description for k in wanted])
     ranking = scorer.cosine(text_emb, photo_emb).argsort(dim=-1, descending=True)
     row = {k: i for i, k in enumerate(wanted)}
+    copied: dict[Path, str] = {}
     for w in todo:
         photo = photos[int(ranking[row[w.scenario.key], w.candidate])]
         with Image.open(photo) as im:
             width, height = im.size
         store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
-                            model=model, path=str(photo), width=width, height=height))
+                            model=model, path=copy_photo_into_run(store, photo, copied), width=width,
+                            height=height, source=str(photo)))
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report
@@ -376,13 +403,14 @@ def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scena
     wanted = list(dict.fromkeys(w.scenario.key for w in todo))
     by_key = {s.key: s for s in scenarios}
     ranked = dict(zip(wanted, rank([by_key[k].image_description for k in wanted], load_embedder(settings.propose.embedder))))
+    copied: dict[Path, str] = {}
     for w in todo:
         photo = ranked[w.scenario.key][w.candidate]
         path = photo.path()
         with Image.open(path) as im:
             width, height = im.size
         store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
-                            model=model, path=str(path), width=width, height=height,
+                            model=model, path=copy_photo_into_run(store, path, copied), width=width, height=height,
                             source=photo.source, licence=photo.licence))
         report.rendered += 1
     report.seconds = time.perf_counter() - started

@@ -1,5 +1,9 @@
 """Shared fixtures: a loopback OpenAI-compatible server per test, and a real SmolLM2 server per session.
 
+SIUO-format question files come from `siuo_data` (tests/siuo_data.py): the official files in `../shared/siuo`
+when they sit beside the checkout, else the project's own mini set in tests/data/; tests that need the
+official set itself are marked `needs_official` and skip with a reason naming the folder.
+
 Tests never reach the internet or a model hub: HF_HUB_OFFLINE is set before anything imports
 transformers (without it a missing hub model is retried for ~23 s).
 """
@@ -11,13 +15,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
+from siuo_data import SIUO_DIR  # noqa: E402,F401 - where the official files are looked for: tests/siuo_data.py
 
 from generator.testing.fake_openai import FakeOpenAI  # noqa: E402
-
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The benchmark runner end to end on the 167 official SIUO cases, against a scripted loopback server.
+"""The benchmark runner end to end on the 167 official SIUO cases (or, in a fresh clone without
+`../shared`, the project's own 21-case mini set in tests/data/), against a scripted loopback server.
 
 The target's replies depend on the case (question_id mod 4) and the judge's on the response text, so
 every score is known in advance; the expected rates are worked out here by hand from that script and
@@ -34,12 +35,9 @@ from generator.prompts import load_prompt
 from generator.records import Case, Failure, Judgment, Response
 from generator.store import RunStore
 from generator.testing.fake_openai import FakeOpenAI, Fault, has_image, last_user_text
+from siuo_data import needs_official, siuo_files
 
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
-GEN = SIUO_DIR / "siuo_gen.json"
-MCQA = SIUO_DIR / "siuo_mcqa.json"
-
-pytestmark = pytest.mark.skipif(not GEN.exists(), reason=f"official SIUO files not found at {SIUO_DIR}")
+GEN, MCQA = siuo_files()  # the official files when beside the checkout, else the mini set
 
 TARGET_MODEL = "target-vlm"
 JUDGE_A_MODEL, JUDGE_B_MODEL = "judge-a-model", "judge-b-model"
@@ -80,14 +78,19 @@ def _items() -> list[dict]:
 
 QID_BY_QUESTION = {it["question"].strip(): it["question_id"] for it in _items()}
 ANSWER_BY_QID = {it["question_id"]: it["correct_option"] for it in json.loads(MCQA.read_text(encoding="utf-8"))}
+N_ITEMS = len(_items())
+N_ANSWERED = sum(1 for it in _items() if it["question_id"] not in MISSING)
+"""Cases with an image (164 of the official 167)."""
+MCQA_MARK = "\n\nOptions:\n"
+"""Where the siuo MCQA prompt's options start (the question comes just before)."""
 
 
 def _qid_of(text: str) -> int:
     if text.strip() in QID_BY_QUESTION:
         return QID_BY_QUESTION[text.strip()]
-    head = text.split("\n\nWhich of the following responses")[0].strip()  # the MCQA prompt
-    if head in QID_BY_QUESTION:
-        return QID_BY_QUESTION[head]
+    m = re.search(r"Question: (.*?)" + re.escape(MCQA_MARK), text, re.DOTALL)  # the MCQA prompt
+    if m and m.group(1).strip() in QID_BY_QUESTION:
+        return QID_BY_QUESTION[m.group(1).strip()]
     raise AssertionError(f"no case asks {text[:60]!r}")
 
 
@@ -124,7 +127,7 @@ class Script:
         qid = _qid_of(text)
         if qid in self.failing:
             return Fault.status(400, message="bad request for this case")
-        if "Answer with the letter" in text:
+        if MCQA_MARK in text:
             return _mcqa_reply(qid)
         if qid == ALL_MUMBLE:
             return [f"MUMBLE {SCRIPT_TAG}"] * 3
@@ -222,13 +225,13 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     script = Script()
     fake.on_chat(script)
 
-    # answer: 164 cases with an image, 3 samples each, one request (n=3) per case
+    # answer: 164 cases with an image (official set), 3 samples each, one request (n=3) per case
     [rep] = answer(store, settings, "targets", show_progress=False)
     assert sorted(rep.skipped_missing_image) == sorted(it["image"] for it in _items() if it["question_id"] in MISSING)
-    assert rep.cases == 164 and rep.requested == 164 * 3 and rep.errors == 3
+    assert rep.cases == N_ANSWERED and rep.requested == N_ANSWERED * 3 and rep.errors == 3
     assert script.target_without_image == 0
     responses = store.read(Response)
-    assert len(responses) == 164 * 3
+    assert len(responses) == N_ANSWERED * 3
     failed = [r for r in responses if r.error]
     assert {r.case_id for r in failed} == {f"case-{FAILING}"} and all(r.text is None for r in failed)
     assert {f.work_key for f in store.read(Failure) if f.stage == "answer"} == {r.key for r in failed}
@@ -238,7 +241,7 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     jrep = judge(store, settings, ["judge"], show_progress=False)
     assert jrep.not_judged_errors == 3
     judgments = store.read(Judgment)
-    assert len(judgments) == (164 * 3 - 3) * 2
+    assert len(judgments) == (N_ANSWERED * 3 - 3) * 2
     assert {(j.judge, j.judge_model) for j in judgments} == {("judge-a", JUDGE_A_MODEL)}  # role `judge`
     # the default protocol, siuo, judges with its own prompts
     prompt_hashes = {"safety": load_prompt("judge_safety_siuo").sha256, "effectiveness": load_prompt("judge_effectiveness_siuo").sha256}
@@ -255,9 +258,9 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     # MCQA and safe control pairs (gen is done: only the new forms are asked)
     fake.reset_counts()
     [mrep] = answer(store, settings, "targets", mcqa=True, samples=1, show_progress=False)
-    assert fake.hits == 164 and mrep.requested == 164
+    assert fake.hits == N_ANSWERED and mrep.requested == N_ANSWERED
     [crep] = answer(store, settings, "targets", controls=True, show_progress=False)
-    assert crep.already_done == 164 * 3 and crep.requested == 164 * 3
+    assert crep.already_done == N_ANSWERED * 3 and crep.requested == N_ANSWERED * 3
     judge(store, settings, ["judge"], show_progress=False)
 
     # re-runs make no request at all
@@ -266,7 +269,7 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     answer(store, settings, "targets", mcqa=True, samples=1, controls=True, show_progress=False)
     judge(store, settings, ["judge"], show_progress=False)
     assert fake.hits == 0
-    assert len(store.read(Response)) == 164 * 3 * 2 + 164
+    assert len(store.read(Response)) == N_ANSWERED * 3 * 2 + N_ANSWERED
 
     # score, through the CLI
     result = CliRunner().invoke(app, ["score", "--run", "bench"])
@@ -281,27 +284,27 @@ def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
             assert {f: got[metric][f] for f in ("k", "n", "rate", "ci_low", "ci_high")} == pytest.approx(_rate(k, n)), (key, metric)
     overall = siuo["gen"]["overall"]
     # 164 answered cases: 1001 (all unparsable) and 3003 (failed) have no valid sample
-    assert overall["cases"] == 164
-    assert overall["safe"]["excluded"] == 2 and overall["safe"]["n"] == 162
+    assert overall["cases"] == N_ANSWERED
+    assert overall["safe"]["excluded"] == 2 and overall["safe"]["n"] == N_ANSWERED - 2
     assert (overall["safe"]["k"], overall["effective"]["k"], overall["safe_effective"]["k"]) == (
         sum(OUTCOME[it["question_id"] % 4][0] for it in _answered_items() if it["question_id"] not in (ALL_MUMBLE, FAILING)),
         sum(OUTCOME[it["question_id"] % 4][1] for it in _answered_items() if it["question_id"] not in (ALL_MUMBLE, FAILING)),
         sum(OUTCOME[it["question_id"] % 4][2] for it in _answered_items() if it["question_id"] not in (ALL_MUMBLE, FAILING)),
     )
-    assert scores["cases"]["siuo"] == {"total": 167, "missing_image": 3}
+    assert scores["cases"]["siuo"] == {"total": N_ITEMS, "missing_image": 3}
     assert scores["verdict_counts"]["safety"]["unparsable"] == mumbles
     assert scores["verdict_counts"]["safety"]["error"] == 3
     # MCQA: qid % 5 in {0, 1, 2} right; 3 wrong; 4 ambiguous (wrong, counted); 3003 failed (excluded)
     mcqa = siuo["mcqa"]["overall"]
     mcqa_items = [it for it in _answered_items() if it["question_id"] != FAILING]
     right = sum(1 for it in mcqa_items if it["question_id"] % 5 in (0, 1, 2))
-    assert (mcqa["accuracy"]["k"], mcqa["accuracy"]["n"], mcqa["accuracy"]["excluded"]) == (right, 163, 1)
+    assert (mcqa["accuracy"]["k"], mcqa["accuracy"]["n"], mcqa["accuracy"]["excluded"]) == (right, N_ANSWERED - 1, 1)
     assert mcqa["samples"]["ambiguous"] == sum(1 for it in mcqa_items if it["question_id"] % 5 == 4)
     # controls: over-refusal where the control question is the one the target refuses
     control = siuo["control"]["overall"]
     refused = sum(1 for c in store.read(Case) if c.question_id not in MISSING and control_question_for(c) == REFUSED_CONTROL)
-    assert 0 < refused < 164
-    assert (control["over_refusal"]["k"], control["over_refusal"]["n"]) == (refused, 164)
+    assert 0 < refused < N_ANSWERED
+    assert (control["over_refusal"]["k"], control["over_refusal"]["n"]) == (refused, N_ANSWERED)
 
     # report: self-contained HTML with escaped model text, inline PNG plots, reference figures
     result = CliRunner().invoke(app, ["report", "--run", "bench"])
@@ -331,7 +334,7 @@ def test_retry_failed_asks_only_the_failed_calls(store, settings, fake, outputs)
     assert fake.hits == 1 and rep.requested == 3 and rep.errors == 0
 
     latest = store.latest_by_key(Response)
-    assert len(latest) == 164 * 3 and not any(r.error for r in latest.values())
+    assert len(latest) == N_ANSWERED * 3 and not any(r.error for r in latest.values())
     key = response_key(f"case-{FAILING}", "fake", "gen", 0)
     assert latest[key].text == SAMPLES[FAILING % 4][0]
 
@@ -355,7 +358,7 @@ def test_a_stage_with_failed_calls_exits_3_and_says_so_last(store, settings, fak
     config.write_text(tomli_w.dumps(settings.model_dump(mode="json", exclude_none=True)))
     result = CliRunner().invoke(app, ["answer", "--run", "bench", "--config", str(config)])
     assert result.exit_code == 3, result.output
-    assert "3 of 492 request(s) failed" in result.output.strip().splitlines()[-1]
+    assert f"3 of {N_ANSWERED * 3} request(s) failed" in result.output.strip().splitlines()[-1]
 
 
 def test_run_stops_before_score_when_failures_pass_the_threshold(store, settings, fake, outputs):
@@ -366,10 +369,11 @@ def test_run_stops_before_score_when_failures_pass_the_threshold(store, settings
                                                              "max_failed_fraction": 0.001})
     result = run_pipeline(settings, run="bench")
     assert result.failed_stage == "answer" and result.stages_run == ["answer"]
-    assert "3 of 492 answer request(s) failed" in result.stopped
+    assert f"3 of {N_ANSWERED * 3} answer request(s) failed" in result.stopped
     assert not (store.path / "scores.json").exists()
-    settings.pipeline = settings.pipeline.model_copy(update={"max_failed_fraction": 0.05})
-    result = run_pipeline(settings, run="bench")  # 3 of 492 is under 5 %: the run goes on to the report
+    # 3 of 492 (official set) is under 5 %; the threshold is set just above the share failed, whatever the set
+    settings.pipeline = settings.pipeline.model_copy(update={"max_failed_fraction": max(0.05, 3 / (N_ANSWERED * 3) + 0.01)})
+    result = run_pipeline(settings, run="bench")  # under the threshold: the run goes on to the report
     assert result.failed_stage is None and (store.path / "scores.json").exists()
 
 
@@ -389,16 +393,17 @@ def test_a_short_outage_is_ridden_out_not_recorded(store, settings, fake, output
         return Fault.drop() if down else script(body)
 
     fake.on_chat(flaky)
+    drops = min(100, N_ANSWERED)  # one request per case: at most every case's request is dropped
     # Without patience an outage is a pile of recorded failures (no retries left, to keep it exact)...
-    outage["drops_left"] = 100
+    outage["drops_left"] = drops
     endpoint = settings.endpoints["fake"].model_copy(update={"max_retries": 0})
     settings.endpoints["fake"] = endpoint.model_copy(update={"outage_patience_s": 0.0})
     [rep] = answer(store, settings, "fake", show_progress=False)
-    assert rep.errors == 100 * 3  # each dropped request carried 3 samples
+    assert rep.errors == drops * 3  # each dropped request carried 3 samples
     # ...with it, the same outage (on a fresh run) is waited out.
     fresh = RunStore.open("bench2")
     import_siuo(fresh, GEN, mcqa_path=MCQA, images_dir=store.path.parent.parent / "images")
-    outage["drops_left"] = 100
+    outage["drops_left"] = drops
     settings.endpoints["fake"] = endpoint.model_copy(update={"outage_patience_s": 30.0})
     [rep] = answer(fresh, settings, "fake", show_progress=False)
     assert outage["drops_left"] == 0 and rep.errors == 0 and not fresh.file_for(Failure).exists()
@@ -413,7 +418,7 @@ def test_missing_images_are_skipped_never_sent(store, settings, fake, outputs):
     corrupt = next(c for c in store.read(Case) if c.question_id == 1005)
     Path(corrupt.image_path).write_bytes(b"not a png")
     [rep] = answer(store, settings, "fake", show_progress=False)
-    assert len(rep.skipped_missing_image) == 5 and rep.cases == 162
+    assert len(rep.skipped_missing_image) == 5 and rep.cases == N_ANSWERED - 2
     assert rep.unreadable_images == [corrupt.image] and "could not be read" in rep.summary()
     assert script.target_without_image == 0
     asked = {_qid_of(last_user_text(b)) for b in fake.chat_requests()}
@@ -693,10 +698,11 @@ def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, setting
     settings.endpoints["fake"] = settings.endpoints["fake"].model_copy(update={"max_concurrency": 4})
     fake.on_chat(reply)
     [rep] = answer(store, settings, "fake", show_progress=False)
-    assert made == rep.cases == len(held) >= 160  # one request (3 samples) per case
+    assert made == rep.cases == len(held) == N_ANSWERED  # one request (3 samples) per case
     assert max(held) <= 4
 
 
+@needs_official  # flat memory shows only at scale: the 21-case mini set is too small to tell
 def test_the_judge_streams_responses_rather_than_holding_the_run(store, settings, fake, outputs):
     """Memory is flat in run size: while the judge works, the Response records alive number about its
     window (`max_concurrency`), not the run's ~500 responses, read from the file as they are needed."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from siuo_data import have_official, siuo_items
 from typer.testing import CliRunner
 
 from generator.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate
@@ -25,8 +26,6 @@ from generator.records import Case, CheckResult, Review, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import has_image, last_user_text
 from generator.testing.tiny_models import save_clip
-
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,8 @@ class Script:
 
 
 def make_run(tmp_path: Path, fake, tiny_clip: Path):
-    items = json.loads((SIUO_DIR / "siuo_gen.json").read_text())[::14]  # 12 cases over several domains
+    items = siuo_items()
+    items = items[::14] if have_official() else items[:12]  # 12 cases over several domains
     folder = tmp_path / "siuo"
     (folder / "images").mkdir(parents=True)
     images = {it["image"]: _png(i) for i, it in enumerate(items)}

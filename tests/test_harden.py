@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from siuo_data import siuo_items
 
 from generator.domains import domain_by_label
 from generator.embeddings import HashingEmbedder
@@ -17,8 +17,6 @@ from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 
 from test_propose import by_prompt, fake_proposal
-
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
 
 
 def parent_in(body: dict) -> dict:
@@ -88,7 +86,7 @@ def test_variants_have_parents_and_strategies_and_resume(fake_openai, settings, 
 
 def test_harden_official_cases_from_another_run(fake_openai, settings, store):
     official = RunStore.open("official", root=store.path.parent)
-    for row in json.loads((SIUO_DIR / "siuo_gen.json").read_text())[:5]:
+    for row in siuo_items()[:5]:
         official.append(Case(question_id=row["question_id"], image=row["image"], question=row["question"],
                              category=row["category"], domain=domain_by_label(row["category"]).id,
                              safety_warning=row["safety_warning"], hazard=row["safety_warning"],

@@ -23,9 +23,9 @@ def counted(monkeypatch):
     log: dict[str, list] = {"prepared": [], "hashed": []}
     real_prepare, real_sha = messages._prepare, hashlib.sha256
 
-    def prepare(data, max_side, name):
+    def prepare(data, max_side, name, as_is=False):
         log["prepared"].append(max_side)
-        return real_prepare(data, max_side, name)
+        return real_prepare(data, max_side, name, as_is)
 
     class CountingHashlib:
         @staticmethod

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -39,6 +40,9 @@ def test_offline_profile_runs_every_stage_to_a_report(smollm2_server, tmp_path, 
     assert all(counts.values()), counts
     renders = [json.loads(line) for line in (run / "renders.jsonl").read_text().splitlines()]
     assert all(r["source"] and r["licence"] for r in renders)  # packaged photos carry their provenance
+    # ...and every picked photo lives inside the run (the review app serves nothing from site-packages)
+    assert all(not Path(r["path"]).is_absolute() and (run / r["path"]).is_file() for r in renders)
+    assert all((run / r["path"]).resolve().is_relative_to(run.resolve()) for r in renders)
     checks = [json.loads(line) for line in (run / "checks.jsonl").read_text().splitlines()]
     assert any(c["check"] == "image_benign.guard" and c["passed"] is True for c in checks)  # open_nsfw really ran
     report = (run / "report.html").read_text()

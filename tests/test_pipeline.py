@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 from PIL import Image
+from siuo_data import siuo_files
 from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.testing.pipeline_script import respond
 from generator.testing.tiny_models import save_clip, save_sd_pipeline
 
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
 RECORD_FILES = ("scenarios.jsonl", "renders.jsonl", "checks.jsonl", "cases.jsonl", "responses.jsonl", "judgments.jsonl")
 
 
@@ -34,10 +34,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def official_subset(tmp_path_factory) -> dict[str, Path]:
-    """Eight official cases (with placeholder images) to evaluate beside the generated split."""
+    """Eight official cases (the mini set's without ../shared), with placeholder images, to evaluate beside
+    the generated split."""
     root = tmp_path_factory.mktemp("siuo")
-    gen = json.loads((SIUO_DIR / "siuo_gen.json").read_text())[:8]
-    mcqa = json.loads((SIUO_DIR / "siuo_mcqa.json").read_text())[:8]
+    gen_file, mcqa_file = siuo_files()
+    gen = json.loads(gen_file.read_text())[:8]
+    mcqa = json.loads(mcqa_file.read_text())[:8]
     (root / "gen.json").write_text(json.dumps(gen))
     (root / "mcqa.json").write_text(json.dumps(mcqa))
     (root / "images").mkdir()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from siuo_data import siuo_items
 
 from generator.config import settings_from_dict
 from generator.domains import domain_by_label, load_domains
@@ -24,7 +25,6 @@ from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import last_user_text
 
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
 VOCAB = [f"w{n}" for n in range(5000)]
 
 
@@ -237,7 +237,7 @@ def test_budget_stop_keeps_finished_records_and_resumes(fake_openai, store):
 
 
 def test_seed_run_supplies_official_examples_by_domain(fake_openai, settings, store, tmp_path):
-    rows = json.loads((SIUO_DIR / "siuo_gen.json").read_text())
+    rows = siuo_items()  # the mini set has 3+ cases in each domain asked for here
     official = RunStore.open("official", root=store.path.parent)
     for row in rows:
         d = domain_by_label(row["category"])

@@ -4,6 +4,7 @@ picked by a tiny random CLIP. Nothing is downloaded."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -271,8 +272,11 @@ def test_photos_backend_picks_the_closest_photos_by_clip(store, fake_openai, tin
         sims = (scorer.encode_texts([s.image_description]) @ emb.T)[0]
         best = [str(files[int(i)]) for i in sims.argsort(descending=True)[:2]]
         picked = sorted((r for r in store.read(Render) if r.scenario_id == s.key), key=lambda r: r.candidate)
-        assert [r.path for r in picked] == best
-        assert all(r.backend == "photos" and Path(r.path).is_absolute() for r in picked)
+        assert [r.source for r in picked] == best
+        assert all(r.backend == "photos" for r in picked)
+        # the record points at a copy inside the run, byte for byte the picked photo
+        assert all(store.resolve(r.path).read_bytes() == Path(r.source).read_bytes() for r in picked)
+        assert all(store.path.resolve() in store.resolve(r.path).resolve().parents for r in picked)
     assert render(store, settings).rendered == 0
 
 
@@ -292,13 +296,41 @@ def test_photos_backend_without_a_folder_picks_from_the_packaged_pool_by_caption
     assert cat.source == "skimage.data:chelsea.png" and cat.licence.startswith("CC0")
     assert rocket.source == "skimage.data:rocket.jpg" and "public domain" in rocket.licence
     for r in renders.values():
-        assert r.source and r.licence and Path(r.path).is_file() and r.width and r.height
-        with Image.open(r.path) as im:
+        assert r.source and r.licence and store.resolve(r.path).is_file() and r.width and r.height
+        with Image.open(store.resolve(r.path)) as im:
             assert im.size == (r.width, r.height)
     # the provenance is in the file on disk, not only in memory
     rows = [json.loads(line) for line in store.file_for(Render).read_text().splitlines()]
     assert all(row["source"] and row["licence"] for row in rows)
     assert render(store, settings).rendered == 0
+
+
+def test_picked_pool_photos_are_copied_into_the_run_once_per_file(tmp_path, fake_openai):
+    """Render records used to point into site-packages: the review app (serving only files inside the run)
+    showed a broken image on every case, and a rebuilt venv broke the run. Now every path is a
+    content-addressed copy inside the run folder, and two cases picking the same photo share one file."""
+    from generator.photo_pool import POOL
+
+    store = RunStore.open("r", root=tmp_path / "outputs")
+    # two scenarios that both want the cat (candidate 0): the same photo, picked twice
+    store.append_many([scenario(1, image_description="a tabby cat sitting on a sofa at home"),
+                       scenario(2, image_description="a tabby cat indoors looking to the side")])
+    settings = fake_openai.settings(cache=False)
+    settings.render = settings.render.model_copy(update={"backend": "photos", "candidates": 2, "photos_dir": None})
+    assert render(store, settings).rendered == 4
+    renders = store.read(Render)
+    run = store.path.resolve()
+    for r in renders:
+        assert not Path(r.path).is_absolute() and r.path.startswith("images/photo-")
+        copy = store.resolve(r.path).resolve()
+        assert run in copy.parents and copy.is_file()
+        original = next(p for p in POOL if p.source == r.source).path()
+        assert copy.read_bytes() == original.read_bytes()
+        assert copy.stem == "photo-" + hashlib.sha256(copy.read_bytes()).hexdigest()
+    chelsea = [r for r in renders if r.source == "skimage.data:chelsea.png"]
+    assert len(chelsea) == 2 and len({r.path for r in chelsea}) == 1  # one file, shared
+    assert len(list(store.images_dir.glob("photo-*"))) == len({r.source for r in renders})
+    assert not list(store.images_dir.glob(".*"))  # no temp file left behind
 
 
 def test_candidate_seed_is_stable_and_distinct():

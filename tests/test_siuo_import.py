@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from siuo_data import needs_official, siuo_files
 from typer.testing import CliRunner
 
 from generator.cli import app
@@ -23,9 +24,7 @@ from generator.datasets.siuo import (
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 
-SIUO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "siuo"
-GEN = SIUO_DIR / "siuo_gen.json"
-MCQA = SIUO_DIR / "siuo_mcqa.json"
+GEN, MCQA = siuo_files()  # the official files when beside the checkout, else the mini set of tests/data/
 
 EXPECTED_PER_DOMAIN = {
     "privacy-violation": 21,
@@ -38,8 +37,6 @@ EXPECTED_PER_DOMAIN = {
     "information-misinterpretation": 17,
     "controversial-politics": 16,
 }
-
-pytestmark = pytest.mark.skipif(not GEN.exists(), reason=f"official SIUO files not found at {SIUO_DIR}")
 
 
 @pytest.fixture()
@@ -59,6 +56,7 @@ def outputs(tmp_path: Path, monkeypatch) -> Path:
     return out
 
 
+@needs_official
 def test_import_gives_167_cases_with_official_domain_counts(images_dir, outputs):
     store = RunStore.open("official")
     report = import_siuo(store, GEN, MCQA, images_dir)
@@ -103,14 +101,17 @@ def test_export_adds_responses_for_the_official_scoring_scripts(images_dir, outp
 def test_missing_images_are_counted_and_flagged_not_fatal(tmp_path, outputs):
     d = tmp_path / "some"
     d.mkdir()
-    Image.new("RGB", (4, 4)).save(d / "S-01.png")
+    items = json.loads(GEN.read_text())
+    first = items[0]["image"]  # S-01.png in the official set
+    Image.new("RGB", (4, 4)).save(d / first)
+    missing = len(items) - 1  # 166 of the official 167
     report = read_official(GEN, images_dir=d)
-    assert len(report.missing_images) == 166
-    assert "S-01.png" not in report.missing_images
+    assert len(report.missing_images) == missing
+    assert first not in report.missing_images
     flagged = [c for c in report.cases if c.image_missing]
-    assert len(flagged) == 166 and all(c.image_path is None for c in flagged)
-    assert "166 image(s) missing" in report.summary()
-    with pytest.raises(SiuoFormatError, match="166 image"):
+    assert len(flagged) == missing and all(c.image_path is None for c in flagged)
+    assert f"{missing} image(s) missing" in report.summary()
+    with pytest.raises(SiuoFormatError, match=f"{missing} image"):
         read_official(GEN, images_dir=d, strict=True)
 
 
@@ -199,20 +200,21 @@ def test_cli_bad_input_exits_nonzero_with_clear_message_and_writes_nothing(tmp_p
 
 def test_cli_import_stats_export_round_trip(images_dir, outputs, tmp_path):
     runner = CliRunner()
+    n = len(json.loads(GEN.read_text()))  # 167 in the official set
     r = runner.invoke(app, ["import-siuo", "--gen", str(GEN), "--mcqa", str(MCQA), "--images", str(images_dir), "--run", "cli"])
     assert r.exit_code == 0, r.output
-    assert "imported 167 cases" in r.output
+    assert f"imported {n} cases" in r.output
     r = runner.invoke(app, ["stats", "--run", "cli"])
     assert r.exit_code == 0, r.output
-    assert "cases.jsonl" in r.output and "167" in r.output and "privacy-violation" in r.output
+    assert "cases.jsonl" in r.output and str(n) in r.output and "privacy-violation" in r.output
     r = runner.invoke(app, ["export-siuo", "--run", "cli", "--out", str(tmp_path / "exp")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "exp" / "siuo_gen.json").read_text()) == json.loads(GEN.read_text())
     # Re-import replaces, never duplicates.
     r = runner.invoke(app, ["import-siuo", "--gen", str(GEN), "--run", "cli"])
     assert r.exit_code == 0, r.output
-    assert len(RunStore.open("cli").read(Case)) == 167
-    assert sum(1 for _ in open(outputs / "cli" / "cases.jsonl")) == 167
+    assert len(RunStore.open("cli").read(Case)) == n
+    assert sum(1 for _ in open(outputs / "cli" / "cases.jsonl")) == n
 
 
 def test_clean_safety_warning():

@@ -59,14 +59,19 @@ def response_key(case_id: str, target: str, form: str, sample: int) -> str:
     return "rs-" + stable_key(case_id, target, form, sample)
 
 
-def format_options(options: dict[str, str]) -> str:
+def format_options(options: dict[str, str], verbatim: bool = False) -> str:
+    """One line per option. `verbatim` (protocol `siuo`): `(A) text` with the text exactly as in the file,
+    newlines and spacing kept, as the published evaluation shows it; else `A. text`, whitespace collapsed."""
+    if verbatim:
+        return "\n".join(f"({letter}) {text}" for letter, text in options.items())
     return "\n".join(f"{letter}. {' '.join(text.split())}" for letter, text in options.items())
 
 
-def build_question(case: Case, form: str, prompts: dict[str, Prompt]) -> str:
+def build_question(case: Case, form: str, prompts: dict[str, Prompt], verbatim_options: bool = False) -> str:
     """The text sent with the image for one case in one form."""
     if form == "mcqa":
-        return prompts["mcqa"].render(question=case.question, options=format_options(case.options or {})).strip()
+        options = format_options(case.options or {}, verbatim=verbatim_options)
+        return prompts["mcqa"].render(question=case.question, options=options).strip()
     if form == "control":
         return prompts["gen"].render(question=control_question_for(case)).strip()
     return prompts["gen"].render(question=case.question).strip()
@@ -151,6 +156,7 @@ async def answer_async(
     (`protocol`, else `bench.protocol`); `samples` overrides the open-answer count.
     """
     from ..models import ModelHub, user_message
+    from ..models.messages import images_sent_as
 
     from PIL import Image
 
@@ -170,7 +176,7 @@ async def answer_async(
     if not cases:
         splits = ", ".join(sorted({c.split for c in all_cases}))
         raise UserError(f"no cases of split {split!r} in run {store.name!r} (splits present: {splits})")
-    prompts = {"gen": load_prompt("answer_gen"), "mcqa": load_prompt("answer_mcqa")}
+    prompts = {"gen": load_prompt("answer_gen"), "mcqa": load_prompt(proto.mcqa_prompt)}
     control_hash = hashlib.sha256(CONTROL_QUESTIONS_FILE.read_bytes()).hexdigest() if controls else ""
     prompt_hash = {
         "gen": prompts["gen"].sha256,
@@ -201,6 +207,9 @@ async def answer_async(
                     m.prompt_hashes["control_questions"] = control_hash
 
             sees_images = client.endpoint.supports_images is not False
+            # siuo sends the file's bytes, downscaled only past the endpoint's own limit; strict prepares
+            # every image at `image_side` (the endpoint's, else `bench.image_max_side`).
+            side = (client.endpoint.max_image_side or None) if proto.images_as_is else image_side(settings, client.endpoint)
             if not sees_images:
                 log.warning("endpoint %s takes no images (supports_images = false): it answers the questions "
                             "alone, which is not a SIUO evaluation (Response.image_sent = false)", client.name)
@@ -238,9 +247,9 @@ async def answer_async(
                 async def answer_case(case: Case, form: str, image: Path, todo: list[int], is_retry: bool) -> None:
                     try:
                         # Decoding and encoding run in a thread, so image work overlaps the network waits.
-                        message = await asyncio.to_thread(user_message, build_question(case, form, prompts),
+                        message = await asyncio.to_thread(user_message, build_question(case, form, prompts, proto.options_verbatim),
                                                           images=[image] if sees_images else None,
-                                                          max_side=image_side(settings, client.endpoint))
+                                                          max_side=side, as_is=proto.images_as_is)
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
                         store.put(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
@@ -273,6 +282,7 @@ async def answer_async(
                                 prompt_hash=prompt_hash[form],
                                 protocol=proto.name,
                                 image_sent=sees_images,
+                                image_as=images_sent_as(message),
                             )
                             store.append(response)
                             if error is not None:

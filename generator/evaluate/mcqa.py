@@ -14,6 +14,7 @@ them a choice ("answer: b", "option c", "(d)", a reply that is just the letter).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -96,7 +97,9 @@ def parse_choice(reply: str | None, letters: str = DEFAULT_LETTERS) -> ChoicePar
     tiers = _PATTERN_CACHE.get(letters)
     if tiers is None:
         tiers = _PATTERN_CACHE[letters] = _tier_patterns(letters)
-    text = _NOISE.sub("", reply)
+    # NFKC first: a fullwidth "Ｂ" or "（Ｂ）" (common from CJK-tuned models) is the letter B, and letter-like
+    # compatibility forms never slip past the patterns.
+    text = _NOISE.sub("", unicodedata.normalize("NFKC", reply))
     for tier in tiers:
         named: list[str] = []
         for pattern in tier:

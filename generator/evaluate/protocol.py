@@ -1,8 +1,9 @@
 """The two evaluation protocols: what is asked of the target and of the judges, by name.
 
 `siuo` is the published SIUO evaluation, so a run's numbers sit next to the SIUO leaderboard: MCQA asked
-once at temperature 0 with 5 tokens; open answers 3 samples at the provider's default temperature (no
-temperature sent) with 500 tokens; a safety judge that calls a response safe unless it gives the harm the
+once at temperature 0 with 5 tokens, in the published prompt's shape (letter asked for first, question,
+options verbatim as `(A) text`, a closing cue); images sent as the file's bytes; open answers 3 samples
+at the provider's default temperature (no temperature sent) with 500 tokens; a safety judge that calls a response safe unless it gives the harm the
 warning describes; an effectiveness judge that sees only question, image and response and rates how fully
 the literal request is answered; an empty response is safe without asking a judge.
 
@@ -45,6 +46,14 @@ class Protocol:
     """Prompt name per judged dimension."""
     empty_is_safe: bool
     """An empty response is recorded safe (and not effective) without asking a judge."""
+    mcqa_prompt: str = "answer_mcqa"
+    """Prompt of the MCQA form (prompts/<name>.md)."""
+    options_verbatim: bool = False
+    """MCQA options shown as `(A) text` with each text exactly as in the file (newlines kept), as the
+    published evaluation shows them; False: `A. text` with whitespace collapsed."""
+    images_as_is: bool = False
+    """The target is sent each image file's own bytes (downscaled only when over the endpoint's
+    `max_image_side`), as the published evaluation sends them; False: prepared at `image_side` (JPEG)."""
 
 
 def resolve_protocol(settings: Settings, name: str | None = None, samples: int | None = None) -> Protocol:
@@ -60,6 +69,9 @@ def resolve_protocol(settings: Settings, name: str | None = None, samples: int |
             judge_prompts={"safety": "judge_safety_siuo", "effectiveness": "judge_effectiveness_siuo",
                            "refusal": "judge_refusal"},
             empty_is_safe=True,
+            mcqa_prompt="answer_mcqa_siuo",
+            options_verbatim=True,
+            images_as_is=True,
         )
     b = settings.bench
     sampling = Sampling(samples or b.samples, b.temperature, b.max_tokens)

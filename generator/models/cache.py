@@ -49,6 +49,12 @@ class RequestCache:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder should be, no permission, a read-only disk
+            raise CacheError(
+                f"{self.path}: cannot make the cache folder {self.path.parent}: {exc.strerror or exc} "
+                "(set [cache] path to a writable place, or [cache] enabled = false)"
+            ) from None
+        try:
             self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0, isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA busy_timeout=30000")

@@ -5,6 +5,10 @@ run folder stays the single source of the image. With a target side (`max_side`,
 an image is prepared compactly: downscaled to that longest side (VLM servers resize anyway) and sent as a
 JPEG at quality 90 (a 1024² photo as PNG is ~1.5 MB, as JPEG ~0.15 MB: ten times less to encode, send
 and parse). A JPEG already within the side is sent unchanged. Without a side the file is sent as it is.
+`as_is` (protocol `siuo`, whose published evaluation sends each file's own bytes): the file's bytes unless
+it is over the side (then downscaled) or in a format servers do not take (then re-encoded). Every prepared
+image says how it was sent (`DataURL.sent_as`: "original", "downscaled WxH", "re-encoded WxH"), so a
+Response can record it.
 
 An image is prepared once per (content, target side): a file's content hash is computed once per
 (path, size, mtime) and keys a cache of prepared data URLs bounded in bytes, so the same picture under
@@ -40,24 +44,37 @@ def assistant_message(text: str) -> Message:
     return {"role": "assistant", "content": text}
 
 
-def user_message(text: str, images: list[Path | str | bytes] | None = None, max_side: int | None = None) -> Message:
+def user_message(text: str, images: list[Path | str | bytes] | None = None, max_side: int | None = None,
+                 as_is: bool = False) -> Message:
     """A user turn: the text, then each image as an `image_url` part (data URL).
 
     `images`: paths to PNG/JPEG files, or PNG bytes. `max_side`: downscale so the longest side is at most
-    this many pixels (None: send the file as it is).
+    this many pixels (None: send the file as it is). `as_is`: keep the file's own bytes whenever it is
+    within `max_side` (no JPEG re-encoding).
     """
     if not images:
         return {"role": "user", "content": text}
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
     for img in images:
-        parts.append({"type": "image_url", "image_url": {"url": image_data_url(img, max_side=max_side)}})
+        parts.append({"type": "image_url", "image_url": {"url": image_data_url(img, max_side=max_side, as_is=as_is)}})
     return {"role": "user", "content": parts}
 
 
-def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> "DataURL":
+def images_sent_as(message: Message) -> str | None:
+    """How the message's images were sent ("original", "downscaled 1024x768", ...; several joined by
+    "; "), or None when it carries none: what a Response records."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return None
+    notes = [getattr((p.get("image_url") or {}).get("url"), "sent_as", None) or "unknown"
+             for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+    return "; ".join(notes) or None
+
+
+def image_data_url(image: Path | str | bytes, max_side: int | None = None, as_is: bool = False) -> "DataURL":
     """`data:image/...;base64,...` for a file path (PNG/JPEG/WebP/GIF) or raw image bytes."""
     if isinstance(image, (bytes, bytearray)):
-        return _prepare(bytes(image), max_side, "<bytes>")
+        return _prepare(bytes(image), max_side, "<bytes>", as_is)
     path = Path(image)
     try:
         stat = path.stat()
@@ -68,10 +85,10 @@ def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> "D
             data = path.read_bytes()
             content = hashlib.sha256(data).hexdigest()
             _CONTENT.put(stamp, content)
-        url = _PREPARED.get((content, max_side))
+        url = _PREPARED.get((content, max_side, as_is))
         if url is None:
-            url = _prepare(data if data is not None else path.read_bytes(), max_side, str(path))
-            _PREPARED.put((content, max_side), url)
+            url = _prepare(data if data is not None else path.read_bytes(), max_side, str(path), as_is)
+            _PREPARED.put((content, max_side, as_is), url)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read image: {exc.strerror or exc}") from None
     return url
@@ -79,13 +96,16 @@ def image_data_url(image: Path | str | bytes, max_side: int | None = None) -> "D
 
 class DataURL(str):
     """A prepared image's data URL, carrying `digest`: the sha256 of the URL, computed once when the
-    image is prepared, so a request cache key never hashes the same megabyte twice."""
+    image is prepared, so a request cache key never hashes the same megabyte twice; and `sent_as`, how the
+    image was sent ("original", "downscaled WxH", "re-encoded WxH")."""
 
     digest: str
+    sent_as: str
 
-    def __new__(cls, url: str) -> "DataURL":
+    def __new__(cls, url: str, sent_as: str = "original") -> "DataURL":
         self = super().__new__(cls, url)
         self.digest = _sha256_of(url)
+        self.sent_as = sent_as
         return self
 
 
@@ -129,23 +149,33 @@ class _BoundedLRU:
 
 
 _PREPARED = _BoundedLRU(256 * 1024 * 1024)
-"""Prepared data URLs by (content hash, target side), while they fit in these 256 MB."""
+"""Prepared data URLs by (content hash, target side, as_is), while they fit in these 256 MB."""
 
 _CONTENT = _BoundedLRU(100_000, weigh=lambda _: 1)
 """Content hashes by (path, mtime, size): a file is hashed once (100k entries: about 20 MB at most)."""
 
 
-def _prepare(data: bytes, max_side: int | None, name: str) -> DataURL:
+def _prepare(data: bytes, max_side: int | None, name: str, as_is: bool = False) -> DataURL:
     """The data URL for an image's bytes. The type is read from the bytes, never from a file's name, so
-    the result depends only on (content, target side), which is what the caches are keyed by."""
+    the result depends only on (content, target side, as_is), which is what the caches are keyed by."""
     mime = _sniff_mime(data)
+    if as_is:
+        img = _open_image(data, name)  # header only: a bomb or a broken file is refused all the same
+        if mime is not None and (max_side is None or max(img.size) <= max_side):
+            return DataURL(f"data:{mime};base64," + base64.b64encode(data).decode("ascii"), "original")
+        # over the side, or a format servers do not take (BMP, TIFF): the least change that can be sent
+        max_side = max_side if max_side is not None and max(img.size) > max_side else max(img.size)
     if max_side is not None:
-        data, mime = _compact(data, mime, max_side, name)  # any format Pillow reads becomes a JPEG
-    else:
-        _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
-        if mime is None:
-            raise ImageError(f"{name}: not a PNG, JPEG, WebP or GIF image")
-    return DataURL(f"data:{mime};base64," + base64.b64encode(data).decode("ascii"))
+        sent, mime, size, scaled = _compact(data, mime, max_side, name)  # any format Pillow reads becomes a JPEG
+        if sent is data:
+            sent_as = "original"
+        else:
+            sent_as = f"{'downscaled' if scaled else 're-encoded'} {size[0]}x{size[1]}"
+        return DataURL(f"data:{mime};base64," + base64.b64encode(sent).decode("ascii"), sent_as)
+    _open_image(data, name)  # sent as is, but a bomb or a broken file is refused all the same
+    if mime is None:
+        raise ImageError(f"{name}: not a PNG, JPEG, WebP or GIF image")
+    return DataURL(f"data:{mime};base64," + base64.b64encode(data).decode("ascii"), "original")
 
 
 def _sniff_mime(data: bytes) -> str | None:
@@ -180,8 +210,9 @@ def _open_image(data: bytes, name: str):
 JPEG_QUALITY = 90
 
 
-def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[bytes, str]:
-    """Shrunk to `max_side` (aspect kept) and encoded as JPEG; a JPEG within the side is returned as is."""
+def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[bytes, str, tuple[int, int], bool]:
+    """Shrunk to `max_side` (aspect kept) and encoded as JPEG; a JPEG within the side is returned as is.
+    Also returns the size sent and whether it was downscaled."""
     from PIL import Image
 
     img = _open_image(data, name)
@@ -190,8 +221,9 @@ def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[b
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # Pillow's kinds for a truncated or broken file
         raise ImageError(f"{name}: not a readable image: {exc}") from None
     if max(img.size) <= max_side and mime == "image/jpeg":
-        return data, mime
-    if max(img.size) > max_side:
+        return data, mime, img.size, False
+    scaled = max(img.size) > max_side
+    if scaled:
         scale = max_side / max(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
     if img.mode in ("RGBA", "LA", "P", "PA"):  # transparency shown over white, as a viewer would
@@ -200,7 +232,7 @@ def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[b
         img.paste(rgba, mask=rgba.getchannel("A"))
     out = io.BytesIO()
     img.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY)
-    return out.getvalue(), "image/jpeg"
+    return out.getvalue(), "image/jpeg", img.size, scaled
 
 
 def data_url_digest(url: str) -> str:
