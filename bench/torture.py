@@ -2,7 +2,7 @@
 
 Everything runs against the loopback OpenAI-compatible server (generator/testing/fake_openai.py) playing the
 scripted pipeline model, with the real `siuo` CLI in subprocesses, on the 167 official SIUO cases (tiny
-placeholder images). At the end one table says what was tried and what held; the exit code is 1 when
+placeholder images; the suite's own 21 SIUO-format cases when ../shared is absent). At the end one table says what was tried and what held; the exit code is 1 when
 anything did not hold.
 
     python bench/torture.py                  # about 2 minutes on 2 cores
@@ -37,6 +37,8 @@ from generator.testing.fake_openai import Fault, FakeOpenAI  # noqa: E402
 from generator.testing.pipeline_script import respond  # noqa: E402
 
 SIUO_DIR = ROOT.parent / "shared" / "siuo"
+MINI_DIR = ROOT / "tests" / "data"
+"""Without ../shared (a person's clone), the suite's own SIUO-format cases stand in for the official ones."""
 CANARY = "sk-canary-7f3c9e1d5b2a4c6e8f0a1b3d5e7f9a2c"
 
 
@@ -90,10 +92,13 @@ class Torture:
     def official_files(self) -> dict[str, Path]:
         root = self.work / "siuo"
         (root / "images").mkdir(parents=True, exist_ok=True)
-        gen = json.loads((SIUO_DIR / "siuo_gen.json").read_text())
-        for item in gen:
+        if (SIUO_DIR / "siuo_gen.json").is_file():
+            files = {"gen": SIUO_DIR / "siuo_gen.json", "mcqa": SIUO_DIR / "siuo_mcqa.json"}
+        else:
+            files = {"gen": MINI_DIR / "siuo_mini_gen.json", "mcqa": MINI_DIR / "siuo_mini_mcqa.json"}
+        for item in json.loads(files["gen"].read_text()):
             Image.new("RGB", (16, 16), (90, 120, 150)).save(root / "images" / item["image"])
-        return {"gen": SIUO_DIR / "siuo_gen.json", "mcqa": SIUO_DIR / "siuo_mcqa.json", "images": root / "images"}
+        return {**files, "images": root / "images"}
 
     def bad_inputs(self, official: dict[str, Path]) -> None:
         gen = json.loads(official["gen"].read_text())
@@ -222,7 +227,7 @@ class Torture:
         return t
 
 
-PROBES = ("wheel", "reviewapp", "exports")
+PROBES = ("wheel", "reviewapp", "exports", "fidelity")
 """The second hostile run's probes (issue 20), one module each: bench/torture_<part>.py with `probes(t)`."""
 
 
