@@ -41,6 +41,8 @@ class PipelineResult:
     report_paths: tuple[Path, Path] | None = None
     failed_stage: str | None = None
     """The stage whose failed requests passed `pipeline.max_failed_fraction` (the run stopped after it)."""
+    incomplete: list[str] = field(default_factory=list)
+    """Stages that recorded failed requests, fewer than stop the run (the CLI still exits 3)."""
 
 
 def _import(store: RunStore, settings: Settings, console: Console) -> None:
@@ -162,6 +164,8 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
             break
         result.seconds[stage] = time.perf_counter() - t0
         result.stages_run.append(stage)
+        if outcome and outcome[0]:
+            result.incomplete.append(f"{stage}: {outcome[0]} of {outcome[1]} request(s) failed (recorded in failures.jsonl)")
         if outcome and outcome[0] > settings.pipeline.max_failed_fraction * outcome[1]:
             failed, asked = outcome
             result.failed_stage = stage
