@@ -68,3 +68,10 @@ def loads_untrusted(text: str | bytes) -> tuple[Any, int]:
     if not suspicious:
         return data, 0
     return valid_unicode_tree(data)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """Outside text (a foreign parser's error, a file's value) as one line of at most `limit` characters,
+    for the one-line error a user sees: whitespace runs, newlines included, become one space."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -72,7 +72,7 @@ def test_a_lone_surrogate_reply_is_recorded_and_a_rerun_is_served_from_the_cache
     assert report.requested == 2 and report.failed == 0
     texts = [r.text for r in store.read(Response)]
     assert texts == ["I would not\ufffd do that"] * 2
-    assert "1 invalid Unicode character(s)" in caplog.text  # recorded, once per reply
+    assert "the reply held 2 invalid Unicode character(s)" in caplog.text  # recorded: one reply of n=2 choices
     asked = fake_openai.hits
 
     again = _run(tmp_path, "b2")  # the same cases in a new run: every reply comes from the request cache
@@ -272,7 +272,7 @@ def test_control_characters_in_case_text_and_names_are_escaped_in_report_md(tmp_
     md = md_path.read_text(encoding="utf-8")
     assert "\x1b" not in md and "\x00" not in md and "\r" not in md
     assert "Look\\x1bc\\x1b[31m here\n\\x00?" in md  # in the question's fence, escaped, line break kept
-    assert "t\\x1bc\\[x\\](http://evil.example)" in md  # the target name: escaped, never a link
+    assert "t\\\\x1bc\\[x\\](http://evil.example)" in md  # the target name: escaped (backslash too), never a link
     assert shown("a\tb\nc\x1b") == "a\tb\nc\\x1b"
 
 

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..records import Case, Response
 from ..review import reviewed_cases
 from ..store import RunStore
-from ..untrusted import valid_unicode
+from ..untrusted import one_line, valid_unicode
 from . import ExternalAnswer, require
 from ..evaluate.protocol import PROTOCOLS, refuse_mixing
 
@@ -119,7 +119,7 @@ def read_answers(fmt: str, path: Path) -> Iterator[ExternalAnswer]:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a foreign file through a foreign parser: never a traceback
-        raise UserError(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise UserError(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
 
 
 def import_responses(store: RunStore, fmt: str, path: Path, target: str, *, form: str | None = None,
