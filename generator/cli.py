@@ -57,11 +57,11 @@ def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str
     """End a command that recorded failures or skipped work with last lines saying so and exit code 3, so
     a script never mistakes a server outage (or a half-done stage) for a finished one. `skipped`: one
     reason per kind of work left undone."""
+    for reason in skipped or []:
+        console.print(f"[bold yellow]incomplete:[/] {printable(reason)}", highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
                       f"fix the cause and re-run with {retry}", highlight=False, soft_wrap=True)
-    for reason in skipped or []:
-        console.print(f"[bold yellow]incomplete:[/] {printable(reason)}", highlight=False, soft_wrap=True)
     if failed or skipped:
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
