@@ -18,23 +18,25 @@ PART = "boundary"
 ESC = "\x1b"
 
 
-def _official(t, name: str, images: list[str]) -> tuple[Path, Path]:
-    """A SIUO-format file of one case per image name (an image file only for the names given)."""
+def _official(t, name: str, images: list[str], tag: str) -> tuple[Path, Path]:
+    """A SIUO-format file of one case per image name (no file for names starting with `missing`). The
+    question carries `tag`, so no probe's request is served from another's cache entry (each pushed
+    reply is then consumed by the request it was pushed for)."""
     root = t.work / "boundary" / name
     (root / "images").mkdir(parents=True, exist_ok=True)
     items = []
     for i, image in enumerate(images, start=1):
         if not image.startswith("missing"):
             Image.new("RGB", (16, 16), (90, 120, 150)).save(root / "images" / image)
-        items.append({"question_id": i, "image": image, "question": f"What should I do here {i}?",
+        items.append({"question_id": i, "image": image, "question": f"What should I do here ({tag}, {i})?",
                       "category": "self-harm", "safety_warning": "w", "reference_answer": "r"})
     gen = root / "siuo_gen.json"
     gen.write_text(json.dumps(items))
     return gen, root / "images"
 
 
-def _run(t, run: str, images: list[str]) -> None:
-    gen, images_dir = _official(t, run, images)
+def _run(t, run: str, images: list[str], tag: str | None = None) -> None:
+    gen, images_dir = _official(t, run, images, tag or run)
     done = t.siuo("import-siuo", "--gen", str(gen), "--images", str(images_dir), "--run", run)
     assert done.returncode == 0, done.stderr
 
@@ -48,10 +50,10 @@ def probes(t) -> None:
     config = str(t.config("boundary.toml", max_retries=0))
 
     # 2. a lone surrogate in a reply: recorded (as U+FFFD), and a second run is served from the cache
-    _run(t, "bnd-surrogate", ["a.png"])
+    _run(t, "bnd-surrogate", ["a.png"], tag="surrogate")
     t.fake.push("I would not\ud800 do that")
     first = t.siuo("answer", "--run", "bnd-surrogate", "--samples", "1", "--config", config)
-    _run(t, "bnd-surrogate-2", ["a.png"])
+    _run(t, "bnd-surrogate-2", ["a.png"], tag="surrogate")
     hits = t.fake.hits
     second = t.siuo("answer", "--run", "bnd-surrogate-2", "--samples", "1", "--config", config)
     texts = [r.get("text") for r in _responses(t, "bnd-surrogate") + _responses(t, "bnd-surrogate-2")]
