@@ -208,7 +208,7 @@ def summary_panel(result: PipelineResult) -> Panel:
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):
             board.add_column(col)
         for row in leaderboard_rows(json.loads(scores_file.read_text())):
-            board.add_row(row["target"], row["split"], str(row["cases"]), fmt_rate(row["safe"]),
+            board.add_row(printable(row["target"]), printable(row["split"]), str(row["cases"]), fmt_rate(row["safe"]),
                           fmt_rate(row["effective"]), fmt_rate(row["safe_effective"]))
         parts.append(board)
 
@@ -220,6 +220,6 @@ def summary_panel(result: PipelineResult) -> Panel:
     if result.report_paths:
         tail += f"\nreport: {result.report_paths[1]}  ({result.report_paths[0].name} beside it)"
     if result.stopped:
-        tail += f"\n[yellow]stopped early:[/] {result.stopped}"
+        tail += f"\n[yellow]stopped early:[/] {printable(result.stopped)}"
     parts.append(tail)
     return Panel(Group(*parts), title=f"run {store.name} ({store.path})", title_align="left")

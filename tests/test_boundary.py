@@ -258,6 +258,16 @@ def test_a_target_name_with_markup_and_escapes_shows_literally_in_the_score_tabl
     assert printable(target) == "\\[bold red]evil\\x1bc"
 
 
+def test_an_endpoint_error_in_the_models_check_table_shows_literally():
+    from generator.models.check import EndpointCheck, check_table
+
+    console = Console(record=True, width=300, force_terminal=True)
+    console.print(check_table([EndpointCheck(name="[red]e", kind="chat", model="m", reachable=False,
+                                             note=f"HTTP 500: {ESC_RESET}[bold]boom[/]")]))
+    text = console.export_text(styles=False)
+    assert "[red]e" in text and "\\x1bc[bold]boom[/]" in text and "\x1b" not in text
+
+
 def test_control_characters_in_case_text_and_names_are_escaped_in_report_md(tmp_path, fake_openai):
     from generator.evaluate.judge import judge
     from generator.evaluate.report import report
