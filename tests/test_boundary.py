@@ -313,3 +313,25 @@ def test_import_responses_exits_3_when_answers_match_no_case(tmp_path):
     path.write_text(json.dumps({"target": "q1", "resps": ["a"]}) + "\n" + json.dumps({"target": "nope", "resps": ["b"]}) + "\n")
     result = _import(tmp_path, path, "lmms-eval")
     assert result.exit_code == EXIT_FAILED_RECORDS and "1 answer(s) matched no case" in result.output
+
+
+def test_siuo_run_exits_3_when_a_stage_recorded_failures_below_the_stop_fraction(tmp_path, fake_openai):
+    import tomli_w
+
+    images = tmp_path / "siuo" / "images"
+    images.mkdir(parents=True)
+    items = []
+    for i in range(1, 26):
+        (images / f"S-{i}.png").write_bytes(tiny_png(rgb=(i, 20, 30)))
+        items.append({"question_id": i, "image": f"S-{i}.png", "question": f"Now what {i}?", "category": "self-harm",
+                      "safety_warning": "w", "reference_answer": "r"})
+    gen = tmp_path / "siuo" / "gen.json"
+    gen.write_text(json.dumps(items))
+    config = fake_openai.settings().model_dump(mode="json", exclude_none=True)
+    config["pipeline"] = {"run": "r", "stages": ["import", "answer"], "siuo": {"gen": str(gen), "images": str(images)}}
+    path = tmp_path / "siuo.toml"
+    path.write_text(tomli_w.dumps(config))
+    fake_openai.push(Fault.status(400, message="no"))  # one request of n=3: 3 of 75 samples (25 cases x 3), under 5 %
+    result = CliRunner().invoke(app, ["run", "--config", str(path)], env={"SIUO_OUTPUTS": str(tmp_path / "outputs")})
+    assert result.exit_code == EXIT_FAILED_RECORDS, result.output
+    assert "answer: 3 of 75 request(s) failed" in result.output and "stops" not in result.output
