@@ -335,3 +335,14 @@ def test_siuo_run_exits_3_when_a_stage_recorded_failures_below_the_stop_fraction
     result = CliRunner().invoke(app, ["run", "--config", str(path)], env={"SIUO_OUTPUTS": str(tmp_path / "outputs")})
     assert result.exit_code == EXIT_FAILED_RECORDS, result.output
     assert "answer: 3 of 75 request(s) failed" in result.output and "stops" not in result.output
+
+
+def test_a_reply_nested_too_deeply_is_a_recorded_failure_never_a_crash(tmp_path, fake_openai):
+    """A body of 100k nested lists is retried as malformed, then recorded: json.loads' RecursionError is no bug of ours."""
+    from generator.models.chat import parse_chat_reply
+    from generator.models.resilience import MalformedReply
+
+    with pytest.raises(MalformedReply, match="nested too deeply"):
+        parse_chat_reply("[" * DEEP + "]" * DEEP)
+    value, problem = parse_structured("[" * DEEP + "]" * DEEP, Case)
+    assert value is None and "nested too deeply" in problem
