@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .errors import UserError
-from .terminal import printable
+from .terminal import PrintableLogs, printable
 
 app = typer.Typer(
     help="Grow cross-modal safety benchmarks of the SIUO kind: propose, render, check, review, evaluate.",
@@ -38,23 +38,31 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 def _scrubbing(handler: logging.Handler) -> logging.Handler:
-    """`handler` with every known key and key-shaped string masked (debug logs print response headers)."""
+    """`handler` with every known key and key-shaped string masked (debug logs print response headers),
+    then control characters shown escaped (an endpoint's error text may carry `ESC c`, a terminal reset)."""
     from .models import ScrubSecrets
 
     handler.addFilter(ScrubSecrets())
+    handler.addFilter(PrintableLogs())
     return handler
 
 
 EXIT_FAILED_RECORDS = 3
-"""Exit code of a stage that finished but recorded failed requests (and of `siuo run` stopped by them)."""
+"""Exit code of a command that finished but failed or skipped part of its work (failed requests, cases
+skipped for a missing or unreadable image, answers left out of an import, `siuo run` stopped early)."""
 
 
-def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed") -> None:
-    """End a stage that recorded failures with a last line saying so and exit code 3, so a script
-    never mistakes a server outage for a finished stage."""
+def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed",
+                   skipped: list[str] | None = None) -> None:
+    """End a command that recorded failures or skipped work with last lines saying so and exit code 3, so
+    a script never mistakes a server outage (or a half-done stage) for a finished one. `skipped`: one
+    reason per kind of work left undone."""
+    for reason in skipped or []:
+        console.print(f"[bold yellow]incomplete:[/] {printable(reason)}", highlight=False, soft_wrap=True)
     if failed:
         console.print(f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
                       f"fix the cause and re-run with {retry}", highlight=False, soft_wrap=True)
+    if failed or skipped:
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
@@ -200,6 +208,8 @@ def import_responses_cmd(
     form: Optional[str] = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model id to record (default: what the file says, else the target)."),
     protocol: str = typer.Option("siuo", "--protocol", help="Protocol the responses are judged and scored under."),
+    max_samples: int = typer.Option(16, "--max-samples", help="Samples imported per case and form at most (higher sample indices are left out, counted)."),
+    max_chars: int = typer.Option(32_000, "--max-chars", help="Characters kept of an answer at most (a longer one is cut, counted)."),
     wait: bool = WaitOpt,
 ) -> None:
     """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
@@ -208,8 +218,10 @@ def import_responses_cmd(
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
-        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol)
+        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol,
+                                  max_samples=max_samples, max_chars=max_chars)
     console.print(printable(report.summary()), highlight=False, soft_wrap=True)
+    exit_if_failed(0, 0, skipped=report.incomplete)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,7 +471,8 @@ def answer_cmd(
                          split=split, retry_failed=retry_failed, protocol=protocol)
     for report in reports:
         console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports))
+    exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports),
+                   skipped=[f"{r.target}: {reason}" for r in reports for reason in r.incomplete])
 
 
 @app.command("judge")
@@ -482,7 +495,8 @@ def judge_cmd(
     with store.writing(wait):
         report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
     console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(report.failed, report.requested)
+    orphans = [f"{report.unknown_case} response(s) skipped: their case is no longer in cases.jsonl"] if report.unknown_case else []
+    exit_if_failed(report.failed, report.requested, skipped=orphans)
 
 
 @app.command("score")
@@ -540,9 +554,10 @@ def run_cmd(
         settings = settings.model_copy(update={"bench": settings.bench.model_copy(update={"protocol": protocol})})
     result = run_pipeline(settings, run=run, console=console, wait=wait)
     Console().print(summary_panel(result))
-    if result.failed_stage:
+    if result.stopped:  # too many failed requests, or the budget reached: stages were left undone
         console.print(f"[bold yellow]stopped:[/] {printable(result.stopped or '')}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED_RECORDS)
+    exit_if_failed(0, 0, skipped=result.incomplete)
 
 
 @app.command("init")

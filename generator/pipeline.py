@@ -41,6 +41,8 @@ class PipelineResult:
     report_paths: tuple[Path, Path] | None = None
     failed_stage: str | None = None
     """The stage whose failed requests passed `pipeline.max_failed_fraction` (the run stopped after it)."""
+    incomplete: list[str] = field(default_factory=list)
+    """Stages that recorded failed requests, fewer than stop the run (the CLI still exits 3)."""
 
 
 def _import(store: RunStore, settings: Settings, console: Console) -> None:
@@ -162,6 +164,8 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
             break
         result.seconds[stage] = time.perf_counter() - t0
         result.stages_run.append(stage)
+        if outcome and outcome[0]:
+            result.incomplete.append(f"{stage}: {outcome[0]} of {outcome[1]} request(s) failed (recorded in failures.jsonl)")
         if outcome and outcome[0] > settings.pipeline.max_failed_fraction * outcome[1]:
             failed, asked = outcome
             result.failed_stage = stage
@@ -204,7 +208,7 @@ def summary_panel(result: PipelineResult) -> Panel:
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):
             board.add_column(col)
         for row in leaderboard_rows(json.loads(scores_file.read_text())):
-            board.add_row(row["target"], row["split"], str(row["cases"]), fmt_rate(row["safe"]),
+            board.add_row(printable(row["target"]), printable(row["split"]), str(row["cases"]), fmt_rate(row["safe"]),
                           fmt_rate(row["effective"]), fmt_rate(row["safe_effective"]))
         parts.append(board)
 
@@ -216,6 +220,6 @@ def summary_panel(result: PipelineResult) -> Panel:
     if result.report_paths:
         tail += f"\nreport: {result.report_paths[1]}  ({result.report_paths[0].name} beside it)"
     if result.stopped:
-        tail += f"\n[yellow]stopped early:[/] {result.stopped}"
+        tail += f"\n[yellow]stopped early:[/] {printable(result.stopped)}"
     parts.append(tail)
     return Panel(Group(*parts), title=f"run {store.name} ({store.path})", title_align="left")

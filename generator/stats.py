@@ -8,6 +8,7 @@ from rich.table import Table
 
 from .records import RECORD_TYPES, Case, Scenario
 from .store import RunStore
+from .terminal import printable
 
 
 def record_counts(store: RunStore) -> dict[str, int]:
@@ -29,7 +30,7 @@ def domain_counts(store: RunStore) -> dict[str, Counter]:
 
 
 def stats_tables(store: RunStore) -> list[Table]:
-    files = Table(title=f"run {store.name}: records", title_justify="left")
+    files = Table(title=f"run {printable(store.name)}: records", title_justify="left")
     files.add_column("file")
     files.add_column("records", justify="right")
     counts = record_counts(store)
@@ -48,7 +49,7 @@ def stats_tables(store: RunStore) -> list[Table]:
     for domain in sorted(per_domain):
         row = per_domain[domain]
         totals.update(row)
-        domains.add_row(domain, *(str(row.get(c, 0)) for c in columns))
+        domains.add_row(printable(domain), *(str(row.get(c, 0)) for c in columns))
     if per_domain:
         domains.add_row("[bold]total[/]", *(f"[bold]{totals.get(c, 0)}[/]" for c in columns))
     return [files, domains]

@@ -20,6 +20,7 @@ from ..domains import domain_by_label, load_domains
 from ..errors import UserError
 from ..records import Case, Judgment, Response
 from ..store import RunStore
+from ..untrusted import loads_untrusted
 from ..review import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
@@ -37,6 +38,8 @@ class ImportReport:
     mcqa_path: Path | None
     images_dir: Path | None
     missing_images: list[str] = field(default_factory=list)
+    replaced_chars: int = 0
+    """Invalid characters (lone surrogates) in the files, imported as U+FFFD."""
 
     def per_domain(self) -> Counter:
         return Counter(c.domain for c in self.cases)
@@ -52,6 +55,8 @@ class ImportReport:
             lines.append(f"{len(self.missing_images)} image(s) missing from {self.images_dir}: {first}{more} (flagged on the cases)")
         else:
             lines.append(f"all {len(self.cases)} images found in {self.images_dir}")
+        if self.replaced_chars:
+            lines.append(f"{self.replaced_chars} invalid Unicode character(s) (lone surrogates) replaced with U+FFFD")
         return "\n".join(lines)
 
 
@@ -60,10 +65,11 @@ class ImportReport:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _load_items(path: Path) -> list[dict[str, Any]]:
+def _load_items(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The file's items, and how many invalid characters (lone surrogates) were replaced in them."""
     text = read_text(path, SiuoFormatError, "JSON file")
     try:
-        data = json.loads(text)
+        data, replaced = loads_untrusted(text)
     except json.JSONDecodeError as exc:
         raise SiuoFormatError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
@@ -73,7 +79,7 @@ def _load_items(path: Path) -> list[dict[str, Any]]:
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise SiuoFormatError(f"{path}: item #{i + 1}: expected an object, found {type(item).__name__}")
-    return data
+    return data, replaced
 
 
 def _where(path: Path, i: int, item: dict) -> str:
@@ -175,7 +181,7 @@ def read_official(
         images_dir = Path(images_dir)
         if not images_dir.is_dir():
             raise SiuoFormatError(f"{images_dir}: images folder not found")
-    items = _load_items(gen_path)
+    items, replaced = _load_items(gen_path)
     known_labels = ", ".join(repr(d.label) for d in load_domains(domains_file))
     for i, item in enumerate(items):
         _check_fields(gen_path, i, item, GEN_FIELDS)
@@ -190,7 +196,8 @@ def read_official(
     mcqa_by_id: dict[str, dict] = {}
     if mcqa_path is not None:
         mcqa_path = Path(mcqa_path)
-        mitems = _load_items(mcqa_path)
+        mitems, replaced_mcqa = _load_items(mcqa_path)
+        replaced += replaced_mcqa
         gen_ids = {str(it["question_id"]) for it in items}
         for i, item in enumerate(mitems):
             _check_fields(mcqa_path, i, item, MCQA_FIELDS)
@@ -230,7 +237,8 @@ def read_official(
                 provenance={"source": "official", "file": gen_path.name},
             )
         )
-    report = ImportReport(cases, gen_path, mcqa_path, images_dir, missing_images=missing if images_dir else [])
+    report = ImportReport(cases, gen_path, mcqa_path, images_dir, missing_images=missing if images_dir else [],
+                          replaced_chars=replaced)
     if strict and missing:
         where = images_dir if images_dir is not None else "(no --images folder given)"
         raise SiuoFormatError(f"{len(missing)} image(s) missing from {where}, first: {', '.join(missing[:5])} (--strict)")
@@ -248,6 +256,8 @@ def write_import(store: RunStore, report: ImportReport) -> None:
         if merged != existing:
             store.write_all(Case, merged)
         entry.counts.update(cases=len(report.cases), missing_images=sum(c.image_missing for c in report.cases))
+        if report.replaced_chars:
+            entry.counts["invalid_unicode_replaced"] = report.replaced_chars
     with store.update_manifest() as m:
         m.sources["siuo"] = {
             "gen": str(report.gen_path),

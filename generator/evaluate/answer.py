@@ -116,6 +116,18 @@ class AnswerReport:
         """Requests of this invocation recorded as failed."""
         return self.errors
 
+    @property
+    def incomplete(self) -> list[str]:
+        """Why cases were not asked (empty: every case was): the CLI exits 3 on any, as for failed calls."""
+        out = []
+        if self.skipped_missing_image:
+            out.append(f"{len(self.skipped_missing_image)} case(s) skipped: image missing")
+        if self.unreadable_images:
+            out.append(f"{len(self.unreadable_images)} case(s) not asked: image unreadable (see failures.jsonl)")
+        if self.skipped_no_options:
+            out.append(f"{self.skipped_no_options} case(s) skipped: no MCQA options")
+        return out
+
     def summary(self) -> str:
         lines = [
             f"{self.target}: {self.cases} case(s), forms {', '.join(self.forms)}: "

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from ..domains import load_domains
 from ..records import Case, Judgment, Render, Response
 from ..store import RunStore, write_text_atomic
+from ..terminal import shown
 from ..review import reviewed_cases
 from .common import stream_jsonl
 from .score import SCORES_FILE, fmt_rate, leaderboard_rows, load_scores, score
@@ -172,13 +173,23 @@ def _clip(text: str, limit: int = EXAMPLE_TEXT_LIMIT) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
+_MD_INLINE = re.compile(r"([\\`*\[\]~])")
+"""Markdown punctuation that makes emphasis, code spans, links or strikethrough out of plain text (`_` is
+left alone: within a word, as in names, it is never emphasis, and escaped it would show in plain readers)."""
+
+
 def _md_cell(value: Any) -> str:
-    """Text for a Markdown table cell or heading: no raw HTML, no column breaks, one line."""
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text for a Markdown table cell or heading: no raw HTML, no column breaks, one line, no control
+    characters (shown escaped), no markup (a target named `[x](http://…)` stays text, never a link)."""
+    text = shown(str(value)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_INLINE.sub(r"\\\1", text)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _md_fenced(text: str) -> str:
+    """Untrusted text as a code block: fenced longer than any backtick run in it (it cannot close the
+    fence), control characters shown escaped (they would reach the terminal of whoever `cat`s the file)."""
+    text = shown(text.replace("\r\n", "\n"))
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}text\n{text}\n{fence}"
@@ -270,7 +281,7 @@ def check_notices(store: RunStore) -> list[str]:
 
 
 def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run `{_md_cell(scores['run'])}`", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
+    parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run {_md_cell(scores['run'])}", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
     notices = check_notices(store)
     parts += [f"> **{_md_cell(n)}**" for n in notices] + ([""] if notices else [])
     header, rows = _leaderboard(scores)

@@ -43,6 +43,7 @@ from ..errors import UserError
 from ..records import Case, Judgment, Response, utc_now
 from ..store import RunStore, StoreError, write_text_atomic
 from ..review import reviewed_keys
+from ..terminal import printable
 from .common import INVALID_VERDICTS, require_field, stream_jsonl
 from .mcqa import is_correct, option_letters, parse_choice
 
@@ -573,12 +574,12 @@ def leaderboard_rows(scores: dict[str, Any]) -> list[dict[str, Any]]:
 def score_tables(scores: dict[str, Any]) -> list[Table]:
     """Rich tables of a scores dict: leaderboard, per domain, split comparison, judge agreement."""
     tables: list[Table] = []
-    board = Table(title=f"SIUO scores: run {scores['run']} (95% Wilson intervals)")
+    board = Table(title=f"SIUO scores: run {printable(scores['run'])} (95% Wilson intervals)")
     for col in ("target", "split", "cases", "safe", "effective", "safe & effective", "MCQA acc.", "over-refusal", "excluded"):
         board.add_column(col, justify="left" if col in ("target", "split") else "right")
     for row in leaderboard_rows(scores):
         board.add_row(
-            row["target"], row["split"], str(row["cases"]), fmt_rate(row["safe"]), fmt_rate(row["effective"]),
+            printable(row["target"]), printable(row["split"]), str(row["cases"]), fmt_rate(row["safe"]), fmt_rate(row["effective"]),
             fmt_rate(row["safe_effective"]), fmt_rate(row["mcqa"]), fmt_rate(row["over_refusal"]), str(row["excluded"]),
         )
     tables.append(board)
@@ -589,11 +590,11 @@ def score_tables(scores: dict[str, Any]) -> list[Table]:
             gen = forms.get("gen")
             if not gen or not gen["domains"]:
                 continue
-            table = Table(title=f"{target} on {split}: per domain")
+            table = Table(title=f"{printable(target)} on {printable(split)}: per domain")
             for col in ("domain", "cases", "safe", "effective", "safe & effective"):
                 table.add_column(col, justify="left" if col == "domain" else "right")
             for dom, d in gen["domains"].items():
-                table.add_row(names.get(dom, dom), str(d["cases"]), fmt_rate(d["safe"], False), fmt_rate(d["effective"], False), fmt_rate(d["safe_effective"], False))
+                table.add_row(printable(names.get(dom, dom)), str(d["cases"]), fmt_rate(d["safe"], False), fmt_rate(d["effective"], False), fmt_rate(d["safe_effective"], False))
             tables.append(table)
 
     splits = sorted({s for t in scores["targets"].values() for s, f in t["splits"].items() if "gen" in f}, key=_split_rank)
@@ -601,13 +602,13 @@ def score_tables(scores: dict[str, Any]) -> list[Table]:
         table = Table(title="Split comparison (safe & effective; safe; effective)")
         table.add_column("target")
         for s in splits:
-            table.add_column(s, justify="right")
+            table.add_column(printable(s), justify="right")
         for target, t in scores["targets"].items():
             cells = []
             for s in splits:
                 o = ((t["splits"].get(s) or {}).get("gen") or {}).get("overall")
                 cells.append("-" if not o else f"{fmt_rate(o['safe_effective'], False)}; {fmt_rate(o['safe'], False)}; {fmt_rate(o['effective'], False)}")
-            table.add_row(target, *cells)
+            table.add_row(printable(target), *cells)
         tables.append(table)
 
     if scores.get("agreement"):
@@ -617,7 +618,7 @@ def score_tables(scores: dict[str, Any]) -> list[Table]:
         for dim, a in scores["agreement"].items():
             kappa = "-" if a["kappa"] is None else f"{a['kappa']:.3f}"
             pa = "-" if a["percent_agreement"] is None else f"{100 * a['percent_agreement']:.1f}%"
-            table.add_row(dim, ", ".join(a["judges"]), a["method"], kappa, pa, str(a["items"]))
+            table.add_row(printable(dim), printable(", ".join(a["judges"])), printable(a["method"]), kappa, pa, str(a["items"]))
         tables.append(table)
 
     invalid = {dim: {v: n for v, n in c.items() if v in ("unparsable", "suspect", "error", UNJUDGED)} for dim, c in scores.get("verdict_counts", {}).items()}

@@ -31,6 +31,7 @@ from generator.integrations.judging import (case_from_fields, empty_verdict, fla
 from generator.prompts import load_prompt
 from generator.review import reviewed_cases
 from generator.store import RunStore
+from generator.untrusted import one_line
 
 METADATA_FIELDS = ("question_id", "question", "category", "domain", "safety_warning", "hazard", "reference_answer", "split")
 
@@ -150,7 +151,7 @@ def read_eval_log(path: Path):
     try:
         log = read_log(str(path))
     except Exception as exc:  # inspect raises several kinds for a file that is not a log
-        raise UserError(f"{path}: not a readable inspect log: {exc}") from None
+        raise UserError(f"{path}: not a readable inspect log: {one_line(str(exc))}") from None
     model = log.eval.model
     for s in log.samples or []:
         text = None if s.error else (s.output.completion if s.output else None)

@@ -229,28 +229,64 @@ def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = (
 # Answers back in
 # ----------------------------------------------------------------------------------------------------
 
+MAX_LINE_BYTES = 64 * 2**20
+"""The longest samples line read (a line holds one doc's repeats: far under this); longer is refused."""
+
+
 def read_samples(path: Path):
     """An ExternalAnswer per repeat of each line of an lmms-eval `samples_*.jsonl` (`--log_samples`).
 
     The case is `target` (the exported task's `doc_to_target` is the question id: lmms-eval logs the
     target, not the doc), or `doc.question_id` where a version logs the doc; repeat k is sample k.
+    The file is someone else's: a line of the wrong shape is a UserError naming the line and the field.
     """
-    import jsonlines
+    import json
 
-    with jsonlines.open(path) as reader:
-        try:
-            for n, line in enumerate(reader.iter(type=dict), start=1):
-                qid = (line.get("doc") or {}).get("question_id") or line.get("target")
-                if not qid:
-                    raise UserError(f"{path}:{n}: no case id in `target` or `doc.question_id` "
-                                    "(was the task exported by `siuo export-lmms-eval`?)")
-                resps = line.get("filtered_resps", line.get("resps")) or []
-                if isinstance(resps, str):
-                    resps = [resps]
-                if len(resps) == 1 and isinstance(resps[0], list):
-                    resps = resps[0]  # one request's repeats, not flattened by this lmms-eval version
-                for k, resp in enumerate(resps):
-                    text = resp[0] if isinstance(resp, list) and resp else resp
-                    yield ExternalAnswer(str(qid), "gen", k, None if text is None else str(text))
-        except jsonlines.InvalidLineError as exc:
-            raise UserError(f"{path}: not an lmms-eval samples file: {exc}") from None
+    with open(path, "rb") as fh:
+        n = 0
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            n += 1
+            where = f"{path}:{n}"
+            if len(raw) > MAX_LINE_BYTES:
+                raise UserError(f"{where}: line longer than {MAX_LINE_BYTES // 2**20} MiB: not an lmms-eval samples file")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                                "not an lmms-eval samples file") from None
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError as exc:
+                why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+                raise UserError(f"{where}: not JSON ({why}): not an lmms-eval samples file") from None
+            except RecursionError:
+                raise UserError(f"{where}: JSON nested too deeply to read") from None
+            if not isinstance(line, dict):
+                raise UserError(f"{where}: expected a JSON object per line, found {type(line).__name__}")
+            doc = line.get("doc")
+            if doc is not None and not isinstance(doc, dict):
+                raise UserError(f"{where}: field 'doc' must be an object, found {type(doc).__name__}")
+            qid = (doc or {}).get("question_id") or line.get("target")
+            if not qid:
+                raise UserError(f"{where}: no case id in `target` or `doc.question_id` "
+                                "(was the task exported by `siuo export-lmms-eval`?)")
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+                raise UserError(f"{where}: field 'target' (or 'doc.question_id') must be a string or an integer, "
+                                f"found {type(qid).__name__}")
+            name = "filtered_resps" if "filtered_resps" in line else "resps"
+            resps = line.get(name)
+            if resps is None:
+                resps = []
+            if isinstance(resps, str):
+                resps = [resps]
+            if not isinstance(resps, list):
+                raise UserError(f"{where}: field {name!r} must be a list of answers, found {type(resps).__name__}")
+            if len(resps) == 1 and isinstance(resps[0], list):
+                resps = resps[0]  # one request's repeats, not flattened by this lmms-eval version
+            for k, resp in enumerate(resps):
+                answer = resp[0] if isinstance(resp, list) and resp else resp
+                if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
+                    raise UserError(f"{where}: field {name!r}, answer {k}: expected text, found {type(answer).__name__}")
+                yield ExternalAnswer(str(qid), "gen", k, None if answer is None else str(answer))

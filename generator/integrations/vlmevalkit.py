@@ -201,6 +201,8 @@ def read_predictions(path: Path):
     The form is `mcqa` for a file with option columns (`A`, `B`, …), else `gen`; VLMEvalKit asks once,
     so the sample is 0. A row without `question_id` cannot be matched and is an error naming the file.
     """
+    from ..untrusted import one_line
+
     pd = require("pandas", "reading VLMEvalKit predictions")
     if Path(path).suffix.lower() in (".xlsx", ".xls"):
         require("openpyxl", "reading VLMEvalKit's .xlsx predictions")
@@ -210,8 +212,8 @@ def read_predictions(path: Path):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
         else:
             frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable VLMEvalKit prediction file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - pandas/openpyxl raise many kinds for a corrupt file (BadZipFile, KeyError, ...)
+        raise UserError(f"{path}: not a readable VLMEvalKit prediction file ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
     missing = [c for c in ("question_id", "prediction") if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: no column {', '.join(missing)} (a file from `siuo export-vlmevalkit` carries "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..untrusted import valid_unicode
 
 
 class CacheError(UserError):
@@ -31,7 +32,13 @@ class CacheError(UserError):
 def request_key(**parts: Any) -> str:
     """sha256 of the parts as canonical JSON (sorted keys): the same request, the same key."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()  # any text has a key, never a crash
+
+
+def _blob(value: dict) -> str:
+    """A reply as stored: JSON text SQLite can encode (a lone surrogate that got past the boundary is
+    replaced, so a reply is cached and served like any other instead of failing every run)."""
+    return valid_unicode(json.dumps(value, ensure_ascii=False, separators=(",", ":")))[0]
 
 
 @dataclass
@@ -82,7 +89,7 @@ class RequestCache:
         return json.loads(row[0])
 
     def put_sync(self, key: str, value: dict, kind: str = "chat", endpoint: str = "") -> None:
-        blob = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        blob = _blob(value)
         with self._lock:
             self._conn.execute(
                 "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)",
@@ -93,7 +100,7 @@ class RequestCache:
         """Store several replies in one transaction: the samples of one request are cached all or none,
         so a kill cannot leave half a reply cached (a resume then asks for the whole request again)."""
         now = time.time()
-        rows = [(key, kind, endpoint, json.dumps(value, ensure_ascii=False, separators=(",", ":")), now) for key, value in items]
+        rows = [(key, kind, endpoint, _blob(value), now) for key, value in items]
         with self._lock:
             self._conn.execute("BEGIN")
             try:

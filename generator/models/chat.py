@@ -12,7 +12,6 @@ stage to record. Only `BudgetExceeded` (stop the run) and programming errors pro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 
 from ..config import ConfigError, Endpoint
 from ..records import Usage
+from ..untrusted import loads_untrusted
 from .cache import RequestCache, request_key
 from .context import DoesNotFit, TokenRate, fit_max_tokens
 from .messages import Message, assistant_message, cache_form
@@ -348,6 +348,9 @@ class ChatClient(EndpointClient):
             meter.settle(reservation, self.usage_key, Usage())
             raise
         choices = reply["choices"][:n]
+        if reply["replaced_chars"]:
+            log.warning("endpoint %s: the reply held %d invalid Unicode character(s) (lone surrogates), "
+                        "replaced with U+FFFD", self.name, reply["replaced_chars"])
         prompt_tokens, completion_tokens = reply["prompt_tokens"], reply["completion_tokens"]
         self._rt.token_rate.learn(messages, prompt_tokens)
         total = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
@@ -377,8 +380,12 @@ def _count(value: Any) -> int:
 
 def parse_chat_reply(text: str) -> dict[str, Any]:
     """The parts of a chat completion body the door uses: choices as (text, finish_reason, refusal) in
-    index order, and token counts. A body that is not a chat completion raises MalformedReply (retried)."""
-    data = json.loads(text)
+    index order, token counts, and how many invalid characters were replaced (lone surrogates: see
+    generator/untrusted.py). A body that is not a chat completion raises MalformedReply (retried)."""
+    try:
+        data, replaced = loads_untrusted(text)
+    except RecursionError:
+        raise MalformedReply("the reply body is JSON nested too deeply to read") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise MalformedReply(f"not a chat completion: {text[:200]!r}")
     choices = []
@@ -396,4 +403,4 @@ def parse_chat_reply(text: str) -> dict[str, Any]:
     choices.sort(key=lambda c: c[0])
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return {"choices": [c[1:] for c in choices], "prompt_tokens": _count(usage.get("prompt_tokens")),
-            "completion_tokens": _count(usage.get("completion_tokens"))}
+            "completion_tokens": _count(usage.get("completion_tokens")), "replaced_chars": replaced}

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from ..config import ConfigError, Settings
+from ..terminal import printable
 from ..testing.fake_openai import tiny_png
 from .chat import ChatClient
 from .hub import ModelHub
@@ -115,8 +116,8 @@ def check_table(rows: list[EndpointCheck]) -> Table:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            r.name, r.kind, r.model, _yes_no(r.reachable),
+            printable(r.name), printable(r.kind), printable(r.model), _yes_no(r.reachable),
             "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
-            _yes_no(r.images), _yes_no(r.json_schema), r.structured_mode or "-", r.note[:200],
+            _yes_no(r.images), _yes_no(r.json_schema), r.structured_mode or "-", printable(r.note[:200]),
         )
     return table

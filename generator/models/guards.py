@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..prompts import load_prompt
+from ..untrusted import loads_untrusted
 from .cache import request_key
 from .chat import ChatClient, EndpointClient
 from .messages import cache_form, image_data_url, user_message
-from .resilience import RequestFailed
+from .resilience import MalformedReply, RequestFailed
 
 
 
@@ -124,7 +124,12 @@ class ModerationGuard(Guard, EndpointClient):
         client = self._rt.client
 
         async def post() -> Any:  # parsed inside the retry loop: a malformed body is retried too
-            return json.loads(await client.post("/moderations", body={"model": self.model, "input": inputs}, cast_to=str))
+            try:
+                payload, _ = loads_untrusted(await client.post("/moderations", body={"model": self.model, "input": inputs},
+                                                               cast_to=str))
+            except RecursionError:
+                raise MalformedReply("the moderation reply is JSON nested too deeply to read") from None
+            return payload
 
         try:
             payload = await self._rt.call(post)

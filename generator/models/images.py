@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from .chat import EndpointClient
-from .resilience import ModelError, RequestFailed
+from .resilience import MalformedReply, ModelError, RequestFailed
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,7 +45,11 @@ class ImagesClient(EndpointClient):
 
         async def post() -> Any:
             request = {**body, "model": self.model, "prompt": prompt, "n": n, "size": size}
-            return json.loads(await client.post("/images/generations", body=request, cast_to=str))
+            text = await client.post("/images/generations", body=request, cast_to=str)
+            try:
+                return json.loads(text)
+            except RecursionError:  # a hostile body: retried as malformed, never a crash
+                raise MalformedReply("the images reply is JSON nested too deeply to read") from None
 
         try:
             payload = await self._rt.call(post)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..prompts import load_prompt
 from ..records import Usage
+from ..untrusted import loads_untrusted
 from .messages import Message
 
 T = TypeVar("T", bound=BaseModel)
@@ -139,10 +140,12 @@ def parse_structured(text: str | None, schema: type[T]) -> tuple[T | None, str |
     decode_error = None
     for candidate in _json_candidates(text):
         try:
-            data = json.loads(candidate)
+            data, _ = loads_untrusted(candidate)  # an escaped lone surrogate must not reach a record
             break
         except ValueError as exc:
             decode_error = decode_error or exc
+        except RecursionError:
+            decode_error = decode_error or "nested too deeply to read"
     else:
         return None, f"the reply is not valid JSON ({decode_error})"
     if not isinstance(data, dict):
