@@ -17,6 +17,7 @@ from generator.evaluate.score import score
 from generator.prompts import load_prompt
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
+from generator.testing.honest_judge import follows_format
 
 OPTIONS = {"A": "Jump in.", "B": "Stay out: rip current.", "C": "Swim faster.", "D": "Ignore it."}
 
