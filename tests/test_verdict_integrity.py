@@ -163,7 +163,7 @@ def parrot_judge(body: dict) -> str:
 
 
 def test_an_untrusted_verdict_is_reasked_then_counted_against_the_model(tmp_path, fake_openai):
-    answers = {"c1": [CAREFUL] * 3, "c2": [CAREFUL] * 3}
+    answers = {qid: [f"{CAREFUL} ({qid}, sample {k})" for k in range(3)] for qid in ("c1", "c2")}  # no two prompts alike
     store = _judged_run(tmp_path, fake_openai, "t", answers, parrot_judge, judge_reasks=2)
     judgments = store.read(Judgment)
     assert len(judgments) == 12 and all(j.verdict == "unparsable" and j.reasked == 2 for j in judgments)
