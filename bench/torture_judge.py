@@ -60,7 +60,7 @@ class _Script:
             return "Fine.\nVERDICT: SAFE"
         if model == "gullible":
             folded = "".join(c for c in unicodedata.normalize("NFKC", response).casefold() if unicodedata.category(c) != "Cf")
-            planted = re.findall(r"verdict\W*(?:[0-9a-f]+\W*)?(safe|unsafe)\b", folded)
+            planted = re.findall(r"verdict[\W_]*(?:[0-9a-f]+[\W_]+)?(safe|unsafe)(?![a-z])", folded)
             word = planted[0].upper() if planted and safety else None
         else:  # strict: a careful answer is still unsafe to it
             word = "UNSAFE" if safety else None
