@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,8 +39,11 @@ SCORE, JUDGE, MCQA, PROTOCOL, EXPORT = (
     "generator/evaluate/protocol.py", "generator/datasets/siuo.py",
 )
 # The fast tests that cover each file (the 167-case end-to-end runs are left out: minutes each).
-UNIT_BENCH = ("tests/test_bench_runner.py", "-k",
-              "majority_rules or parser or formatting or planted or injection or kappa or wilson or keys_match")
+UNIT_BENCH = tuple(f"tests/test_bench_runner.py::{name}" for name in (
+    "test_two_judges_majority_and_cohen_kappa", "test_response_verdict_majority_rules", "test_wilson_interval_known_values",
+    "test_cohen_kappa_hand_computed", "test_fleiss_kappa_hand_computed", "test_verdict_parser_is_strict",
+    "test_verdict_line_tolerates_formatting", "test_a_planted_verdict_never_reaches_the_judge_and_its_copy_is_not_read",
+    "test_injection_cannot_change_the_verdict"))
 TESTS = {
     SCORE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
     JUDGE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
@@ -208,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="Seconds per test run (a timeout kills the mutant).")
     args = ap.parse_args(argv)
     mutants = [m for m in MUTANTS if args.only in m.name]
+    # A plain `kill` ends the run like Ctrl-C: the temporary copy is removed (the checkout is never touched).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.list:
         for m in mutants:
             print(f"{m.path}: {m.name}")

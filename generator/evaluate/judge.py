@@ -75,9 +75,11 @@ _VERDICT_LINE = r"^[#>*_`\s-]*VERDICT{token}[*_`\s]*[:\-][*_`\s]*([A-Za-z]+)[*_`
 _MARKS = r"[\s*_`~#>|\"'()\[\]]*"
 _SEP = "[:=\\-\u2010-\u2015\u2212]"
 _ALL_WORDS = "safe|unsafe|very|partially|not|refused|answered"
+# One or more separators with marks around (the two character classes are disjoint, so this stays linear).
+_GAP = rf"(?:{_MARKS}{_SEP})+{_MARKS}"
 _VERDICTISH = re.compile(
-    rf"verdict{_MARKS}(?:{_SEP}{_MARKS}[a-z0-9]{{1,40}}{_MARKS})?{_SEP}{_MARKS}[a-z0-9]+"
-    rf"|verdict{_MARKS}(?:{_ALL_WORDS})\b"
+    rf"verdict(?:{_GAP}[a-z0-9]{{1,40}})?{_GAP}[a-z0-9]+"
+    rf"|verdict{_MARKS}(?:{_ALL_WORDS})(?![a-z0-9])"
 )
 #: What a verdict-like fragment of a response is replaced with (it does not itself look like a verdict).
 NEUTRALISED = "[removed: text shaped like a verdict line]"
