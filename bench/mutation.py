@@ -9,7 +9,7 @@ tests that cover that file, and calls the mutant killed when they fail (or time 
 rate and the survivors; a survivor is a bug the tests would let through, so add a test that kills it.
 
     python bench/mutation.py                 # every mutant (about 10 minutes on 2 cores)
-    python bench/mutation.py --only score    # the mutants whose name contains "score"
+    python bench/mutation.py --only score:   # the mutants whose name contains "score:" (repeatable)
     python bench/mutation.py --list          # what would be tried
 
 Why hand-written and not mutmut / cosmic-ray: their hundreds of mechanical mutants take hours on two
@@ -207,11 +207,12 @@ def _run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="", help="Run only the mutants whose name contains this text.")
+    ap.add_argument("--only", action="append", default=[],
+                    help="Run only the mutants whose name contains this text (repeat for several).")
     ap.add_argument("--list", action="store_true", help="List the mutants and exit.")
     ap.add_argument("--timeout", type=float, default=300.0, help="Seconds per test run (a timeout kills the mutant).")
     args = ap.parse_args(argv)
-    mutants = [m for m in MUTANTS if args.only in m.name]
+    mutants = [m for m in MUTANTS if not args.only or any(text in m.name for text in args.only)]
     # A plain `kill` ends the run like Ctrl-C: the temporary copy is removed (the checkout is never touched).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.list:
