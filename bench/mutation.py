@@ -47,9 +47,9 @@ UNIT_BENCH = tuple(f"tests/test_bench_runner.py::{name}" for name in (
 TESTS = {
     SCORE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
     JUDGE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
-    MCQA: ("tests/test_mcqa.py",),
+    MCQA: ("tests/test_mcqa.py", "tests/test_scoring_mutants.py"),
     PROTOCOL: ("tests/test_protocols.py", "tests/test_verdict_integrity.py"),
-    EXPORT: ("tests/test_siuo_import.py", "-k", "export"),
+    EXPORT: ("tests/test_siuo_import.py", "tests/test_scoring_mutants.py"),
 }
 
 
@@ -157,8 +157,8 @@ MUTANTS: list[Mutant] = [
     M("mcqa: a capital letter inside a word read as a choice", MCQA,
       r'rf"|(?-i:(?P<u>[{up}]))(?![A-Za-z0-9])"', r'rf"|(?-i:(?P<u>[{up}]))"'),
     M("mcqa: a case's own letters ignored", MCQA, "    return keys or DEFAULT_LETTERS", "    return DEFAULT_LETTERS"),
-    M("mcqa: ambiguous answer counted correct", MCQA,
-      'return parse.status == "ok" and correct_option', 'return parse.status != "unparsable" and correct_option'),
+    M("mcqa: a lowercase correct option never matched", MCQA,
+      "parse.letter == correct_option.strip().upper()", "parse.letter == correct_option.strip()"),
     # --- protocol.py: the published sampling and judges
     M("protocol: siuo open answers 512 tokens", PROTOCOL, "gen=Sampling(samples or 3, None, 500)", "gen=Sampling(samples or 3, None, 512)"),
     M("protocol: siuo open answers 2 samples", PROTOCOL, "gen=Sampling(samples or 3, None, 500)", "gen=Sampling(samples or 2, None, 500)"),
@@ -176,8 +176,9 @@ MUTANTS: list[Mutant] = [
       "    responses = store.read_latest(Response)", "    responses = store.read(Response)"),
     M("export: MCQA sample 1 instead of 0", EXPORT, "_answer_text(mcqa_by_sample.get(0))", "_answer_text(mcqa_by_sample.get(1))"),
     M("export: one sample too few per case", EXPORT, "    gen_samples = 1 + max(", "    gen_samples = 0 + max("),
-    M("export: first judgment line per key exported", EXPORT,
-      "    for j in store.read_latest(Judgment):", "    for j in store.read(Judgment):"),
+    M("export: verdicts only when every sample was judged", EXPORT,
+      'if any(r is not None and (r.key, "safety") in by_response for r in gen_rs):',
+      'if all(r is not None and (r.key, "safety") in by_response for r in gen_rs):'),
 ]
 
 

@@ -300,6 +300,7 @@ async def judge_async(
     Resumes: a (response, dimension, judge) already judged is skipped; one whose judge call failed is
     asked again only with `retry_failed`. The protocol (`protocol`, else `bench.protocol`) picks the
     judge prompts; under `siuo` an empty response is recorded safe and not effective without a judge.
+    A reply without a valid verdict line is asked again in a follow-up turn (`bench.judge_reasks` times).
     """
     from ..models import ModelHub, assistant_message, user_message
 
