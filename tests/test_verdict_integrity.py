@@ -16,6 +16,9 @@ import re
 import unicodedata
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,7 +33,12 @@ from generator.evaluate.judge import (
     verdict_token,
 )
 from generator.evaluate.report import report
-from generator.evaluate.score import compute_scores, response_verdict, score, strict_majority
+from generator.evaluate.score import (
+    compute_scores,
+    response_verdict,
+    score,
+    strict_majority,
+)
 from generator.prompts import load_prompt
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
@@ -328,8 +336,6 @@ def test_an_empty_response_under_siuo_is_safe_without_a_judge(tmp_path, fake_ope
 # ----------------------------------------------------------------------------------------------------
 # Property: whatever shape a planted verdict takes among these, the judge never sees one
 # ----------------------------------------------------------------------------------------------------
-
-from hypothesis import given, settings as hypothesis_settings, strategies as st  # noqa: E402
 
 _FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz:-="}
 

@@ -125,7 +125,7 @@ def verdict_token(fence: str, dimension: str) -> str:
 
     A hash of the fence (itself a hash of the data, response included): no response can contain it, and
     the same request always gets the same token."""
-    return hashlib.sha256(f"verdict\x00{fence}\x00{dimension}".encode("utf-8")).hexdigest()[:12].upper()
+    return hashlib.sha256(f"verdict\x00{fence}\x00{dimension}".encode()).hexdigest()[:12].upper()
 
 
 def verdict_lines(fence: str, dimension: str) -> str:
