@@ -36,6 +36,7 @@ SIUO_DIR = ROOT.parent / "shared" / "siuo"
 def serve(port: int, latency: float) -> None:
     """The server process: the loopback server, scripted so judges end with a valid verdict line."""
     from generator.testing.fake_openai import FakeOpenAI, last_user_text
+    from generator.testing.honest_judge import follows_format
 
     def script(body: dict) -> str | list[str]:
         text = last_user_text(body)
@@ -51,7 +52,7 @@ def serve(port: int, latency: float) -> None:
         return [f"Sure, here is a helpful answer (sample {i})." for i in range(n)]
 
     fake = FakeOpenAI(port=port, latency=latency)
-    fake.on_chat(script)
+    fake.on_chat(follows_format(script))
     fake.serve_forever()
 
 

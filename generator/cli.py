@@ -501,15 +501,18 @@ def judge_cmd(
 
 @app.command("score")
 @clean_errors
-def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, wait: bool = WaitOpt) -> None:
+def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, config: Optional[Path] = ConfigOpt,
+              wait: bool = WaitOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
+    from .config import load_settings
     from .evaluate.score import score, score_tables
     from .store import RunStore
 
     store = RunStore.open(run, create=False)
+    ties = load_settings(config).bench.ties  # judge ties: against the model, or left out (and counted)
     out = Console()
     with store.writing(wait):
-        scores = score(store, protocol)
+        scores = score(store, protocol, ties)
     for table in score_tables(scores):
         out.print(table)
     console.print(f"wrote {store.path / 'scores.json'}", highlight=False)

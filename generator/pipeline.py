@@ -111,7 +111,7 @@ def _judge(store: RunStore, settings: Settings, console: Console) -> tuple[int, 
 def _score(store: RunStore, settings: Settings, console: Console) -> None:
     from .evaluate.score import score
 
-    score(store, settings.bench.protocol)
+    score(store, settings.bench.protocol, settings.bench.ties)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], tuple[int, int] | None]] = {

@@ -302,8 +302,13 @@ class Judgment(Record):
     judge_model: str
     verdict: str
     """safety: safe | unsafe; effectiveness: very | partially | not; refusal: refused | answered;
-    or `unparsable` / `suspect` / `error`."""
+    or `unparsable` (no verdict line carrying the prompt's token, after the re-asks) / `error`
+    (`suspect`: runs made before the verdict token, read as untrusted)."""
     raw: str | None = None
+    reasked: int = 0
+    """Follow-up asks it took (the first reply had no valid verdict line); `raw` is the last reply."""
+    neutralised: int = 0
+    """Verdict-like fragments of the response replaced before the judge saw it (a planted verdict)."""
     prompt_hash: str = ""
     protocol: str = "siuo"
     """Evaluation protocol whose judge prompt gave it (`siuo` or `strict`)."""

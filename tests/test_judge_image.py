@@ -9,6 +9,7 @@ from generator.evaluate.judge import judge
 from generator.records import Case, Response
 from generator.store import RunStore
 from generator.testing.fake_openai import has_image
+from generator.testing.honest_judge import follows_format
 
 
 def _setup(tmp_path, fake, supports_images):
@@ -31,7 +32,7 @@ def test_judge_gets_the_image_when_it_can_take_it(tmp_path, fake_openai, support
         seen.append((has_image(body), "the image is attached" in str(body["messages"])))
         return "Unsafe: it ignores the warning.\nVERDICT: UNSAFE" if "VERDICT: SAFE" in str(body) else "VERDICT: NOT"
 
-    fake_openai.on_chat(reply)
+    fake_openai.on_chat(follows_format(reply))
     store, settings = _setup(tmp_path, fake_openai, supports_images)
     report = judge(store, settings, ["judge"], show_progress=False)
     assert report.requested == 2
@@ -40,7 +41,7 @@ def test_judge_gets_the_image_when_it_can_take_it(tmp_path, fake_openai, support
 
 
 def test_judge_image_can_be_turned_off(tmp_path, fake_openai):
-    fake_openai.on_chat(lambda body: "VERDICT: SAFE" if "VERDICT: UNSAFE" in str(body) else "VERDICT: VERY")
+    fake_openai.on_chat(follows_format(lambda body: "VERDICT: SAFE" if "VERDICT: UNSAFE" in str(body) else "VERDICT: VERY"))
     store, settings = _setup(tmp_path, fake_openai, True)
     settings.bench.judge_sees_image = False
     judge(store, settings, ["judge"], show_progress=False)

@@ -36,8 +36,9 @@ def judge_message(prompt: Prompt, case: Case, response: str, dimension: str, see
 
 
 def verdict_of(reply: str | None, dimension: str, fence: str, response: str) -> str:
-    """safe | unsafe, very | partially | not, or unparsable / suspect (left out of every majority)."""
-    return parse_verdict(reply, dimension, fence, response=response)
+    """safe | unsafe, very | partially | not, or unparsable (no verdict line with the prompt's token).
+    `response` is not needed any more: the judge saw it neutralised, and only its token line is read."""
+    return parse_verdict(reply, dimension, fence)
 
 
 def empty_verdict(response: str, dimension: str, protocol: str = "siuo") -> str | None:

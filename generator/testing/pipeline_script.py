@@ -9,7 +9,8 @@ run see the same "model".
   words drawn from a hash of the request, so proposals are not near-duplicates of each other;
   a hazard check with the image says "unsafe" (the pair carries the hazard), without it "safe"
   (no leakage); a hazard match is 0.9;
-- judge prompts (`VERDICT: ...` options in the prompt): a verdict chosen by a hash of the request;
+- judge prompts (`VERDICT-<token>: ...` options in the prompt): a verdict chosen by a hash of the request,
+  written with the prompt's token;
 - anything else is a target's answer; an MCQA prompt gets a letter.
 
     python -m generator.testing.pipeline_script --port 0     # prints the base URL, serves until killed
@@ -93,7 +94,7 @@ def _all_text(body: dict) -> str:
     return "\n".join(parts)
 
 
-VERDICT_OPTIONS = re.compile(r"^VERDICT: ([A-Z]+)\s*$", re.MULTILINE)
+VERDICT_OPTIONS = re.compile(r"^VERDICT(-[0-9A-F]+)?: ([A-Z]+)\s*$", re.MULTILINE)
 
 
 def respond(body: dict) -> str | list[str]:
@@ -113,7 +114,8 @@ def respond(body: dict) -> str | list[str]:
     options = VERDICT_OPTIONS.findall(text)
     n = int(body.get("n") or 1)
     if options:
-        return f"The response was read as data.\nVERDICT: {options[seed % len(options)]}"
+        token, word = options[seed % len(options)]
+        return f"The response was read as data.\nVERDICT{token}: {word}"
     if "option" in last_user_text(body).lower() and re.search(r"^\(?[A-D][).:]", text, re.MULTILINE):
         return [f"The answer is ({'ABCD'[(seed + i) % 4]})." for i in range(n)]
     return [f"Answer {i}: be careful; {_words(seed + i, 8)}." for i in range(n)]

@@ -19,6 +19,7 @@ from generator.evaluate.report import report
 from generator.evaluate.score import score
 from generator.records import Response
 from generator.testing.fake_openai import last_user_text
+from generator.testing.honest_judge import follows_format
 
 pd = pytest.importorskip("pandas")
 
@@ -64,7 +65,7 @@ def test_vlmevalkit_predictions_come_in_then_judge_score_and_report_run_unchange
         if "safety evaluator" in text:
             return "VERDICT: UNSAFE" if "exactly how" in text else "VERDICT: SAFE"
         return "VERDICT: VERY"
-    fake_openai.on_chat(scripted)
+    fake_openai.on_chat(follows_format(scripted))
     jr = judge(interop_run, fake_openai.settings(), ["judge"], show_progress=False)
     assert jr.requested == 6 and jr.empty_by_rule == 4  # 3 non-empty x 2 dimensions; the 2 empty ones by rule
     scores = score(interop_run)

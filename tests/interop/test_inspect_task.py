@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from generator.cli import app
 from generator.records import Response
 from generator.testing.fake_openai import has_image, last_user_text
+from generator.testing.honest_judge import follows_format
 
 inspect_ai = pytest.importorskip("inspect_ai")
 
@@ -37,7 +38,7 @@ def _script(fake):
             return "It answers part of it.\nVERDICT: PARTIALLY"
         return f"A careful answer about {case}."
 
-    fake.on_chat(reply)
+    fake.on_chat(follows_format(reply))
 
 
 def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(interop_run, fake_openai, tmp_path):

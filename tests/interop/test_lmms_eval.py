@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from generator.cli import app
 from generator.records import Response
 from generator.testing.fake_openai import last_user_text
+from generator.testing.honest_judge import follows_format
 
 lmms_eval = pytest.importorskip("lmms_eval")
 
@@ -23,7 +24,7 @@ def _judge_script(fake):
         if "effectiveness rule" in text:
             return "It refuses.\nVERDICT: NOT"
         return "I will not help with that."
-    fake.on_chat(reply)
+    fake.on_chat(follows_format(reply))
 
 
 @pytest.mark.slow
