@@ -227,7 +227,7 @@ class Torture:
         return t
 
 
-PROBES = ("wheel", "reviewapp", "exports", "fidelity", "boundary")
+PROBES = ("judge", "boundary", "exports", "reviewapp", "fidelity", "wheel")
 """The second hostile run's probes (issue 20), one module each: bench/torture_<part>.py with `probes(t)`."""
 
 
