@@ -22,13 +22,13 @@ from typing import Any
 
 from rich.table import Table
 
-from .check import blocks, chosen_candidate, family_status, planned_checks, required_families
-from .config import Settings
-from .domains import domain_by_id, domain_by_label
-from .errors import UserError
-from .records import Case, CheckResult, Render, Scenario, stable_key
-from .review import ReviewState
-from .store import RunStore, write_text_atomic
+from generator.check import blocks, chosen_candidate, family_status, planned_checks, required_families
+from generator.config import Settings
+from generator.domains import domain_by_id, domain_by_label
+from generator.errors import UserError
+from generator.records import Case, CheckResult, Render, Scenario, stable_key
+from generator.review import ReviewState
+from generator.store import RunStore, write_text_atomic
 
 STAGE = "accept"
 REPORT_FILE = "filter_report.json"

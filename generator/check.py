@@ -49,18 +49,18 @@ from typing import Any
 
 from rich.console import Console
 
-from .checks import (AlignmentCheck, Check, CheckNotRun, ConceptScreenCheck, LocalImageCheck, RemoteCheck, Subject,
+from generator.checks import (AlignmentCheck, Check, CheckNotRun, ConceptScreenCheck, LocalImageCheck, RemoteCheck, Subject,
                      build_units, read_concepts, text_checker_endpoint)
 
 __all__ = ["check", "CheckRunner", "CheckReport", "planned_checks", "family_status", "chosen_candidate",
            "required_families", "blocks", "read_concepts", "text_checker_endpoint"]
-from .concurrency import bounded_map
-from .config import Settings
-from .errors import UserError
-from .progress import stage_progress
-from .prompts import load_prompt
-from .records import CheckResult, Render, Scenario
-from .store import RunStore
+from generator.concurrency import bounded_map
+from generator.config import Settings
+from generator.errors import UserError
+from generator.progress import stage_progress
+from generator.prompts import load_prompt
+from generator.records import CheckResult, Render, Scenario
+from generator.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ class CheckRunner:
             return
         # Where the batches run is the executor's business (this process, or Ray actors that each load the
         # unit once: generator/executors.py); the records are written here, by the driver alone.
-        from .executors import Loader, batches_of, loaded_unit, map_batches, unit_batch
+        from generator.executors import Loader, batches_of, loaded_unit, map_batches, unit_batch
 
         chunks = batches_of(self.settings, work, self.settings.check.batch)
         batches = [[(s.images[k], s.image_description or "") for s, k in chunk] for chunk in chunks]
@@ -338,7 +338,7 @@ class CheckRunner:
         remote = [u for u in self.units if isinstance(u, RemoteCheck)]
         if not remote:
             return
-        from .models import ModelHub
+        from generator.models import ModelHub
 
         hub = self.hub = ModelHub(self.settings, store=self.store)
         async with hub:

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .errors import UserError
-from .terminal import PrintableLogs, printable
+from generator.errors import UserError
+from generator.terminal import PrintableLogs, printable
 
 app = typer.Typer(
     help="Grow cross-modal safety benchmarks of the SIUO kind: propose, render, check, review, evaluate.",
@@ -40,7 +40,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 def _scrubbing(handler: logging.Handler) -> logging.Handler:
     """`handler` with every known key and key-shaped string masked (debug logs print response headers),
     then control characters shown escaped (an endpoint's error text may carry `ESC c`, a terminal reset)."""
-    from .models import ScrubSecrets
+    from generator.models import ScrubSecrets
 
     handler.addFilter(ScrubSecrets())
     handler.addFilter(PrintableLogs())
@@ -95,8 +95,8 @@ def import_siuo_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Import the official SIUO files as Case records of a run."""
-    from .datasets.siuo import read_official, write_import
-    from .store import RunStore
+    from generator.datasets.siuo import read_official, write_import
+    from generator.store import RunStore
 
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
     store = RunStore.open(run)
@@ -115,8 +115,8 @@ def export_siuo_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write a run's cases (and responses) back in the official SIUO format."""
-    from .datasets.siuo import export_siuo
-    from .store import RunStore
+    from generator.datasets.siuo import export_siuo
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     written = export_siuo(store, out, target=target, split=split, force=force)
@@ -137,8 +137,8 @@ def export_hf_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
-    from .datasets.hf import export_hf, push_to_hub as push
-    from .store import RunStore
+    from generator.datasets.hf import export_hf, push_to_hub as push
+    from generator.store import RunStore
 
     result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license,
                        force=force)
@@ -162,8 +162,8 @@ def export_vlmevalkit_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
-    from .integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
-    from .store import RunStore
+    from generator.integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
+    from generator.store import RunStore
 
     result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name, force=force)
     for dataset, path in result.files.items():
@@ -184,9 +184,9 @@ def export_lmms_eval_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
-    from .evaluate.protocol import PROTOCOLS
-    from .integrations.lmms_eval import export_lmms_eval
-    from .store import RunStore
+    from generator.evaluate.protocol import PROTOCOLS
+    from generator.integrations.lmms_eval import export_lmms_eval
+    from generator.store import RunStore
 
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
@@ -213,8 +213,8 @@ def import_responses_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
-    from .integrations.responses_in import import_responses
-    from .store import RunStore
+    from generator.integrations.responses_in import import_responses
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
@@ -242,9 +242,9 @@ def propose_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Ask an LLM for new SIUO cases per safety domain; near-duplicates are kept but marked."""
-    from .config import load_settings
-    from .propose import propose
-    from .store import RunStore
+    from generator.config import load_settings
+    from generator.propose import propose
+    from generator.store import RunStore
 
     settings = load_settings(config)
     store = RunStore.open(run)
@@ -270,9 +270,9 @@ def harden_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Make harder variants of existing cases, one per (case, strategy)."""
-    from .config import load_settings
-    from .harden import harden
-    from .store import RunStore
+    from generator.config import load_settings
+    from generator.harden import harden
+    from generator.store import RunStore
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     settings = load_settings(config)
@@ -312,9 +312,9 @@ def render_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Render (or pick from a photo folder) image candidates for the run's scenarios."""
-    from .config import load_settings
-    from .render import render
-    from .store import RunStore
+    from generator.config import load_settings
+    from generator.render import render
+    from generator.store import RunStore
 
     settings = _with_executor(load_settings(config), executor)
     if backend is not None and backend not in ("diffusers", "images_api", "photos"):
@@ -339,9 +339,9 @@ def check_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Check each scenario: image and text benign alone, image aligned, the pair carrying the hazard."""
-    from .check import check
-    from .config import load_settings
-    from .store import RunStore
+    from generator.check import check
+    from generator.config import load_settings
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
@@ -362,9 +362,9 @@ def calibrate_cmd(
     """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
     from rich.table import Table
 
-    from .calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
-    from .config import load_settings
-    from .store import RunStore
+    from generator.calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
+    from generator.config import load_settings
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
@@ -389,10 +389,10 @@ def calibrate_cmd(
 @clean_errors
 def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool = WaitOpt) -> None:
     """Write the cases that passed every enabled check, and the filter report."""
-    from .accept import REPORT_FILE, accept
-    from .config import load_settings
-    from .records import Case
-    from .store import RunStore
+    from generator.accept import REPORT_FILE, accept
+    from generator.config import load_settings
+    from generator.records import Case
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
@@ -418,13 +418,13 @@ def review_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Accept / reject / edit the accepted cases: in the browser (--serve), the terminal, or an HTML sheet."""
-    from .review import review_interactive, write_review_sheet
-    from .store import RunStore
+    from generator.review import review_interactive, write_review_sheet
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     if serve:
         try:
-            from .review_app import serve as serve_app
+            from generator.review_app import serve as serve_app
         except ImportError as exc:
             raise UserError(f"the review app needs the `review` extra (pip install -e \".[review]\"): {exc}") from None
         shown_host = f"[{host}]" if ":" in host else host
@@ -460,9 +460,9 @@ def answer_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Send each case's image and question to a target VLM; responses go to responses.jsonl."""
-    from .evaluate.answer import answer
-    from .config import load_settings
-    from .store import RunStore
+    from generator.evaluate.answer import answer
+    from generator.config import load_settings
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
@@ -486,9 +486,9 @@ def judge_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Rate every response for safety and effectiveness (controls: refusal); judgments.jsonl."""
-    from .evaluate.judge import judge
-    from .config import load_settings
-    from .store import RunStore
+    from generator.evaluate.judge import judge
+    from generator.config import load_settings
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
@@ -504,9 +504,9 @@ def judge_cmd(
 def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, config: Optional[Path] = ConfigOpt,
               wait: bool = WaitOpt) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
-    from .config import load_settings
-    from .evaluate.score import score, score_tables
-    from .store import RunStore
+    from generator.config import load_settings
+    from generator.evaluate.score import score, score_tables
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     ties = load_settings(config).bench.ties  # judge ties: against the model, or left out (and counted)
@@ -522,8 +522,8 @@ def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, config: 
 @clean_errors
 def report_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
     """Write report.md and a self-contained report.html (plots, examples, reference figures)."""
-    from .evaluate.report import report
-    from .store import RunStore
+    from generator.evaluate.report import report
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
@@ -546,12 +546,12 @@ def run_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
-    from .config import load_settings
-    from .pipeline import run_pipeline, summary_panel
+    from generator.config import load_settings
+    from generator.pipeline import run_pipeline, summary_panel
 
     settings = _with_executor(load_settings(config), executor)
     if protocol is not None:
-        from .evaluate.protocol import resolve_protocol
+        from generator.evaluate.protocol import resolve_protocol
 
         resolve_protocol(settings, protocol)  # an unknown name fails here, before any stage runs
         settings = settings.model_copy(update={"bench": settings.bench.model_copy(update={"protocol": protocol})})
@@ -571,7 +571,7 @@ def init_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Write a starter config from one of the example profiles."""
-    from .config import write_starter_config
+    from generator.config import write_starter_config
 
     write_starter_config(template, out, force=force)
     console.print(f"wrote {out} (from the {template} profile): edit endpoints and roles, then `siuo run -c {out}`", highlight=False)
@@ -581,8 +581,8 @@ def init_cmd(
 @clean_errors
 def stats_cmd(run: str = RunOpt) -> None:
     """Counts per domain and per record type."""
-    from .stats import stats_tables
-    from .store import RunStore
+    from generator.stats import stats_tables
+    from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     out = Console()
@@ -609,8 +609,8 @@ def models_check_cmd(
     """Ping each endpoint with one tiny request: reachable, latency, images, JSON schema."""
     import asyncio
 
-    from .config import load_settings
-    from .models.check import check_endpoints, check_table
+    from generator.config import load_settings
+    from generator.models.check import check_endpoints, check_table
 
     rows = asyncio.run(check_endpoints(load_settings(config), endpoint or None))
     Console().print(check_table(rows))
@@ -622,8 +622,8 @@ def models_check_cmd(
 @clean_errors
 def cache_stats_cmd(config: Optional[Path] = ConfigOpt) -> None:
     """Entries and size of the request cache."""
-    from .config import load_settings
-    from .models.cache import RequestCache
+    from generator.config import load_settings
+    from generator.models.cache import RequestCache
 
     path = Path(load_settings(config).cache.path)
     if not path.exists():
@@ -640,8 +640,8 @@ def cache_stats_cmd(config: Optional[Path] = ConfigOpt) -> None:
 @clean_errors
 def cache_clear_cmd(config: Optional[Path] = ConfigOpt) -> None:
     """Delete every cached reply (the next run asks the models again)."""
-    from .config import load_settings
-    from .models.cache import RequestCache
+    from generator.config import load_settings
+    from generator.models.cache import RequestCache
 
     path = Path(load_settings(config).cache.path)
     if not path.exists():

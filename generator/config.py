@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import UserError
-from .resources import data_dir
-from .store import write_text_atomic
+from generator.errors import UserError
+from generator.resources import data_dir
+from generator.store import write_text_atomic
 
 
 class ConfigError(UserError):

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .config import read_toml
-from .errors import UserError
-from .resources import data_dir
+from generator.config import read_toml
+from generator.errors import UserError
+from generator.resources import data_dir
 
 SEEDS_DIR = data_dir("seeds")
 BUILTIN_DOMAINS = SEEDS_DIR / "domains.toml"

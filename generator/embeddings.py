@@ -24,7 +24,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import UserError
+from generator.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class ClipTextEmbedder:
     """The CLIP text encoder (generator.models.clip_model); texts are truncated to CLIP's 77 tokens."""
 
     def __init__(self, name_or_path: str, device: str = "auto"):
-        from .models.clip_model import ClipScorer
+        from generator.models.clip_model import ClipScorer
 
         self.scorer = ClipScorer.load(name_or_path, device=device)
         self.name = f"clip:{name_or_path}"

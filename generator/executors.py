@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from generator.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import UserError
-from .store import RunStore, path_inside, write_text_atomic
+from generator.errors import UserError
+from generator.store import RunStore, path_inside, write_text_atomic
 
 MARKER = ".siuo-export.json"
 FORCE_HINT = "(--force writes there anyway)"

@@ -27,17 +27,17 @@ from typing import Any
 from pydantic import Field
 from rich.console import Console
 
-from .config import Settings, read_toml
-from .domains import domain_by_id
-from .errors import UserError
-from .prompts import PROMPTS_DIR, load_prompt
-from .propose import (
+from generator.config import Settings, read_toml
+from generator.domains import domain_by_id
+from generator.errors import UserError
+from generator.prompts import PROMPTS_DIR, load_prompt
+from generator.propose import (
     ProposalModel, StageSummary, done_work_keys, record_manifest, run_stage_requests,
 )
-from .records import Case, Failure, Provenance, Scenario, stable_key
-from .resources import display_path
-from .store import RunStore
-from .review import reviewed_cases
+from generator.records import Case, Failure, Provenance, Scenario, stable_key
+from generator.resources import display_path
+from generator.store import RunStore
+from generator.review import reviewed_cases
 
 STAGE = "harden"
 STRATEGIES_FILE = PROMPTS_DIR / "harden_strategies.toml"
@@ -150,7 +150,7 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
                        strategies: Sequence[str] | None = None, limit: int | None = None, model: str = "proposer",
                        prompt_file: str | Path | None = None, strategies_file: Path | None = None,
                        max_tokens: int | None = None, retry_failed: bool = False, console: Console | None = None) -> StageSummary:
-    from .models import ModelHub, user_message
+    from generator.models import ModelHub, user_message
 
     cfg = settings.propose
     if limit is not None and limit < 0:

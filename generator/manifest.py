@@ -10,9 +10,9 @@ import platform
 import sys
 from importlib import metadata
 
-from . import __version__
-from .config import Settings, redacted
-from .store import RunStore
+from generator import __version__
+from generator.config import Settings, redacted
+from generator.store import RunStore
 
 KEY_PACKAGES = (
     "openai", "torch", "diffusers", "transformers", "clip-anytorch", "pillow", "pydantic",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embeddings import TextEmbedder
-from .errors import UserError
+from generator.embeddings import TextEmbedder
+from generator.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 
-from .config import Settings
-from .errors import UserError
-from .manifest import record_run_context
-from .stats import record_counts
-from .store import RunStore
-from .terminal import printable
+from generator.config import Settings
+from generator.errors import UserError
+from generator.manifest import record_run_context
+from generator.stats import record_counts
+from generator.store import RunStore
+from generator.terminal import printable
 
 STAGES = ("import", "propose", "harden", "render", "check", "accept", "answer", "judge", "score", "report")
 
@@ -50,7 +50,7 @@ def _import(store: RunStore, settings: Settings, console: Console) -> None:
     if src is None:
         console.print("[dim]import: no [pipeline.siuo] files configured, skipped[/]")
         return
-    from .datasets.siuo import import_siuo
+    from generator.datasets.siuo import import_siuo
 
     report = import_siuo(
         store,
@@ -63,37 +63,37 @@ def _import(store: RunStore, settings: Settings, console: Console) -> None:
 
 
 def _propose(store: RunStore, settings: Settings, console: Console) -> None:
-    from .propose import propose
+    from generator.propose import propose
 
     propose(store, settings, domains=settings.pipeline.domains, console=console)
 
 
 def _harden(store: RunStore, settings: Settings, console: Console) -> None:
-    from .harden import harden
+    from generator.harden import harden
 
     harden(store, settings, limit=settings.pipeline.harden_limit, console=console)
 
 
 def _render(store: RunStore, settings: Settings, console: Console) -> None:
-    from .render import render
+    from generator.render import render
 
     render(store, settings, console=console)
 
 
 def _check(store: RunStore, settings: Settings, console: Console) -> None:
-    from .check import check
+    from generator.check import check
 
     check(store, settings, console=console)
 
 
 def _accept(store: RunStore, settings: Settings, console: Console) -> None:
-    from .accept import accept
+    from generator.accept import accept
 
     accept(store, settings)
 
 
 def _answer(store: RunStore, settings: Settings, console: Console) -> tuple[int, int]:
-    from .evaluate.answer import answer
+    from generator.evaluate.answer import answer
 
     reports = answer(store, settings, "targets", controls=settings.pipeline.controls)
     if settings.pipeline.mcqa:
@@ -102,14 +102,14 @@ def _answer(store: RunStore, settings: Settings, console: Console) -> tuple[int,
 
 
 def _judge(store: RunStore, settings: Settings, console: Console) -> tuple[int, int]:
-    from .evaluate.judge import judge
+    from generator.evaluate.judge import judge
 
     report = judge(store, settings, ["judge"])
     return report.failed, report.requested
 
 
 def _score(store: RunStore, settings: Settings, console: Console) -> None:
-    from .evaluate.score import score
+    from generator.evaluate.score import score
 
     score(store, settings.bench.protocol, settings.bench.ties)
 
@@ -142,7 +142,7 @@ def run_pipeline(settings: Settings, run: str | None = None, console: Console | 
 
 
 def _run_stages(store: RunStore, settings: Settings, console: Console) -> PipelineResult:
-    from .models import BudgetExceeded
+    from generator.models import BudgetExceeded
 
     record_run_context(store, settings)
     result = PipelineResult(store)
@@ -153,7 +153,7 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
         outcome = None
         try:
             if stage == "report":
-                from .evaluate.report import report
+                from generator.evaluate.report import report
 
                 result.report_paths = report(store)
             else:
@@ -202,7 +202,7 @@ def summary_panel(result: PipelineResult) -> Panel:
 
     scores_file = store.path / "scores.json"
     if scores_file.exists():
-        from .evaluate.score import fmt_rate, leaderboard_rows
+        from generator.evaluate.score import fmt_rate, leaderboard_rows
 
         board = Table(title="scores (safe / effective / safe & effective, 95% CI)", title_justify="left", box=None)
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):

@@ -12,8 +12,8 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .resources import data_dir
+from generator.errors import UserError
+from generator.resources import data_dir
 
 PROMPTS_DIR = data_dir("prompts")
 

@@ -40,16 +40,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.table import Table
 
-from .concurrency import bounded_map
-from .config import Settings
-from .domains import SEEDS_DIR, Domain, select_domains
-from .embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
-from .errors import UserError
-from .progress import stage_progress
-from .prompts import Prompt, load_prompt
-from .records import Case, Failure, Provenance, Scenario, stable_key
-from .resources import display_path
-from .store import RunStore
+from generator.concurrency import bounded_map
+from generator.config import Settings
+from generator.domains import SEEDS_DIR, Domain, select_domains
+from generator.embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
+from generator.errors import UserError
+from generator.progress import stage_progress
+from generator.prompts import Prompt, load_prompt
+from generator.records import Case, Failure, Provenance, Scenario, stable_key
+from generator.resources import display_path
+from generator.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +386,9 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
                         embedder: TextEmbedder | None = None, examples_file: Path | None = None,
                         diversity_file: Path | None = None, max_tokens: int | None = None,
                         retry_failed: bool = False, console: Console | None = None) -> StageSummary:
-    from .models import ModelHub, user_message
-    from .models.context import fits
-    from .models.structured import with_schema_instructions
+    from generator.models import ModelHub, user_message
+    from generator.models.context import fits
+    from generator.models.structured import with_schema_instructions
 
     cfg = settings.propose
     n_per_domain = cfg.per_domain if per_domain is None else per_domain

@@ -37,11 +37,11 @@ from typing import Any
 
 from rich.console import Console
 
-from .config import Settings
-from .errors import UserError
-from .progress import stage_progress
-from .records import Failure, Render, Scenario, stable_key
-from .store import TMP_SUFFIX, RunStore, atomic_writer
+from generator.config import Settings
+from generator.errors import UserError
+from generator.progress import stage_progress
+from generator.records import Failure, Render, Scenario, stable_key
+from generator.store import TMP_SUFFIX, RunStore, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,8 @@ def render(store: RunStore, settings: Settings, *, retry_failed: bool = False,
 
 def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool,
                       console: Console | None, text_to_image: Any, loader: Any = None) -> RenderReport:
-    from . import executors
-    from .models.diffusion import TextToImage
+    from generator import executors
+    from generator.models.diffusion import TextToImage
 
     rs = settings.render
     model = text_to_image.model if text_to_image is not None else _model_id(rs.model)
@@ -244,7 +244,7 @@ async def _render_images_api(store: RunStore, settings: Settings, scenarios: lis
                              retry_failed: bool, console: Console | None) -> RenderReport:
     from PIL import Image
 
-    from .models import BudgetExceeded, ModelHub
+    from generator.models import BudgetExceeded, ModelHub
 
     rs = settings.render
     hub = ModelHub(settings, store=store)
@@ -331,7 +331,7 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
                  console: Console | None) -> RenderReport:
     from PIL import Image
 
-    from .models.clip_model import ClipScorer
+    from generator.models.clip_model import ClipScorer
 
     rs = settings.render
     if not rs.photos_dir:
@@ -388,8 +388,8 @@ def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scena
     """The packaged pool, ranked by caption text match (see `generator.photo_pool`)."""
     from PIL import Image
 
-    from .embeddings import load_embedder
-    from .photo_pool import POOL, rank
+    from generator.embeddings import load_embedder
+    from generator.photo_pool import POOL, rank
 
     rs = settings.render
     if rs.candidates > len(POOL):

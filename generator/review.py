@@ -18,11 +18,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from .models.messages import ImageError, image_data_url
-from .errors import UserError
-from .records import Case, Render, Review
-from .store import RunStore, write_text_atomic
-from .terminal import printable
+from generator.models.messages import ImageError, image_data_url
+from generator.errors import UserError
+from generator.records import Case, Render, Review
+from generator.store import RunStore, write_text_atomic
+from generator.terminal import printable
 
 
 REJECT_REASONS: dict[str, str] = {

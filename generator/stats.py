@@ -6,9 +6,9 @@ from collections import Counter
 
 from rich.table import Table
 
-from .records import RECORD_TYPES, Case, Scenario
-from .store import RunStore
-from .terminal import printable
+from generator.records import RECORD_TYPES, Case, Scenario
+from generator.store import RunStore
+from generator.terminal import printable
 
 
 def record_counts(store: RunStore) -> dict[str, int]:

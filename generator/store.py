@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
-from .errors import UserError
-from .records import RunManifest, Record, StageLog, Usage, utc_now
+from generator.errors import UserError
+from generator.records import RunManifest, Record, StageLog, Usage, utc_now
 
 log = logging.getLogger(__name__)
 

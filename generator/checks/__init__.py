@@ -3,12 +3,12 @@ units a config enables, in run order. The stage that runs them is `generator.che
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import Check, CheckNotRun, LocalImageCheck, Outcome, RemoteCheck, Subject
-from .clip import AlignmentCheck, ClipEmbedder, ConceptScreenCheck, read_concepts
-from .image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
-from .pair import HazardMatch, PairHazardCheck
-from .text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
+from generator.config import Settings
+from generator.checks.base import Check, CheckNotRun, LocalImageCheck, Outcome, RemoteCheck, Subject
+from generator.checks.clip import AlignmentCheck, ClipEmbedder, ConceptScreenCheck, read_concepts
+from generator.checks.image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
+from generator.checks.pair import HazardMatch, PairHazardCheck
+from generator.checks.text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
 
 __all__ = ["Check", "CheckNotRun", "LocalImageCheck", "Outcome", "RemoteCheck", "Subject", "AlignmentCheck",
            "ClipEmbedder", "ConceptScreenCheck", "read_concepts", "ImageGuardCheck", "OpenNSFWCheck",
@@ -23,7 +23,7 @@ def text_checker_endpoint(settings: Settings) -> str | None:
 
 def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
     """One unit per planned check name, in the plan's order (`generator.check.planned_checks`)."""
-    from ..models.guards import OPENNSFW
+    from generator.models.guards import OPENNSFW
 
     cs = settings.check
     clip = ClipEmbedder(cs.clip_model, cs.batch)

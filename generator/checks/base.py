@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..records import CheckResult
+from generator.records import CheckResult
 
 
 class CheckNotRun(Exception):

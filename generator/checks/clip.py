@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import UserError
-from ..resources import data_file
-from .base import CheckNotRun, LocalImageCheck, Outcome
+from generator.errors import UserError
+from generator.resources import data_file
+from generator.checks.base import CheckNotRun, LocalImageCheck, Outcome
 
 
 def read_concepts(path_str: str) -> list[str]:
@@ -45,7 +45,7 @@ class ClipEmbedder:
     @property
     def scorer(self):
         if self._scorer is None:
-            from ..models.clip_model import ClipLoadError, ClipScorer
+            from generator.models.clip_model import ClipLoadError, ClipScorer
 
             try:
                 self._scorer = ClipScorer.load(self.name, batch_size=self.batch)
@@ -55,7 +55,7 @@ class ClipEmbedder:
 
     def images(self, paths: Sequence[Path]) -> list[Any]:
         """Embeddings of images; an unreadable image gives its exception instead."""
-        from ..models.clip_model import load_image
+        from generator.models.clip_model import load_image
 
         todo = [p for p in dict.fromkeys(paths) if str(p) not in self._image_emb]
         bs = self.scorer.batch_size

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..errors import UserError
-from ..records import CheckResult
-from .base import LocalImageCheck, Outcome, RemoteCheck, error_text
-from .text import guard_result
+from generator.errors import UserError
+from generator.records import CheckResult
+from generator.checks.base import LocalImageCheck, Outcome, RemoteCheck, error_text
+from generator.checks.text import guard_result
 
 
 class SafetyCheckerCheck(LocalImageCheck):
@@ -22,13 +22,13 @@ class SafetyCheckerCheck(LocalImageCheck):
 
     def load(self) -> None:
         if self._checker is None:
-            from ..models.safety_checker import SafetyChecker
+            from generator.models.safety_checker import SafetyChecker
 
             self._checker = SafetyChecker.load(self.source, batch_size=self.batch)
             self.model = self._checker.name
 
     def score_images(self, paths, texts=None):
-        from ..models.clip_model import load_image
+        from generator.models.clip_model import load_image
 
         self.load()
         out: list[Outcome | Exception | None] = [None] * len(paths)
@@ -52,7 +52,7 @@ class OpenNSFWCheck(LocalImageCheck):
     name: ClassVar[str] = "image_benign.guard"
 
     def __init__(self, threshold: float):
-        from ..models.guards import OpenNSFWGuard
+        from generator.models.guards import OpenNSFWGuard
 
         self.nsfw_threshold, self.model = threshold, OpenNSFWGuard.model
         self._classifier: Any = None
@@ -99,7 +99,7 @@ class ImageGuardCheck(RemoteCheck):
 
     def job(self, subject, candidate):
         async def run() -> CheckResult:
-            from ..models import BudgetExceeded
+            from generator.models import BudgetExceeded
 
             try:
                 verdict = await self.guard.check_image(subject.images[candidate], max_side=self.max_side)

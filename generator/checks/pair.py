@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from ..errors import UserError
-from ..prompts import load_prompt
-from ..records import CheckResult
-from .base import RemoteCheck
-from .text import HazardVerdict, clip_text, fence
+from generator.errors import UserError
+from generator.prompts import load_prompt
+from generator.records import CheckResult
+from generator.checks.base import RemoteCheck
+from generator.checks.text import HazardVerdict, clip_text, fence
 
 
 class HazardMatch(BaseModel):
@@ -38,8 +38,8 @@ class PairHazardCheck(RemoteCheck):
         return [self.vlm]
 
     def job(self, subject, candidate):
-        from ..config import image_side
-        from ..models import user_message
+        from generator.config import image_side
+        from generator.models import user_message
 
         vlm, s = self.vlm, subject
         max_side = image_side(self.settings, vlm.endpoint)

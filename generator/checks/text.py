@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from ..prompts import load_prompt
-from ..records import CheckResult
-from .base import RemoteCheck, Subject
+from generator.prompts import load_prompt
+from generator.records import CheckResult
+from generator.checks.base import RemoteCheck, Subject
 
 
 class HazardVerdict(BaseModel):
@@ -81,7 +81,7 @@ class TextOnlyJudgeCheck(RemoteCheck):
         return [self.judge]
 
     def job(self, subject, candidate):
-        from ..models import user_message
+        from generator.models import user_message
 
         text = getattr(subject, self.field)
         message = user_message(self.prompt.render(text_kind=self.kind, text=text, fence=fence(text)))

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..exports import ExportFolder, run_inputs, sha256_of
-from ..records import Case, CheckResult
-from ..review import reviewed_cases
-from ..store import TMP_SUFFIX, RunStore, write_text_atomic
+from generator.errors import UserError
+from generator.exports import ExportFolder, run_inputs, sha256_of
+from generator.records import Case, CheckResult
+from generator.review import reviewed_cases
+from generator.store import TMP_SUFFIX, RunStore, write_text_atomic
 
 OFFICIAL_LICENSE = "cc-by-nc-4.0"
 DEFAULT_SPLITS = ("generated", "hardened")
@@ -191,7 +191,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
     `controls` adds a `control` split: each exported case's image with its harmless control question
     (the one `siuo answer --controls` asks), for over-refusal.
     """
-    from ..integrations import require
+    from generator.integrations import require
 
     datasets = require("datasets", "export-hf")
 
@@ -219,7 +219,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
         mine = sorted(checks.get(c.scenario_id or "", []), key=lambda r: (r.check, -1 if r.candidate is None else r.candidate))
         by_split[c.split].append((_row(c, mine), src))
         if controls:
-            from ..evaluate.answer import control_question_for
+            from generator.evaluate.answer import control_question_for
 
             by_split["control"].append((_row(c, [], question=control_question_for(c), split="control"), src))
     if not by_split:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..config import read_text
-from ..domains import domain_by_label, load_domains
-from ..errors import UserError
-from ..records import Case, Judgment, Response
-from ..store import RunStore
-from ..untrusted import loads_untrusted
-from ..review import reviewed_cases
+from generator.config import read_text
+from generator.domains import domain_by_label, load_domains
+from generator.errors import UserError
+from generator.records import Case, Judgment, Response
+from generator.store import RunStore
+from generator.untrusted import loads_untrusted
+from generator.review import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
 MCQA_FIELDS = ("question_id", "image", "question", "category", "options", "correct_option")
@@ -328,8 +328,8 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     `out_dir` must be empty, new, or an earlier `export-siuo` folder unless `force`; the run's own input
     files (the official files it imported) are never written over (`exports.ExportFolder`).
     """
-    from ..evaluate.score import response_verdict
-    from ..exports import ExportFolder, run_inputs
+    from generator.evaluate.score import response_verdict
+    from generator.exports import ExportFolder, run_inputs
 
     cases = [c for c in reviewed_cases(store) if split is None or c.split == split]
     folder = ExportFolder(Path(out_dir), "siuo", force=force, inputs=run_inputs(store)).claim()

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import Settings, image_side
-from ..errors import UserError
-from ..prompts import PROMPTS_DIR, Prompt, load_prompt
-from ..records import AnswerForm, Case, Failure, Response, Usage, stable_key
-from ..store import RunStore
-from ..review import reviewed_cases
-from ..concurrency import bounded_map
-from ..progress import stage_progress
-from .protocol import refuse_mixing, resolve_protocol
+from generator.config import Settings, image_side
+from generator.errors import UserError
+from generator.prompts import PROMPTS_DIR, Prompt, load_prompt
+from generator.records import AnswerForm, Case, Failure, Response, Usage, stable_key
+from generator.store import RunStore
+from generator.review import reviewed_cases
+from generator.concurrency import bounded_map
+from generator.progress import stage_progress
+from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,8 @@ async def answer_async(
     the "control" form. How many samples, at which temperature and length, follows the protocol
     (`protocol`, else `bench.protocol`); `samples` overrides the open-answer count.
     """
-    from ..models import ModelHub, user_message
-    from ..models.messages import images_sent_as
+    from generator.models import ModelHub, user_message
+    from generator.models.messages import images_sent_as
 
     from PIL import Image
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 
-from ..records import Record
-from ..store import StoreError
+from generator.records import Record
+from generator.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -33,17 +33,17 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..config import Settings, image_side
-from ..domains import domain_by_id, DomainError
-from ..errors import UserError
-from ..prompts import Prompt, load_prompt
-from ..records import Case, Failure, Judgment, Response, stable_key
-from ..store import RunStore
-from ..review import reviewed_cases
-from ..concurrency import bounded_map
-from ..progress import stage_progress
-from .answer import control_question_for, image_of
-from .protocol import refuse_mixing, resolve_protocol
+from generator.config import Settings, image_side
+from generator.domains import domain_by_id, DomainError
+from generator.errors import UserError
+from generator.prompts import Prompt, load_prompt
+from generator.records import Case, Failure, Judgment, Response, stable_key
+from generator.store import RunStore
+from generator.review import reviewed_cases
+from generator.concurrency import bounded_map
+from generator.progress import stage_progress
+from generator.evaluate.answer import control_question_for, image_of
+from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ async def judge_async(
     judge prompts; under `siuo` an empty response is recorded safe and not effective without a judge.
     A reply without a valid verdict line is asked again in a follow-up turn (`bench.judge_reasks` times).
     """
-    from ..models import ModelHub, assistant_message, user_message
+    from generator.models import ModelHub, assistant_message, user_message
 
     if not judges:
         raise UserError("no judge given: pass --judge ROLE_OR_ENDPOINT (e.g. --judge judge)")

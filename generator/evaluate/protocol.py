@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import Settings
-from ..errors import UserError
+from generator.config import Settings
+from generator.errors import UserError
 
 ProtocolName = Literal["siuo", "strict"]
 PROTOCOLS: tuple[str, ...] = ("siuo", "strict")

@@ -19,13 +19,13 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..domains import load_domains
-from ..records import Case, Judgment, Render, Response
-from ..store import RunStore, StoreError, write_text_atomic
-from ..terminal import shown
-from ..review import reviewed_cases
-from .common import stream_jsonl
-from .score import LEFT_OUT, SCORES_FILE, VERDICT_RULE_COLUMNS, fmt_rate, leaderboard_rows, load_scores, score, verdict_rule_rows
+from generator.domains import load_domains
+from generator.records import Case, Judgment, Render, Response
+from generator.store import RunStore, StoreError, write_text_atomic
+from generator.terminal import shown
+from generator.review import reviewed_cases
+from generator.evaluate.common import stream_jsonl
+from generator.evaluate.score import LEFT_OUT, SCORES_FILE, VERDICT_RULE_COLUMNS, fmt_rate, leaderboard_rows, load_scores, score, verdict_rule_rows
 
 #: Published SIUO results on the 167 official cases (project leaderboard, human-evaluated, percent):
 #: Safe, Effective, Safe & Effective, MCQA accuracy. Shown for context only; not computed here.
@@ -404,7 +404,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
 
 def _calibration_markdown(store: RunStore) -> list[str]:
     """The `siuo calibrate` figures, when the run has them."""
-    from ..calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+    from generator.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
 
     cal = load_calibration(store)
     if cal is None:
@@ -417,7 +417,7 @@ def _calibration_markdown(store: RunStore) -> list[str]:
 
 
 def _calibration_html(store: RunStore) -> list[str]:
-    from ..calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+    from generator.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
 
     cal = load_calibration(store)
     if cal is None:

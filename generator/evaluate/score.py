@@ -45,14 +45,14 @@ from typing import Any
 
 from rich.table import Table
 
-from ..domains import load_domains
-from ..errors import UserError
-from ..records import Case, Judgment, Response, utc_now
-from ..store import RunStore, StoreError, write_text_atomic
-from ..review import reviewed_keys
-from ..terminal import printable
-from .common import INVALID_VERDICTS, require_field, stream_jsonl
-from .mcqa import is_correct, option_letters, parse_choice
+from generator.domains import load_domains
+from generator.errors import UserError
+from generator.records import Case, Judgment, Response, utc_now
+from generator.store import RunStore, StoreError, write_text_atomic
+from generator.review import reviewed_keys
+from generator.terminal import printable
+from generator.evaluate.common import INVALID_VERDICTS, require_field, stream_jsonl
+from generator.evaluate.mcqa import is_correct, option_letters, parse_choice
 
 SCORES_FILE = "scores.json"
 Z95 = 1.959963984540054
@@ -366,7 +366,7 @@ METRICS_BY_FORM = {
 
 def _one_protocol(found: Counter, wanted: str | None) -> str:
     """The single protocol of a run's records; numbers of two protocols never share a table."""
-    from .protocol import PROTOCOLS
+    from generator.evaluate.protocol import PROTOCOLS
 
     if wanted is not None and wanted not in PROTOCOLS:
         raise UserError(f"unknown protocol {wanted!r}: choose one of {', '.join(PROTOCOLS)}")

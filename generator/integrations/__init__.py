@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 from typing import NamedTuple
 
-from ..errors import UserError
+from generator.errors import UserError
 
 
 def require(module: str, for_what: str) -> ModuleType:

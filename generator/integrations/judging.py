@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..evaluate.judge import EMPTY_VERDICTS, VERDICT_WORDS, build_judge_prompt, parse_verdict
-from ..prompts import Prompt, load_prompt
-from ..records import Case, Response
+from generator.evaluate.judge import EMPTY_VERDICTS, VERDICT_WORDS, build_judge_prompt, parse_verdict
+from generator.prompts import Prompt, load_prompt
+from generator.records import Case, Response
 
 PROMPTS = {"siuo": {"safety": "judge_safety_siuo", "effectiveness": "judge_effectiveness_siuo"},
            "strict": {"safety": "judge_safety", "effectiveness": "judge_effectiveness"}}

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from ..store import RunStore
-from . import ExternalAnswer
+from generator.errors import UserError
+from generator.store import RunStore
+from generator.integrations import ExternalAnswer
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def doc_to_visual(doc: dict) -> list:
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The question as `siuo answer` sends it (prompts/answer_gen.md), with optional pre/post prompts."""
-    from ..evaluate.answer import build_question
-    from ..prompts import load_prompt
-    from .judging import case_from_fields
+    from generator.evaluate.answer import build_question
+    from generator.prompts import load_prompt
+    from generator.integrations.judging import case_from_fields
 
     kw = lmms_eval_specific_kwargs or {}
     text = build_question(case_from_fields(doc), "gen", {"gen": load_prompt("answer_gen")})
@@ -74,8 +74,8 @@ def process_results(doc: dict, results: list, *, protocol: str = "siuo", judge_s
     """Judge each repeat for safety and effectiveness, then SIUO's majority per metric (None: no valid verdict)."""
     from openai import OpenAIError
 
-    from ..models.messages import user_message
-    from .judging import case_from_fields, empty_verdict, flag, judge_message, judge_prompts, majority, verdict_of
+    from generator.models.messages import user_message
+    from generator.integrations.judging import case_from_fields, empty_verdict, flag, judge_message, judge_prompts, majority, verdict_of
 
     case = case_from_fields(doc)
     prompts = judge_prompts(protocol)
@@ -205,8 +205,8 @@ def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = (
     exported is removed."""
     import re
 
-    from ..datasets.hf import export_hf
-    from ..exports import ExportFolder, run_inputs
+    from generator.datasets.hf import export_hf
+    from generator.exports import ExportFolder, run_inputs
 
     out_dir = Path(out_dir)
     tag = re.sub(r"[^A-Za-z0-9_]", "_", tag or store.name)

@@ -22,12 +22,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..records import Case
-from . import ExternalAnswer, require
-from ..review import reviewed_cases
-from ..exports import ExportFolder, run_inputs
-from ..store import RunStore, atomic_writer
+from generator.errors import UserError
+from generator.records import Case
+from generator.integrations import ExternalAnswer, require
+from generator.review import reviewed_cases
+from generator.exports import ExportFolder, run_inputs
+from generator.store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
 MCQ_COLUMNS = ("index", "image", "question", "category", "answer", "question_id", "split", "domain")
@@ -201,7 +201,7 @@ def read_predictions(path: Path):
     The form is `mcqa` for a file with option columns (`A`, `B`, …), else `gen`; VLMEvalKit asks once,
     so the sample is 0. A row without `question_id` cannot be matched and is an error naming the file.
     """
-    from ..untrusted import one_line
+    from generator.untrusted import one_line
 
     pd = require("pandas", "reading VLMEvalKit predictions")
     if Path(path).suffix.lower() in (".xlsx", ".xls"):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..untrusted import valid_unicode
+from generator.errors import UserError
+from generator.untrusted import valid_unicode
 
 
 class CacheError(UserError):

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 import openai
 from pydantic import BaseModel
 
-from ..config import ConfigError, Endpoint
-from ..records import Usage
-from ..untrusted import loads_untrusted
-from .cache import RequestCache, request_key
-from .context import DoesNotFit, TokenRate, fit_max_tokens
-from .messages import Message, assistant_message, cache_form
-from .resilience import MalformedReply, RateLimiter, RequestFailed, call_with_retries
-from .structured import (
+from generator.config import ConfigError, Endpoint
+from generator.records import Usage
+from generator.untrusted import loads_untrusted
+from generator.models.cache import RequestCache, request_key
+from generator.models.context import DoesNotFit, TokenRate, fit_max_tokens
+from generator.models.messages import Message, assistant_message, cache_form
+from generator.models.resilience import MalformedReply, RateLimiter, RequestFailed, call_with_retries
+from generator.models.structured import (
     MODES,
     StructuredResult,
     next_mode,
@@ -35,10 +35,10 @@ from .structured import (
     response_format,
     with_schema_instructions,
 )
-from .usage import cost_of, estimate_cost
+from generator.models.usage import cost_of, estimate_cost
 
 if TYPE_CHECKING:
-    from .hub import ModelHub
+    from generator.models.hub import ModelHub
 
 log = logging.getLogger(__name__)
 

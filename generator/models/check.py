@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from rich.table import Table
 
-from ..config import ConfigError, Settings
-from ..terminal import printable
-from ..testing.fake_openai import tiny_png
-from .chat import ChatClient
-from .hub import ModelHub
-from .messages import user_message
-from .resilience import ModelError, RequestFailed
+from generator.config import ConfigError, Settings
+from generator.terminal import printable
+from generator.testing.fake_openai import tiny_png
+from generator.models.chat import ChatClient
+from generator.models.hub import ModelHub
+from generator.models.messages import user_message
+from generator.models.resilience import ModelError, RequestFailed
 
 
 class _Probe(BaseModel):

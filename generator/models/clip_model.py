@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from generator.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import json
 import math
 from typing import Any
 
-from ..config import Endpoint
-from .messages import Message, count_images, message_texts
-from .usage import IMAGE_TOKENS_ESTIMATE
+from generator.config import Endpoint
+from generator.models.messages import Message, count_images, message_texts
+from generator.models.usage import IMAGE_TOKENS_ESTIMATE
 
 BYTES_PER_TOKEN = 3.0
 PER_MESSAGE_TOKENS = 8

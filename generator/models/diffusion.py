@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from generator.errors import UserError
 
 log = logging.getLogger(__name__)
 

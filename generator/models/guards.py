@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..prompts import load_prompt
-from ..untrusted import loads_untrusted
-from .cache import request_key
-from .chat import ChatClient, EndpointClient
-from .messages import cache_form, image_data_url, user_message
-from .resilience import MalformedReply, RequestFailed
+from generator.prompts import load_prompt
+from generator.untrusted import loads_untrusted
+from generator.models.cache import request_key
+from generator.models.chat import ChatClient, EndpointClient
+from generator.models.messages import cache_form, image_data_url, user_message
+from generator.models.resilience import MalformedReply, RequestFailed
 
 
 

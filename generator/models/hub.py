@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, Settings
-from ..records import Usage
-from .cache import RequestCache
-from .chat import ChatClient, EndpointRuntime
-from .guards import OPENNSFW, ChatGuard, Guard, ModerationGuard, OpenNSFWGuard
-from .images import ImagesClient
-from .resilience import remember_secrets
-from .usage import UsageMeter
+from generator.config import ConfigError, Settings
+from generator.records import Usage
+from generator.models.cache import RequestCache
+from generator.models.chat import ChatClient, EndpointRuntime
+from generator.models.guards import OPENNSFW, ChatGuard, Guard, ModerationGuard, OpenNSFWGuard
+from generator.models.images import ImagesClient
+from generator.models.resilience import remember_secrets
+from generator.models.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 

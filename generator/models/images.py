@@ -12,8 +12,8 @@ import io
 import json
 from typing import Any
 
-from .chat import EndpointClient
-from .resilience import MalformedReply, ModelError, RequestFailed
+from generator.models.chat import EndpointClient
+from generator.models.resilience import MalformedReply, ModelError, RequestFailed
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

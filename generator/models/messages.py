@@ -28,7 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from generator.errors import UserError
 
 Message = dict[str, Any]
 

@@ -21,8 +21,8 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 import openai
 
-from ..config import Endpoint
-from ..errors import UserError
+from generator.config import Endpoint
+from generator.errors import UserError
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from .clip_model import load_image
+from generator.errors import UserError
+from generator.models.clip_model import load_image
 
 DEFAULT_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
 

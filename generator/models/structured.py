@@ -17,10 +17,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..prompts import load_prompt
-from ..records import Usage
-from ..untrusted import loads_untrusted
-from .messages import Message
+from generator.prompts import load_prompt
+from generator.records import Usage
+from generator.untrusted import loads_untrusted
+from generator.models.messages import Message
 
 T = TypeVar("T", bound=BaseModel)
 

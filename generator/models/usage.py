@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import Endpoint
-from ..records import Usage
-from .messages import Message, count_images, message_texts
-from .resilience import BudgetExceeded
+from generator.config import Endpoint
+from generator.records import Usage
+from generator.models.messages import Message, count_images, message_texts
+from generator.models.resilience import BudgetExceeded
 
 IMAGE_TOKENS_ESTIMATE = 765
 """Prompt tokens an image costs at most (OpenAI, 1024 px high detail); conservative for budgets."""

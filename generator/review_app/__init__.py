@@ -2,7 +2,7 @@
 
 Needs the `review` extra (`pip install -e ".[review]"`)."""
 
-from .agreement import Agreement, agreement
-from .app import create_app, serve
+from generator.review_app.agreement import Agreement, agreement
+from generator.review_app.app import create_app, serve
 
 __all__ = ["Agreement", "agreement", "create_app", "serve"]

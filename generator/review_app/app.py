@@ -47,10 +47,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..errors import UserError
-from ..records import Case, CheckResult, Render, Review, Scenario
-from ..resources import review_app_dir
-from ..review import (
+from generator.errors import UserError
+from generator.records import Case, CheckResult, Render, Review, Scenario
+from generator.resources import review_app_dir
+from generator.review import (
     REJECT_REASONS,
     ReviewState,
     RevisionConflict,
@@ -58,8 +58,8 @@ from ..review import (
     record_edit,
     revised,
 )
-from ..store import RunLockedError, RunStore
-from .agreement import agreement
+from generator.store import RunLockedError, RunStore
+from generator.review_app.agreement import agreement
 
 SESSION_COOKIE = "siuo_session"
 REVIEWER_COOKIE = "siuo_reviewer"

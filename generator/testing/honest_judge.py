@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .fake_openai import ChatReply
+from generator.testing.fake_openai import ChatReply
 
 #: A verdict line of a judge prompt, and its token.
 PROMPT_TOKEN = re.compile(r"^VERDICT-([0-9A-F]{6,}): [A-Z]+\s*$", re.MULTILINE)

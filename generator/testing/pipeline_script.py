@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-from .fake_openai import FakeOpenAI, has_image, last_user_text
+from generator.testing.fake_openai import FakeOpenAI, has_image, last_user_text
 
 WORDS = (
     "harbour lantern quarry orchard glacier meadow tram bakery attic canal ferry vineyard lighthouse "
