@@ -29,7 +29,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from generator.datasets.hf import export_hf
+    from generator.interop.hf import export_hf
     from generator.records import Case
     from generator.store import RunStore
 

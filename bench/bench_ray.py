@@ -1,6 +1,6 @@
 """Render throughput: the local executor vs Ray Data actor pools, same model, same run, same seeds (not a test).
 
-Each side runs the real `render` stage (`generator.render.render`) on a fresh run of N scenarios and is
+Each side runs the real `render` stage (`generator.render.stage.render`) on a fresh run of N scenarios and is
 timed wall-clock from the call to the last record written, model loading included (the local side loads
 once in this process; each Ray actor loads its own copy, which is what scaling out costs). The Ray
 instance is started once before the timings (its start-up is printed, not counted). Every side's images
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from generator import executors
     from generator.config import Settings
     from generator.records import Render, Scenario
-    from generator.render import render
+    from generator.render.stage import render
     from generator.store import RunStore
     from generator.testing.tiny_models import IMAGE_SIZE, save_sd_pipeline
 

@@ -84,7 +84,7 @@ def make_settings(base_url: str, concurrency: int | None):
 
 
 def make_run(root: Path, name: str, images: Path, limit: int | None):
-    from generator.datasets.siuo import import_siuo
+    from generator.interop.siuo import import_siuo
     from generator.records import Case
     from generator.store import RunStore
 

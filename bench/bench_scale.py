@@ -31,7 +31,7 @@ from bench_runner import SIUO_DIR, make_settings, start_server  # noqa: E402
 
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
-"""Real colour photographs of the offline photo pool (generator/photo_pool.py): the realistic kind of case image."""
+"""Real colour photographs of the offline photo pool (generator/render/photo_pool.py): the realistic kind of case image."""
 
 
 def make_inputs(root: Path, cases: int, size: int, noise: bool = False) -> tuple[Path, Path]:
@@ -51,7 +51,7 @@ def make_inputs(root: Path, cases: int, size: int, noise: bool = False) -> tuple
     rng = np.random.default_rng(0)
     photos = []
     if size > 1 and not noise:
-        from generator.photo_pool import POOL
+        from generator.render.photo_pool import POOL
 
         photos = [Image.open(p.path()).convert("RGB") for p in POOL if p.name in PHOTOS]
     for i in range(distinct):
@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
     """One configuration: import, answer, judge; prints a JSON line with its figures."""
     import asyncio
 
-    from generator.datasets.siuo import import_siuo
+    from generator.interop.siuo import import_siuo
     from generator.evaluate.answer import answer_async
     from generator.evaluate.judge import judge_async
     from generator.store import RunStore

@@ -36,7 +36,7 @@ COPIED = ("generator", "prompts", "configs", "seeds", "tests", "pyproject.toml")
 
 SCORE, JUDGE, MCQA, PROTOCOL, EXPORT = (
     "generator/evaluate/score.py", "generator/evaluate/judge.py", "generator/evaluate/mcqa.py",
-    "generator/evaluate/protocol.py", "generator/datasets/siuo.py",
+    "generator/evaluate/protocol.py", "generator/interop/siuo.py",
 )
 # The fast tests that cover each file (the 167-case end-to-end runs are left out: minutes each).
 UNIT_BENCH = tuple(f"tests/test_bench_runner.py::{name}" for name in (

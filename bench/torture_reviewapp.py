@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from generator.records import Case, Review
-from generator.review import ReviewState
+from generator.cases import ReviewState
 from generator.testing.review_run import free_port, make_review_run
 
 

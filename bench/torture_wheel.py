@@ -45,7 +45,7 @@ def probes(t) -> None:
         return
     names = zipfile.ZipFile(wheel).namelist()
     prompts = [n for n in names if n.startswith("generator/_data/prompts/") and n.endswith(".md")]
-    pages = [n for n in names if n.startswith("generator/review_app/templates/")]
+    pages = [n for n in names if n.startswith("generator/review/templates/")]
     t.rows.append(("wheel", "wheel file list", f"{len(prompts)} prompt .md, {len(pages)} review templates",
                    bool(prompts) and bool(pages)))
 

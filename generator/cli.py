@@ -95,7 +95,7 @@ def import_siuo_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Import the official SIUO files as Case records of a run."""
-    from generator.datasets.siuo import read_official, write_import
+    from generator.interop.siuo import read_official, write_import
     from generator.store import RunStore
 
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
@@ -115,7 +115,7 @@ def export_siuo_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write a run's cases (and responses) back in the official SIUO format."""
-    from generator.datasets.siuo import export_siuo
+    from generator.interop.siuo import export_siuo
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -137,7 +137,7 @@ def export_hf_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
-    from generator.datasets.hf import export_hf, push_to_hub as push
+    from generator.interop.hf import export_hf, push_to_hub as push
     from generator.store import RunStore
 
     result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license,
@@ -162,7 +162,7 @@ def export_vlmevalkit_cmd(
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
 ) -> None:
     """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
-    from generator.integrations.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
+    from generator.interop.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
     from generator.store import RunStore
 
     result = export_vlmevalkit(RunStore.open(run, create=False), out, tuple(splits), tag=name, force=force)
@@ -185,7 +185,7 @@ def export_lmms_eval_cmd(
 ) -> None:
     """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
     from generator.evaluate.protocol import PROTOCOLS
-    from generator.integrations.lmms_eval import export_lmms_eval
+    from generator.interop.lmms_eval import export_lmms_eval
     from generator.store import RunStore
 
     if protocol not in PROTOCOLS:
@@ -213,7 +213,7 @@ def import_responses_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
-    from generator.integrations.responses_in import import_responses
+    from generator.interop.responses_in import import_responses
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -243,7 +243,7 @@ def propose_cmd(
 ) -> None:
     """Ask an LLM for new SIUO cases per safety domain; near-duplicates are kept but marked."""
     from generator.config import load_settings
-    from generator.propose import propose
+    from generator.generate.propose import propose
     from generator.store import RunStore
 
     settings = load_settings(config)
@@ -271,7 +271,7 @@ def harden_cmd(
 ) -> None:
     """Make harder variants of existing cases, one per (case, strategy)."""
     from generator.config import load_settings
-    from generator.harden import harden
+    from generator.generate.harden import harden
     from generator.store import RunStore
 
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
@@ -313,7 +313,7 @@ def render_cmd(
 ) -> None:
     """Render (or pick from a photo folder) image candidates for the run's scenarios."""
     from generator.config import load_settings
-    from generator.render import render
+    from generator.render.stage import render
     from generator.store import RunStore
 
     settings = _with_executor(load_settings(config), executor)
@@ -339,7 +339,7 @@ def check_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Check each scenario: image and text benign alone, image aligned, the pair carrying the hazard."""
-    from generator.check import check
+    from generator.checks.stage import check
     from generator.config import load_settings
     from generator.store import RunStore
 
@@ -362,7 +362,7 @@ def calibrate_cmd(
     """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
     from rich.table import Table
 
-    from generator.calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
+    from generator.checks.calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
     from generator.config import load_settings
     from generator.store import RunStore
 
@@ -389,7 +389,7 @@ def calibrate_cmd(
 @clean_errors
 def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool = WaitOpt) -> None:
     """Write the cases that passed every enabled check, and the filter report."""
-    from generator.accept import REPORT_FILE, accept
+    from generator.checks.accept import REPORT_FILE, accept
     from generator.config import load_settings
     from generator.records import Case
     from generator.store import RunStore
@@ -418,13 +418,14 @@ def review_cmd(
     wait: bool = WaitOpt,
 ) -> None:
     """Accept / reject / edit the accepted cases: in the browser (--serve), the terminal, or an HTML sheet."""
-    from generator.review import review_interactive, write_review_sheet
+    from generator.review.terminal import review_interactive
+    from generator.review.sheet import write_review_sheet
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     if serve:
         try:
-            from generator.review_app import serve as serve_app
+            from generator.review import serve as serve_app
         except ImportError as exc:
             raise UserError(f"the review app needs the `review` extra (pip install -e \".[review]\"): {exc}") from None
         shown_host = f"[{host}]" if ":" in host else host
@@ -581,7 +582,7 @@ def init_cmd(
 @clean_errors
 def stats_cmd(run: str = RunOpt) -> None:
     """Counts per domain and per record type."""
-    from generator.stats import stats_tables
+    from generator.inventory import stats_tables
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -610,7 +611,7 @@ def models_check_cmd(
     import asyncio
 
     from generator.config import load_settings
-    from generator.models.check import check_endpoints, check_table
+    from generator.models.probe import check_endpoints, check_table
 
     rows = asyncio.run(check_endpoints(load_settings(config), endpoint or None))
     Console().print(check_table(rows))

@@ -24,7 +24,7 @@ from rich.table import Table
 from generator.config import Settings
 from generator.errors import UserError
 from generator.manifest import record_run_context
-from generator.stats import record_counts
+from generator.inventory import record_counts
 from generator.store import RunStore
 from generator.terminal import printable
 
@@ -50,7 +50,7 @@ def _import(store: RunStore, settings: Settings, console: Console) -> None:
     if src is None:
         console.print("[dim]import: no [pipeline.siuo] files configured, skipped[/]")
         return
-    from generator.datasets.siuo import import_siuo
+    from generator.interop.siuo import import_siuo
 
     report = import_siuo(
         store,
@@ -63,31 +63,31 @@ def _import(store: RunStore, settings: Settings, console: Console) -> None:
 
 
 def _propose(store: RunStore, settings: Settings, console: Console) -> None:
-    from generator.propose import propose
+    from generator.generate.propose import propose
 
     propose(store, settings, domains=settings.pipeline.domains, console=console)
 
 
 def _harden(store: RunStore, settings: Settings, console: Console) -> None:
-    from generator.harden import harden
+    from generator.generate.harden import harden
 
     harden(store, settings, limit=settings.pipeline.harden_limit, console=console)
 
 
 def _render(store: RunStore, settings: Settings, console: Console) -> None:
-    from generator.render import render
+    from generator.render.stage import render
 
     render(store, settings, console=console)
 
 
 def _check(store: RunStore, settings: Settings, console: Console) -> None:
-    from generator.check import check
+    from generator.checks.stage import check
 
     check(store, settings, console=console)
 
 
 def _accept(store: RunStore, settings: Settings, console: Console) -> None:
-    from generator.accept import accept
+    from generator.checks.accept import accept
 
     accept(store, settings)
 

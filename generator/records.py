@@ -233,7 +233,7 @@ class Review(Record):
     note: str = ""
     reviewer: str = ""
     reason: str | None = None
-    """Why a case was rejected: one of `generator.review.REJECT_REASONS` (free text goes in `note`)."""
+    """Why a case was rejected: one of `generator.cases.REJECT_REASONS` (free text goes in `note`)."""
     revision: int = 0
     """A decision: the case revision it was made on (0: as generated). An edit: the revision it creates."""
     question: str | None = None

@@ -7,7 +7,7 @@ Where they live:
   `generator/_data/`. So an installed wheel reads `generator/_data/<kind>/...`, and a checkout (an
   editable install, or `PYTHONPATH=.`) has no `_data` and reads the top-level folders. Package data is
   looked at first so that a wheel never picks up an unrelated `prompts/` lying next to site-packages.
-- The review app's `templates/` and `static/` already sit inside `generator/review_app/` and ship as
+- The review app's `templates/` and `static/` already sit inside `generator/review/` and ship as
   package data as they are.
 
 Paths are real files: Jinja's loader and Starlette's StaticFiles want directories, and records name the
@@ -59,4 +59,4 @@ def display_path(path: str | Path) -> str:
 
 def review_app_dir(name: str) -> Path:
     """The review app's `templates` or `static` folder."""
-    return _package_dir("review_app", name) or Path(__file__).resolve().parent / "review_app" / name
+    return _package_dir("review", name) or Path(__file__).resolve().parent / "review" / name

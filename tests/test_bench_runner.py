@@ -23,15 +23,10 @@ from generator.evaluate.answer import answer, control_question_for, load_control
 from generator.evaluate.judge import (NEUTRALISED, build_judge_prompt, judge, judgment_key, make_fence,
                                       neutralise_verdicts, parse_verdict, verdict_token)
 from generator.evaluate.report import report
-from generator.evaluate.score import (
-    cohen_kappa,
-    compute_scores,
-    fleiss_kappa,
-    response_verdict,
-    wilson_interval,
-)
+from generator.evaluate.score import compute_scores, response_verdict
+from generator.statistics import cohen_kappa, fleiss_kappa, wilson_interval
 from generator.cli import app
-from generator.datasets.siuo import import_siuo
+from generator.interop.siuo import import_siuo
 from generator.prompts import load_prompt
 from generator.records import Case, Failure, Judgment, Response
 from generator.store import RunStore

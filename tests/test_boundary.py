@@ -14,10 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from generator.cli import EXIT_FAILED_RECORDS, _scrubbing, app
-from generator.datasets.siuo import read_official, write_import
+from generator.interop.siuo import read_official, write_import
 from generator.evaluate.answer import answer
 from generator.evaluate.score import score, score_tables
-from generator.integrations.responses_in import import_responses
+from generator.interop.responses_in import import_responses
 from generator.models.cache import RequestCache
 from generator.models.structured import parse_structured
 from generator.records import Case, Response
@@ -259,7 +259,7 @@ def test_a_target_name_with_markup_and_escapes_shows_literally_in_the_score_tabl
 
 
 def test_an_endpoint_error_in_the_models_check_table_shows_literally():
-    from generator.models.check import EndpointCheck, check_table
+    from generator.models.probe import EndpointCheck, check_table
 
     console = Console(record=True, width=300, force_terminal=True)
     console.print(check_table([EndpointCheck(name="[red]e", kind="chat", model="m", reachable=False,

@@ -17,9 +17,9 @@ from PIL import Image
 from siuo_data import have_official, siuo_items
 from typer.testing import CliRunner
 
-from generator.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate
+from generator.checks.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibrate
 from generator.cli import app
-from generator.datasets.siuo import import_siuo
+from generator.interop.siuo import import_siuo
 from generator.errors import UserError
 from generator.evaluate.report import render_html, render_markdown
 from generator.records import Case, CheckResult, Review, Scenario

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from generator.accept import REPORT_FILE, accept, mcqa_options, question_id
-from generator.check import check, read_concepts
+from generator.checks.accept import REPORT_FILE, accept, mcqa_options, question_id
+from generator.checks.stage import check, read_concepts
 from generator.cli import app
 from generator.errors import UserError
 from generator.evaluate.report import check_notices

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generator.check import planned_checks
+from generator.checks.stage import planned_checks
 from generator.checks import (AlignmentCheck, ConceptScreenCheck, ImageGuardCheck, LocalImageCheck, OpenNSFWCheck,
                               PairHazardCheck, RemoteCheck, Subject, TextGuardCheck, TextOnlyJudgeCheck, build_units)
 from generator.testing.tiny_models import save_clip

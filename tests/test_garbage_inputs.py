@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.datasets.siuo import GEN_FIELDS
+from generator.interop.siuo import GEN_FIELDS
 from generator.store import RunStore
 
 _runs = itertools.count()

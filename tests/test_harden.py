@@ -9,10 +9,10 @@ import pytest
 from siuo_data import siuo_items
 
 from generator.domains import domain_by_label
-from generator.embeddings import HashingEmbedder
+from generator.models.embeddings import HashingEmbedder
 from generator.errors import UserError
-from generator.harden import HardenedModel, harden, load_strategies
-from generator.propose import propose
+from generator.generate.harden import HardenedModel, harden, load_strategies
+from generator.generate.propose import propose
 from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 

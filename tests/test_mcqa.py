@@ -123,7 +123,7 @@ def test_correctness_counts_only_clean_reads():
 
 
 def test_wilson_bounds_are_exact_at_the_extremes():
-    from generator.evaluate.score import wilson_interval
+    from generator.statistics import wilson_interval
 
     for n in range(1, 60):
         assert wilson_interval(n, n)[1] == 1.0

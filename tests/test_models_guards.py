@@ -191,7 +191,7 @@ def test_opennsfw_image_guard_passes_real_benign_photos_with_a_score(fake_openai
     """`image_guard = "opennsfw"` needs no endpoint; real packaged photos are not flagged, and the score
     (NSFW probability, category `sexual`) is recorded."""
     from generator.config import settings_from_dict
-    from generator.photo_pool import POOL
+    from generator.render.photo_pool import POOL
 
     settings = fake_openai.settings(cache=False, image_guard="opennsfw")
     # the config reader accepts the reserved name without an [endpoints] entry
@@ -217,7 +217,7 @@ def test_opennsfw_image_guard_passes_real_benign_photos_with_a_score(fake_openai
 
 
 def test_opennsfw_threshold_decides_the_flag(fake_openai):
-    from generator.photo_pool import POOL
+    from generator.render.photo_pool import POOL
 
     settings = fake_openai.settings(cache=False, image_guard="opennsfw")
     settings.check.opennsfw_threshold = 0.0  # everything is at or above 0: flagged

@@ -16,11 +16,10 @@ from siuo_data import siuo_items
 
 from generator.config import settings_from_dict
 from generator.domains import domain_by_label, load_domains
-from generator.embeddings import HashingEmbedder, NearDuplicateIndex, TextEmbedder
+from generator.models.embeddings import HashingEmbedder, NearDuplicateIndex, TextEmbedder
 from generator.errors import UserError
-from generator.propose import (
-    EXAMPLES_FILE, ProposalModel, choose_examples, dedup_text, load_diversity, load_example_scenarios, propose,
-)
+from generator.generate.propose import ProposalModel, propose
+from generator.generate.seeds import EXAMPLES_FILE, choose_examples, dedup_text, load_diversity, load_example_scenarios
 from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import last_user_text
@@ -326,7 +325,7 @@ def test_seed_examples_are_well_formed():
 
 def test_minilm_embedder_loads_offline_and_separates_paraphrases():
     """The real default embedder, once: a model folder shipped in a PyPI package, no hub."""
-    from generator.embeddings import load_embedder
+    from generator.models.embeddings import load_embedder
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     emb = load_embedder("minilm")

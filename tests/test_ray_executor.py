@@ -17,11 +17,11 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from generator import executors  # noqa: E402
-from generator.check import check  # noqa: E402
+from generator.checks.stage import check  # noqa: E402
 from generator.config import Settings  # noqa: E402
 from generator.models.diffusion import TextToImage  # noqa: E402
 from generator.records import CheckResult, Render, Scenario  # noqa: E402
-from generator.render import render  # noqa: E402
+from generator.render.stage import render  # noqa: E402
 from generator.store import RunStore  # noqa: E402
 from generator.testing.ray_faults import DiesOnceLoader  # noqa: E402
 from generator.testing.tiny_models import save_clip, save_safety_checker, save_sd_pipeline  # noqa: E402

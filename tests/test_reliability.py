@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 from generator.records import Case
-from generator.review import write_review_sheet
+from generator.review.sheet import write_review_sheet
 from generator.store import TMP_SUFFIX, RunLockedError, RunStore, atomic_writer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from generator.errors import UserError
 from generator.models.clip_model import ClipScorer
 from generator.models.diffusion import ModelLoadError, TextToImage
 from generator.records import Failure, Render, Scenario
-from generator.render import candidate_seed, image_name, render, write_png_atomic
+from generator.render.stage import candidate_seed, image_name, render, write_png_atomic
 from generator.store import RunStore
 from generator.testing.fake_openai import Fault
 from generator.testing.tiny_models import save_clip, save_sd_pipeline
@@ -309,7 +309,7 @@ def test_picked_pool_photos_are_copied_into_the_run_once_per_file(tmp_path, fake
     """Render records used to point into site-packages: the review app (serving only files inside the run)
     showed a broken image on every case, and a rebuilt venv broke the run. Now every path is a
     content-addressed copy inside the run folder, and two cases picking the same photo share one file."""
-    from generator.photo_pool import POOL
+    from generator.render.photo_pool import POOL
 
     store = RunStore.open("r", root=tmp_path / "outputs")
     # two scenarios that both want the cat (candidate 0): the same photo, picked twice

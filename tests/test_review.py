@@ -8,7 +8,9 @@ from PIL import Image
 from rich.console import Console
 
 from generator.records import Case, Review
-from generator.review import pending_cases, review_interactive, reviewed_cases, write_review_sheet
+from generator.cases import pending_cases, reviewed_cases
+from generator.review.terminal import review_interactive
+from generator.review.sheet import write_review_sheet
 from generator.store import RunStore
 
 

@@ -14,15 +14,15 @@ pytest.importorskip("starlette", reason="the review app needs the `review` extra
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from generator.datasets.hf import export_hf  # noqa: E402
-from generator.datasets.siuo import export_siuo  # noqa: E402
+from generator.interop.hf import export_hf  # noqa: E402
+from generator.interop.siuo import export_siuo  # noqa: E402
 from generator.errors import UserError  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
 from generator.store import RunStore  # noqa: E402
-from generator.review import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
-from generator.evaluate.score import cohen_kappa, fleiss_kappa  # noqa: E402
-from generator.review_app import create_app, serve  # noqa: E402
-from generator.review_app.agreement import agreement  # noqa: E402
+from generator.cases import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
+from generator.statistics import cohen_kappa, fleiss_kappa  # noqa: E402
+from generator.review import create_app, serve  # noqa: E402
+from generator.review.agreement import agreement  # noqa: E402
 from generator.testing.review_run import make_review_run  # noqa: E402
 
 
@@ -349,7 +349,7 @@ def test_a_save_or_decision_from_an_older_page_is_a_conflict_and_records_nothing
 
 
 def test_record_functions_refuse_a_stale_base_revision(run):
-    from generator.review import RevisionConflict
+    from generator.cases import RevisionConflict
 
     case = run.read(Case)[0]
     record_edit(run, case, "ana", question="first", base_revision=0)

@@ -20,7 +20,7 @@ if chromium_path() is None:  # pragma: no cover - CI installs it (scripts/setup.
     pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)",
                 allow_module_level=True)
 
-from generator.datasets.siuo import export_siuo  # noqa: E402
+from generator.interop.siuo import export_siuo  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
 from generator.testing.browser import chromium  # noqa: E402
 from generator.testing.review_run import XSS_QUESTION, make_review_run, served  # noqa: E402

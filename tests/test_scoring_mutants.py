@@ -7,7 +7,7 @@ import json
 
 from PIL import Image
 
-from generator.datasets.siuo import export_siuo
+from generator.interop.siuo import export_siuo
 from generator.evaluate.mcqa import is_correct, parse_choice
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore

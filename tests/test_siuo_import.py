@@ -12,7 +12,7 @@ from siuo_data import needs_official, siuo_files
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.datasets.siuo import (
+from generator.interop.siuo import (
     FAILED_ANSWER,
     MISSING_ANSWER,
     SiuoFormatError,

@@ -448,7 +448,7 @@ def test_safe_and_effective_needs_both_dimensions_valid(tmp_path):
 
 
 def test_a_rejected_case_is_never_scored(tmp_path):
-    from generator.review import record_decision
+    from generator.cases import record_decision
 
     kept, rejected = _case("1"), _case("2")
     store = _store(tmp_path, "rejected", [kept, rejected])

@@ -24,7 +24,7 @@ from generator.testing.review_run import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("generator", "prompts", "seeds", "configs", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md")
 DATA = ("prompts", "seeds", "configs")
-REVIEW_PAGES = ("generator/review_app/templates", "generator/review_app/static")
+REVIEW_PAGES = ("generator/review/templates", "generator/review/static")
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -70,7 +70,7 @@ def test_the_wheel_carries_prompts_seeds_configs_and_review_pages(wheel):
     for folder in REVIEW_PAGES:
         expected = {p.relative_to(ROOT).as_posix() for p in files_under(ROOT / folder)}
         assert expected and expected <= names, sorted(expected - names)
-    assert "generator/_data/prompts/propose.md" in names and "generator/review_app/static/review.css" in names
+    assert "generator/_data/prompts/propose.md" in names and "generator/review/static/review.css" in names
 
 
 @pytest.mark.slow
@@ -127,7 +127,7 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
         assert page is not None, f"the review app never answered: {server.stdout.read() if server.poll() is not None else ''}"
         assert page.status_code == 200 and "Question 0" in page.text and 'href="/static/review.css"' in page.text
         css = httpx.get(f"{base}/static/review.css", timeout=5)
-        assert css.status_code == 200 and css.text == (ROOT / "generator/review_app/static/review.css").read_text()
+        assert css.status_code == 200 and css.text == (ROOT / "generator/review/static/review.css").read_text()
     finally:
         server.terminate()
         server.wait(timeout=30)

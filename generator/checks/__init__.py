@@ -1,5 +1,5 @@
 """The check units, one per check (see `base` for the interface), and `build_units`, which makes the
-units a config enables, in run order. The stage that runs them is `generator.check`."""
+units a config enables, in run order. The stage that runs them is `generator.checks.stage`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def text_checker_endpoint(settings: Settings) -> str | None:
 
 
 def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
-    """One unit per planned check name, in the plan's order (`generator.check.planned_checks`)."""
+    """One unit per planned check name, in the plan's order (`generator.checks.stage.planned_checks`)."""
     from generator.models.guards import OPENNSFW
 
     cs = settings.check

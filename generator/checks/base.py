@@ -1,5 +1,5 @@
 """One interface for every check: a unit knows what it looks at and how to turn a model's answer into a
-`CheckResult`; the stage driver (`generator.check`) decides what to run, in which order, and writes.
+`CheckResult`; the stage driver (`generator.checks.stage`) decides what to run, in which order, and writes.
 
 Two kinds of unit, because they run differently:
 

@@ -24,7 +24,7 @@ from generator.errors import UserError
 from generator.prompts import PROMPTS_DIR, Prompt, load_prompt
 from generator.records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from generator.store import RunStore
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.concurrency import bounded_map
 from generator.progress import stage_progress
 from generator.evaluate.protocol import refuse_mixing, resolve_protocol

@@ -39,7 +39,7 @@ from generator.errors import UserError
 from generator.prompts import Prompt, load_prompt
 from generator.records import Case, Failure, Judgment, Response, stable_key
 from generator.store import RunStore
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.concurrency import bounded_map
 from generator.progress import stage_progress
 from generator.evaluate.answer import control_question_for, image_of

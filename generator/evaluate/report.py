@@ -23,7 +23,7 @@ from generator.domains import load_domains
 from generator.records import Case, Judgment, Render, Response
 from generator.store import RunStore, StoreError, write_text_atomic
 from generator.terminal import shown
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.evaluate.common import stream_jsonl
 from generator.evaluate.score import LEFT_OUT, SCORES_FILE, VERDICT_RULE_COLUMNS, fmt_rate, leaderboard_rows, load_scores, score, verdict_rule_rows
 
@@ -404,7 +404,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
 
 def _calibration_markdown(store: RunStore) -> list[str]:
     """The `siuo calibrate` figures, when the run has them."""
-    from generator.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+    from generator.checks.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
 
     cal = load_calibration(store)
     if cal is None:
@@ -417,7 +417,7 @@ def _calibration_markdown(store: RunStore) -> list[str]:
 
 
 def _calibration_html(store: RunStore) -> list[str]:
-    from generator.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
+    from generator.checks.calibrate import MEANING, curve_tables, input_lines, load_calibration, summary_table
 
     cal = load_calibration(store)
     if cal is None:

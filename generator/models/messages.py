@@ -23,7 +23,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import struct
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -283,3 +285,15 @@ def count_images(messages: list[Message]) -> int:
         if isinstance(content, list):
             n += sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
     return n
+
+
+def tiny_png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A valid solid-colour PNG made with the standard library only (the endpoint probe sends one; tests use it)."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes(rgb) * width
+    raw = row * height
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")

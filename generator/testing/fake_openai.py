@@ -22,15 +22,15 @@ import base64
 import collections
 import json
 import socket
-import struct
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Union
+
+from generator.models.messages import tiny_png
 
 ChatReply = Union[str, "Fault", list]
 """What a chat script returns: one text (copied to every `n` choice), a list of texts (one per choice),
@@ -114,18 +114,6 @@ def prompt_words(body: dict) -> int:
         if isinstance(content, list):
             n += 85 * sum(1 for p in content if isinstance(p, dict) and p.get("type") == "image_url")
     return n
-
-
-def tiny_png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    """A valid solid-colour PNG made with the standard library only."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    row = b"\x00" + bytes(rgb) * width
-    raw = row * height
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _default_chat(body: dict) -> ChatReply:

@@ -74,7 +74,7 @@ def served(store: RunStore, token: str | None = None) -> Iterator[str]:
     """The review app for `store` on 127.0.0.1 in a thread; yields its base URL, stops it after."""
     import uvicorn
 
-    from generator.review_app import create_app
+    from generator.review import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(store, token), host="127.0.0.1", port=port, log_level="warning"))

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.datasets.siuo import export_siuo
-from generator.exports import MARKER
+from generator.interop.siuo import export_siuo
+from generator.interop.export_folder import MARKER
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 
@@ -163,7 +163,7 @@ def _loaded_ids(folder: pathlib.Path) -> list[str]:
 
 def test_two_exports_in_folders_of_the_same_name_load_their_own_rows(tmp_path):
     """The measured hole: `load_dataset("b/hf")` returned run A's 10 rows (the cache knew the folder by name)."""
-    from generator.datasets.hf import export_hf
+    from generator.interop.hf import export_hf
 
     pytest.importorskip("datasets")
     a, b = _run_with("ra", 10, tmp_path / "outputs"), _run_with("rb", 4, tmp_path / "outputs")
@@ -185,7 +185,7 @@ class Killed(BaseException):
 
 
 def test_export_hf_killed_at_any_step_leaves_the_old_or_the_new_export_whole(tmp_path, monkeypatch):
-    import generator.datasets.hf as hf
+    import generator.interop.hf as hf
 
     pytest.importorskip("datasets")
     store = _run_with("rk", 3, tmp_path / "outputs")
@@ -234,7 +234,7 @@ def test_export_hf_killed_at_any_step_leaves_the_old_or_the_new_export_whole(tmp
 
 
 def test_a_marker_written_by_hand_cannot_steer_a_delete_outside_the_folder(interop_run, tmp_path):
-    from generator.exports import sha256_of
+    from generator.interop.export_folder import sha256_of
 
     out = tmp_path / "x"
     assert _invoke("export-siuo", "--run", "interop", "--out", out).exit_code == 0

@@ -51,7 +51,7 @@ def test_vlmevalkit_tsv_round_trips_any_text_through_pandas(interop_run, tmp_pat
     pd = pytest.importorskip("pandas")
     from pandas._libs.parsers import STR_NA_VALUES
 
-    from generator.integrations.vlmevalkit import export_vlmevalkit
+    from generator.interop.vlmevalkit import export_vlmevalkit
 
     cases = _write_texts(interop_run, texts)
     out = tmp_path_factory.mktemp("lmu")
@@ -76,7 +76,7 @@ def test_vlmevalkit_tsv_round_trips_any_text_through_pandas(interop_run, tmp_pat
 @given(texts=st.lists(st.fixed_dictionaries({f: TEXT for f in FIELDS}), min_size=1, max_size=6),
        responses=st.lists(TEXT, min_size=1, max_size=3))
 def test_siuo_json_round_trips_any_text(interop_run, tmp_path_factory, texts, responses):
-    from generator.datasets.siuo import export_siuo
+    from generator.interop.siuo import export_siuo
     from generator.records import Response
 
     cases = _write_texts(interop_run, texts)
@@ -95,7 +95,7 @@ def test_siuo_json_round_trips_any_text(interop_run, tmp_path_factory, texts, re
 @given(path=TEXT.filter(lambda t: t), run_texts=TEXT)
 def test_lmms_eval_task_yaml_round_trips_any_dataset_path(path, run_texts):
     """Any folder name (a `#`, line breaks, quotes) reads back whole through lmms-eval's own YAML loader."""
-    from generator.integrations.lmms_eval import dump_yaml, task_yaml
+    from generator.interop.lmms_eval import dump_yaml, task_yaml
 
     text = task_yaml(task="siuo_t_generated", split="generated", run="r", dataset_path=path, repeats=3, protocol="siuo")
     data = _load_lmms_yaml(text)
@@ -141,7 +141,7 @@ def test_export_lmms_eval_into_a_folder_named_with_a_hash_reads_back_whole(inter
 def test_hf_export_round_trips_any_text_through_load_dataset(interop_run, tmp_path_factory, texts):
     """Few examples: each one builds a dataset (slow). `datasets` reads the parquet strings as written."""
     datasets = pytest.importorskip("datasets")
-    from generator.datasets.hf import export_hf
+    from generator.interop.hf import export_hf
 
     cases = _write_texts(interop_run, texts)
     out = tmp_path_factory.mktemp("hf") / "ds"  # the same name every time: the cache must not confuse them

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.datasets.hf import export_hf, features
+from generator.interop.hf import export_hf, features
 from generator.records import Case
 
 datasets = pytest.importorskip("datasets")

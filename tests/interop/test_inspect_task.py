@@ -46,7 +46,7 @@ def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(
     from inspect_ai.log import read_eval_log
     from inspect_ai.model import get_model
 
-    from generator.integrations.inspect_task import siuo
+    from generator.interop.inspect_task import siuo
 
     _script(fake_openai)
     model = get_model("openai/fake-model", base_url=fake_openai.base_url, api_key="test-key",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from generator.integrations.lmms_eval import doc_to_text, process_results, rate
+from generator.interop.lmms_eval import doc_to_text, process_results, rate
 from generator.testing.fake_openai import Fault, last_user_text
 from generator.testing.honest_judge import follows_format
 

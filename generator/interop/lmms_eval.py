@@ -26,7 +26,7 @@ import yaml
 
 from generator.errors import UserError
 from generator.store import RunStore
-from generator.integrations import ExternalAnswer
+from generator.interop import ExternalAnswer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
     """The question as `siuo answer` sends it (prompts/answer_gen.md), with optional pre/post prompts."""
     from generator.evaluate.answer import build_question
     from generator.prompts import load_prompt
-    from generator.integrations.judging import case_from_fields
+    from generator.interop.judging import case_from_fields
 
     kw = lmms_eval_specific_kwargs or {}
     text = build_question(case_from_fields(doc), "gen", {"gen": load_prompt("answer_gen")})
@@ -75,7 +75,7 @@ def process_results(doc: dict, results: list, *, protocol: str = "siuo", judge_s
     from openai import OpenAIError
 
     from generator.models.messages import user_message
-    from generator.integrations.judging import case_from_fields, empty_verdict, flag, judge_message, judge_prompts, majority, verdict_of
+    from generator.interop.judging import case_from_fields, empty_verdict, flag, judge_message, judge_prompts, majority, verdict_of
 
     case = case_from_fields(doc)
     prompts = judge_prompts(protocol)
@@ -119,7 +119,7 @@ def rate(values: list) -> float:
 UTILS = '''"""lmms-eval functions for a SIUO-style split exported by siuo-generator (needs it installed:
 `pip install siuo-generator`). The judge: SIUO_JUDGE_BASE_URL, SIUO_JUDGE_MODEL, and the key in the variable
 SIUO_JUDGE_API_KEY_ENV names (default OPENAI_API_KEY)."""
-from generator.integrations import lmms_eval as _siuo
+from generator.interop import lmms_eval as _siuo
 
 PROTOCOL = {protocol!r}
 JUDGE_SEES_IMAGE = {judge_sees_image!r}
@@ -205,8 +205,8 @@ def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = (
     exported is removed."""
     import re
 
-    from generator.datasets.hf import export_hf
-    from generator.exports import ExportFolder, run_inputs
+    from generator.interop.hf import export_hf
+    from generator.interop.export_folder import ExportFolder, run_inputs
 
     out_dir = Path(out_dir)
     tag = re.sub(r"[^A-Za-z0-9_]", "_", tag or store.name)

@@ -1,7 +1,7 @@
 """Stage `accept`: the scenarios that passed every enabled check become benchmark `Case`s (cases.jsonl),
 and a filter report says how many fell at each check, per domain (a table + filter_report.json).
 
-Why "fell at": the checks run as a funnel (see `generator.check`), so each rejected scenario is counted
+Why "fell at": the checks run as a funnel (see `generator.checks.stage`), so each rejected scenario is counted
 once, at the first check family (in run order) it did not pass. A family can fail three ways, reported
 apart: `failed` (the check ran and said no), `error` (the check could not run: a model error, an
 unreadable image; never a pass) and `missing` (never ran: e.g. `siuo check` not run since a new
@@ -22,12 +22,12 @@ from typing import Any
 
 from rich.table import Table
 
-from generator.check import blocks, chosen_candidate, family_status, planned_checks, required_families
+from generator.checks.stage import blocks, chosen_candidate, family_status, planned_checks, required_families
 from generator.config import Settings
 from generator.domains import domain_by_id, domain_by_label
 from generator.errors import UserError
 from generator.records import Case, CheckResult, Render, Scenario, stable_key
-from generator.review import ReviewState
+from generator.cases import ReviewState
 from generator.store import RunStore, write_text_atomic
 
 STAGE = "accept"

@@ -9,7 +9,7 @@ Parents: the run's own fresh proposals (Scenarios with status `ok` and no parent
 `from_run` the Case records of another run, such as the imported official set. A variant's
 `parent_id` is the parent Scenario's key, or the parent Case's `question_id`; its `strategy` names the
 strategy. Unit of work: (parent, strategy), keyed `sc-<stable_key("harden", fingerprint, parent, strategy,
-strategy text)>` like propose (see generator.propose), so a re-run asks nothing that is done.
+strategy text)>` like propose (see generator.generate.propose), so a re-run asks nothing that is done.
 Variants are not de-duplicated against their parents (they are meant to be close); a variant that
 repeats its parent's question and image unchanged is recorded as a Failure instead.
 """
@@ -31,13 +31,12 @@ from generator.config import Settings, read_toml
 from generator.domains import domain_by_id
 from generator.errors import UserError
 from generator.prompts import PROMPTS_DIR, load_prompt
-from generator.propose import (
-    ProposalModel, StageSummary, done_work_keys, record_manifest, run_stage_requests,
-)
+from generator.generate.propose import ProposalModel
+from generator.generate.stage import StageSummary, done_work_keys, record_manifest, run_stage_requests
 from generator.records import Case, Failure, Provenance, Scenario, stable_key
 from generator.resources import display_path
 from generator.store import RunStore
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 
 STAGE = "harden"
 STRATEGIES_FILE = PROMPTS_DIR / "harden_strategies.toml"

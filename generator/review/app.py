@@ -50,16 +50,9 @@ from starlette.templating import Jinja2Templates
 from generator.errors import UserError
 from generator.records import Case, CheckResult, Render, Review, Scenario
 from generator.resources import review_app_dir
-from generator.review import (
-    REJECT_REASONS,
-    ReviewState,
-    RevisionConflict,
-    record_decision,
-    record_edit,
-    revised,
-)
+from generator.cases import REJECT_REASONS, ReviewState, RevisionConflict, record_decision, record_edit, revised
 from generator.store import RunLockedError, RunStore
-from generator.review_app.agreement import agreement
+from generator.review.agreement import agreement
 
 SESSION_COOKIE = "siuo_session"
 REVIEWER_COOKIE = "siuo_reviewer"

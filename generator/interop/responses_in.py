@@ -16,10 +16,10 @@ from pathlib import Path
 
 from generator.errors import UserError
 from generator.records import Case, Response
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.store import RunStore
 from generator.untrusted import one_line, valid_unicode
-from generator.integrations import ExternalAnswer, require
+from generator.interop import ExternalAnswer, require
 from generator.evaluate.protocol import PROTOCOLS, refuse_mixing
 
 FORMATS = ("vlmevalkit", "lmms-eval", "inspect")
@@ -34,16 +34,16 @@ MAX_CHARS = 32_000
 def reader(fmt: str) -> Callable[[Path], Iterable[ExternalAnswer]]:
     """The file reader of a format (each imports its framework lazily: they are optional)."""
     if fmt == "vlmevalkit":
-        from generator.integrations.vlmevalkit import read_predictions
+        from generator.interop.vlmevalkit import read_predictions
 
         return read_predictions
     if fmt == "lmms-eval":
-        from generator.integrations.lmms_eval import read_samples
+        from generator.interop.lmms_eval import read_samples
 
         return read_samples
     if fmt == "inspect":
         require("inspect_ai", "--format inspect")
-        from generator.integrations.inspect_task import read_eval_log
+        from generator.interop.inspect_task import read_eval_log
 
         return read_eval_log
     raise UserError(f"--format: unknown format {fmt!r} (use {', '.join(FORMATS)})")

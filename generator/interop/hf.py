@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from generator.errors import UserError
-from generator.exports import ExportFolder, run_inputs, sha256_of
+from generator.interop.export_folder import ExportFolder, run_inputs, sha256_of
 from generator.records import Case, CheckResult
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.store import TMP_SUFFIX, RunStore, write_text_atomic
 
 OFFICIAL_LICENSE = "cc-by-nc-4.0"
@@ -191,7 +191,7 @@ def export_hf(store: RunStore, out_dir: Path, splits: tuple[str, ...] = DEFAULT_
     `controls` adds a `control` split: each exported case's image with its harmless control question
     (the one `siuo answer --controls` asks), for over-refusal.
     """
-    from generator.integrations import require
+    from generator.interop import require
 
     datasets = require("datasets", "export-hf")
 

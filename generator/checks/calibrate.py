@@ -37,11 +37,11 @@ from typing import Any
 
 from rich.console import Console
 
-from generator.check import CheckRunner, planned_checks
+from generator.checks.stage import CheckRunner, planned_checks
 from generator.checks import Subject
 from generator.config import Settings
 from generator.errors import UserError
-from generator.evaluate.score import wilson_interval
+from generator.statistics import wilson_interval
 from generator.records import Case, CheckResult, Provenance, Render, Scenario, utc_now
 from generator.store import RunStore, write_text_atomic
 
@@ -84,7 +84,7 @@ def _image(store: RunStore, case: Case) -> Path | None:
 def known_good_cases(store: RunStore) -> tuple[list[Case], dict[str, str]]:
     """The imported SIUO cases and the generated cases a person accepted, and the image description of
     each case that has one (generated cases: their scenario's)."""
-    from generator.review import ReviewState, reviewed_cases
+    from generator.cases import ReviewState, reviewed_cases
 
     state = ReviewState.load(store)  # accepted: some reviewer accepted it and none rejected it (reviewed_cases)
     cases = [c for c in reviewed_cases(store, state=state) if c.split == "siuo" or
@@ -134,7 +134,7 @@ def unsafe_description_subjects(sub: RunStore, settings: Settings, cases: Sequen
         if s.key not in written:
             sub.append(s)
         scenarios.append((c, s))
-    from generator.render import render
+    from generator.render.stage import render
 
     one = settings.model_copy(update={"render": settings.render.model_copy(update={"candidates": 1})})
     try:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from generator.config import ConfigError, Settings
 from generator.terminal import printable
-from generator.testing.fake_openai import tiny_png
+from generator.models.messages import tiny_png
 from generator.models.chat import ChatClient
 from generator.models.hub import ModelHub
 from generator.models.messages import user_message

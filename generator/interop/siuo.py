@@ -21,7 +21,7 @@ from generator.errors import UserError
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 from generator.untrusted import loads_untrusted
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
 MCQA_FIELDS = ("question_id", "image", "question", "category", "options", "correct_option")
@@ -329,7 +329,7 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     files (the official files it imported) are never written over (`exports.ExportFolder`).
     """
     from generator.evaluate.score import response_verdict
-    from generator.exports import ExportFolder, run_inputs
+    from generator.interop.export_folder import ExportFolder, run_inputs
 
     cases = [c for c in reviewed_cases(store) if split is None or c.split == split]
     folder = ExportFolder(Path(out_dir), "siuo", force=force, inputs=run_inputs(store)).claim()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.embeddings import TextEmbedder
+from generator.models.embeddings import TextEmbedder
 from generator.errors import UserError
 
 

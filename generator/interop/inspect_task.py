@@ -1,6 +1,6 @@
 """An inspect_ai task for a run's split, and inspect `.eval` logs read back as answers.
 
-    inspect eval generator/integrations/inspect_task.py -T run=R -T split=generated \
+    inspect eval generator/interop/inspect_task.py -T run=R -T split=generated \
         --model openai/gpt-4o --model-role grader=openai/gpt-4o
 
 Each case is one user message (the image, then the question as `siuo answer` words it), with domain,
@@ -25,11 +25,11 @@ from inspect_ai.solver import TaskState, generate
 
 from generator.errors import UserError
 from generator.evaluate.answer import build_question, image_of
-from generator.integrations import ExternalAnswer
-from generator.integrations.judging import (case_from_fields, empty_verdict, flag, judge_message, judge_prompts,
+from generator.interop import ExternalAnswer
+from generator.interop.judging import (case_from_fields, empty_verdict, flag, judge_message, judge_prompts,
                                             majority, verdict_of)
 from generator.prompts import load_prompt
-from generator.review import reviewed_cases
+from generator.cases import reviewed_cases
 from generator.store import RunStore
 from generator.untrusted import one_line
 

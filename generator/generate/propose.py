@@ -18,7 +18,7 @@ The seed pool is the Case records of `--seed-run` (e.g. the imported official se
 seeds/examples.jsonl (two hand-written cases per domain). The door's cache gets `sample_index=i`.
 
 Near-duplicates: each proposal's `question + hazard` is embedded (`propose.embedder`, see
-generator.embeddings) and compared with every seed case and every scenario already kept in the run;
+generator.models.embeddings) and compared with every seed case and every scenario already kept in the run;
 at a cosine of `propose.dedup_threshold` or more it is written with status `duplicate`, `duplicate_of`
 and `similarity`, visible, but not passed on. Proposals are committed in request order (requests run
 concurrently, results are taken in order), so which of two near-twins is kept does not depend on timing.
@@ -27,40 +27,32 @@ concurrently, results are taken in order), so which of two near-twins is kept do
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import tomllib
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
-from rich.table import Table
 
-from generator.concurrency import bounded_map
 from generator.config import Settings
-from generator.domains import SEEDS_DIR, Domain, select_domains
-from generator.embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
+from generator.domains import Domain, select_domains
+from generator.models.embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
 from generator.errors import UserError
-from generator.progress import stage_progress
-from generator.prompts import Prompt, load_prompt
-from generator.records import Case, Failure, Provenance, Scenario, stable_key
+from generator.prompts import load_prompt
+from generator.records import Failure, Provenance, Scenario, stable_key
 from generator.resources import display_path
 from generator.store import RunStore
+from generator.generate.seeds import (
+    DIVERSITY_FILE, SeedExample, choose_examples, dedup_text, examples_block, load_diversity, load_seed_pool,
+)
+from generator.generate.stage import StageSummary, done_work_keys, record_manifest, run_stage_requests
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_FILE = SEEDS_DIR / "examples.jsonl"
-DIVERSITY_FILE = SEEDS_DIR / "diversity.toml"
 STAGE = "propose"
 """Cap on one reply's tokens: a case is ~400 tokens; the cap stops a runaway small model (and its cost)."""
-
-
-class SeedError(UserError):
-    """A seed file (examples, diversity) or seed run cannot be used; the message names file, line, field."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,258 +89,6 @@ class ProposalModel(BaseModel):
 
     def scenario_fields(self) -> dict[str, Any]:
         return self.model_dump(include=set(ProposalModel.model_fields))
-
-
-def dedup_text(question: str, hazard: str) -> str:
-    """What two cases are compared on: the question and the hazard it carries with its image.
-
-    The image description is left out on purpose: official seed cases have none, and two cases with the
-    same hazard and near-same question are the same test whatever their picture.
-    """
-    return f"{question.strip()}\n{hazard.strip()}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Seeds: few-shot examples and diversity
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeedExample:
-    """A case shown to the proposer as an example, and a reference for near-duplicate rejection."""
-
-    id: str
-    domain: str
-    fields: dict[str, str]
-    """The fields shown in the prompt (an official case has no image prompt or description)."""
-
-    @property
-    def dedup_text(self) -> str:
-        return dedup_text(self.fields.get("question", ""), self.fields.get("hazard", ""))
-
-    @classmethod
-    def from_scenario(cls, sc: Scenario) -> "SeedExample":
-        keep = ("image_prompt", "image_description", "question", "hazard", "reference_answer")
-        return cls(sc.key, sc.domain, {k: getattr(sc, k) for k in keep})
-
-    @classmethod
-    def from_case(cls, case: Case) -> "SeedExample":
-        return cls(case.key, case.domain, {
-            "question": case.question,
-            "hazard": case.hazard or case.safety_warning,
-            "reference_answer": case.reference_answer,
-        })
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_example_scenarios(path: Path = EXAMPLES_FILE) -> list[Scenario]:
-    """Hand-written example cases (JSONL, Scenario fields), each line validated; errors name line and field."""
-    if not path.is_file():
-        raise SeedError(f"{path}: examples file not found")
-    out: list[Scenario] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(Scenario.model_validate_json(line))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(x) for x in err.get("loc", ())) or "(line)"
-            raise SeedError(f"{path}:{n}: field {loc}: {err.get('msg')}") from None
-    return out
-
-
-@dataclass(frozen=True)
-class SeedPool:
-    """Seed examples by domain, and a fingerprint of where they came from (part of every work key)."""
-
-    by_domain: dict[str, list[SeedExample]]
-    source: str
-
-    @property
-    def all(self) -> list[SeedExample]:
-        return [ex for exs in self.by_domain.values() for ex in exs]
-
-
-def load_seed_pool(store: RunStore, seed_run: str | None = None, examples_file: Path | None = None) -> SeedPool:
-    """Seeds from the Case records of `seed_run` (a run beside `store`), else from the examples file."""
-    by_domain: dict[str, list[SeedExample]] = {}
-    if seed_run:
-        seed_store = RunStore.open(seed_run, root=store.path.parent, create=False)
-        cases = seed_store.read(Case)
-        if not cases:
-            raise SeedError(f"seed run {seed_run!r} has no cases ({seed_store.file_for(Case)} is empty or missing)")
-        for case in cases:
-            by_domain.setdefault(case.domain, []).append(SeedExample.from_case(case))
-        source = f"run:{seed_run}:" + stable_key(sorted(c.key for c in cases))
-    else:
-        path = Path(examples_file or EXAMPLES_FILE)
-        for sc in load_example_scenarios(path):
-            by_domain.setdefault(sc.domain, []).append(SeedExample.from_scenario(sc))
-        source = "file:" + file_sha256(path)[:16]
-    for exs in by_domain.values():
-        exs.sort(key=lambda ex: ex.id)
-    return SeedPool(by_domain, source)
-
-
-def choose_examples(pool: Sequence[SeedExample], index: int, k: int) -> list[SeedExample]:
-    """`k` consecutive examples of the (sorted) pool starting at `index * k`, wrapping: a rotation.
-    A pool no bigger than `k` is shown whole, its order rotated by one per request."""
-    if not pool or k <= 0:
-        return []
-    k = min(k, len(pool))
-    start = (index * k if len(pool) > k else index) % len(pool)
-    return [pool[(start + j) % len(pool)] for j in range(k)]
-
-
-GENERIC_SUBTOPIC = "any everyday situation that fits the domain"
-
-
-@dataclass(frozen=True)
-class Diversity:
-    """Sub-topics per domain, settings and personas (seeds/diversity.toml)."""
-
-    settings: list[str]
-    personas: list[str]
-    subtopics: dict[str, list[str]]
-    sha256: str
-
-    def variation(self, domain_id: str, index: int) -> dict[str, str]:
-        """Sub-topic, setting and persona of request `index` (see the module docstring)."""
-        subtopics = self.subtopics.get(domain_id) or [GENERIC_SUBTOPIC]
-        setting_offset = int(stable_key(domain_id, "setting"), 16)
-        persona_offset = int(stable_key(domain_id, "persona"), 16)
-        return {
-            "subtopic": subtopics[index % len(subtopics)],
-            "setting": self.settings[(index + setting_offset) % len(self.settings)],
-            "persona": self.personas[(index + persona_offset) % len(self.personas)],
-        }
-
-
-def load_diversity(path: Path = DIVERSITY_FILE) -> Diversity:
-    try:  # read here, not with read_toml: the file's hash goes into the records
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except FileNotFoundError:
-        raise SeedError(f"{path}: diversity file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SeedError(f"{path}: not valid TOML: {exc}") from None
-
-    def strings(value: Any, where: str) -> list[str]:
-        if not isinstance(value, list) or not value or not all(isinstance(s, str) and s.strip() for s in value):
-            raise SeedError(f"{path}: {where}: must be a non-empty list of non-empty strings")
-        return [s.strip() for s in value]
-
-    subtopics = data.get("subtopics", {})
-    if not isinstance(subtopics, dict):
-        raise SeedError(f"{path}: subtopics: must be a table of domain id = [list of strings]")
-    return Diversity(
-        settings=strings(data.get("settings"), "settings"),
-        personas=strings(data.get("personas"), "personas"),
-        subtopics={d: strings(v, f"subtopics.{d}") for d, v in subtopics.items()},
-        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-    )
-
-
-def examples_block(examples: Iterable[SeedExample]) -> str:
-    """Examples as JSON lines: untrusted seed text goes into the prompt as quoted data, never as syntax."""
-    return "\n".join(json.dumps(ex.fields, ensure_ascii=False) for ex in examples) or "(no examples)"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Shared by propose and harden: ordered commit, tallies, summary table
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    asked: int = 0
-    written: int = 0
-    failed: int = 0
-    duplicates: int = 0
-    skipped: int = 0
-    """Already done in an earlier run (no request made)."""
-
-
-@dataclass
-class StageSummary:
-    """Counts per group (domain for propose, strategy for harden) of one stage run."""
-
-    stage: str
-    group_label: str
-    groups: dict[str, Tally] = field(default_factory=dict)
-    embedder: str | None = None
-    stopped: str | None = None
-    """Why the run stopped early (e.g. the budget), None when it finished."""
-
-    def tally(self, group: str) -> Tally:
-        return self.groups.setdefault(group, Tally())
-
-    @property
-    def total(self) -> Tally:
-        t = Tally()
-        for g in self.groups.values():
-            t.asked += g.asked
-            t.written += g.written
-            t.failed += g.failed
-            t.duplicates += g.duplicates
-            t.skipped += g.skipped
-        return t
-
-    def counts(self) -> dict[str, int]:
-        t = self.total
-        return {"asked": t.asked, "written": t.written, "failed": t.failed, "duplicates": t.duplicates,
-                "skipped": t.skipped}
-
-    def table(self) -> Table:
-        table = Table(title=f"{self.stage}: {self.total.written} written, rejected {self.total.duplicates} "
-                            f"near-duplicates, {self.total.failed} failed")
-        table.add_column(self.group_label)
-        for col in ("asked", "written", "failed", "duplicates", "already done"):
-            table.add_column(col, justify="right")
-        rows = list(self.groups.items()) + [("total", self.total)]
-        for name, t in rows:
-            table.add_row(name, str(t.asked), str(t.written), str(t.failed), str(t.duplicates), str(t.skipped),
-                          style="bold" if name == "total" else None)
-        return table
-
-
-async def run_stage_requests(store: RunStore, stage: str, label: str, jobs: Sequence[Callable[[], Awaitable[Any]]],
-                             commit: Callable[[int, Any], None], summary: "StageSummary", console: Console | None,
-                             hub: Any, limit: int) -> None:
-    """Run a stage's model requests under its progress bar and stage log (propose, harden), at most
-    `limit` at once, committing results in job order; the counts reach run.json even when the run stops
-    early (budget).
-
-    Why in order: de-duplication decides between near-twins by who came first, and that must not
-    depend on which reply arrived first.
-    """
-    with store.stage(stage) as stage_log, stage_progress(console, hub) as bar:
-        task = bar.add_task(label, total=len(jobs))
-        try:
-            await bounded_map(lambda job: job(), jobs, limit, commit, ordered=True, on_done=lambda: bar.advance(task))
-        finally:
-            stage_log.counts.update(summary.counts())
-
-
-def done_work_keys(store: RunStore, stage: str, retry_failed: bool = False) -> set[str]:
-    """Work already finished by `stage`: scenarios written (their key is the work key) and, unless
-    `retry_failed`, recorded failures (a failure is not asked again by a plain re-run)."""
-    done = store.done_keys(Scenario)
-    if not retry_failed:
-        done |= {f.work_key for f in store.iter_records(Failure) if f.stage == stage}
-    return done
-
-
-def record_manifest(store: RunStore, stage: str, client: Any, prompt: Prompt, extra: dict[str, str]) -> None:
-    with store.update_manifest() as m:
-        m.models[stage] = f"{client.name}:{client.model}"
-        m.prompt_hashes[stage] = prompt.sha256
-        for name, value in extra.items():
-            m.prompt_hashes[name] = value
 
 
 # ----------------------------------------------------------------------------------------------------

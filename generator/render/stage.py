@@ -9,7 +9,7 @@ Three sources, one record shape:
 - `images_api`: an OpenAI-compatible images endpoint through the model door (role `images`).
 - `photos`: a folder of real photos (SIUO's own images are real photos): for each scenario the K photos
   whose CLIP embedding is closest to its `image_description`. With no `photos_dir`, the packaged pool
-  (`generator.photo_pool`: real photos shipped inside installed wheels) is used instead, matched by
+  (`generator.render.photo_pool`: real photos shipped inside installed wheels) is used instead, matched by
   caption text (no CLIP weights needed). Either way a picked photo is copied into the run folder,
   content-addressed (`images/photo-<sha256>.<ext>`, written once per distinct file, atomically), and the
   record points at the copy, with the original in `source`: a run holds every image it uses, so the
@@ -385,11 +385,11 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
 
 
 def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool) -> RenderReport:
-    """The packaged pool, ranked by caption text match (see `generator.photo_pool`)."""
+    """The packaged pool, ranked by caption text match (see `generator.render.photo_pool`)."""
     from PIL import Image
 
-    from generator.embeddings import load_embedder
-    from generator.photo_pool import POOL, rank
+    from generator.models.embeddings import load_embedder
+    from generator.render.photo_pool import POOL, rank
 
     rs = settings.render
     if rs.candidates > len(POOL):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from generator.evaluate.score import cohen_kappa, fleiss_kappa
+from generator.statistics import cohen_kappa, fleiss_kappa
 
 
 @dataclass

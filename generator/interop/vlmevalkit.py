@@ -24,9 +24,9 @@ from pathlib import Path
 
 from generator.errors import UserError
 from generator.records import Case
-from generator.integrations import ExternalAnswer, require
-from generator.review import reviewed_cases
-from generator.exports import ExportFolder, run_inputs
+from generator.interop import ExternalAnswer, require
+from generator.cases import reviewed_cases
+from generator.interop.export_folder import ExportFolder, run_inputs
 from generator.store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")

@@ -1,0 +1,1 @@
+"""The review UIs over the review state in `generator.cases`: terminal loop, static sheet, web app."""
