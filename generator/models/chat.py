@@ -14,20 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
-import openai
 from pydantic import BaseModel
 
-from generator.config import ConfigError, Endpoint
 from generator.records import Usage
 from generator.untrusted import loads_untrusted
-from generator.models.cache import RequestCache, request_key
+from generator.models.cache import request_key
 from generator.models.context import DoesNotFit, TokenRate, fit_max_tokens
+from generator.models.endpoint import EndpointClient, gather_or_cancel
 from generator.models.messages import Message, assistant_message, cache_form
-from generator.models.resilience import MalformedReply, RateLimiter, RequestFailed, call_with_retries
+from generator.models.resilience import MalformedReply, RequestFailed
 from generator.models.structured import (
-    MODES,
     StructuredResult,
     next_mode,
     parse_structured,
@@ -37,16 +35,9 @@ from generator.models.structured import (
 )
 from generator.models.usage import cost_of, estimate_cost
 
-if TYPE_CHECKING:
-    from generator.models.hub import ModelHub
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
-
-NO_KEY_PLACEHOLDER = "no-key"
-"""Sent to endpoints without `api_key_env`: never the user's OPENAI_API_KEY to an arbitrary server."""
-
 
 @dataclass
 class ChatResult:
@@ -66,106 +57,9 @@ class ChatResult:
         return self.error is None and self.text is not None
 
 
-class EndpointRuntime:
-    """What is shared by every client of one endpoint: the HTTP client, the concurrency bound, the
-    rate limiter, and what was learned about the server (`n`, structured-output mode)."""
-
-    def __init__(self, name: str, endpoint: Endpoint, secrets: tuple[str, ...], cache: RequestCache | None):
-        self.name = name
-        self.endpoint = endpoint
-        self.base_url = endpoint.base_url.rstrip("/")
-        self.secrets = secrets
-        self.semaphore = asyncio.Semaphore(endpoint.max_concurrency)
-        self.limiter = RateLimiter(endpoint.requests_per_minute)
-        self.supports_n = endpoint.supports_n
-        self._cache = cache
-        self.token_rate = TokenRate(cache, f"token_rate|{self.base_url}|{endpoint.model}")
-        """Prompt tokens per byte, learnt from replies (and kept in the cache's meta table across stages):
-        sizes prompts for `context_window`."""
-        self._client: openai.AsyncOpenAI | None = None
-        self.structured_mode: str | None = None
-        """The structured-output mode known to work here (None: not yet known, probe in order)."""
-        if endpoint.supports_json_schema is True:
-            self.structured_mode = "json_schema"
-        elif cache is not None:
-            remembered = cache.get_meta(self._mode_meta_name)
-            if remembered in MODES and not (remembered == "json_schema" and endpoint.supports_json_schema is False):
-                self.structured_mode = remembered
-
-    @property
-    def _mode_meta_name(self) -> str:
-        return f"structured_mode|{self.base_url}|{self.endpoint.model}"
-
-    def first_structured_mode(self) -> str:
-        if self.structured_mode:
-            return self.structured_mode
-        return "json_object" if self.endpoint.supports_json_schema is False else "json_schema"
-
-    def remember_structured_mode(self, mode: str) -> None:
-        if self.structured_mode != mode:
-            log.info("endpoint %s: structured output works with %s", self.name, mode)
-            self.structured_mode = mode
-            if self._cache is not None:
-                self._cache.set_meta(self._mode_meta_name, mode)
-
-    @property
-    def client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            key = self.endpoint.api_key()
-            if self.endpoint.api_key_env and not key:
-                raise ConfigError(
-                    f"endpoint {self.name!r}: environment variable {self.endpoint.api_key_env} is not set "
-                    "(it should hold the API key)"
-                )
-            self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=key or NO_KEY_PLACEHOLDER, max_retries=0,
-                timeout=self.endpoint.timeout_s,
-            )
-        return self._client
-
-    def check_key(self) -> None:
-        """Raise ConfigError now (not mid-run) when the endpoint's key variable is missing."""
-        _ = self.client
-
-    async def call(self, make_call: Callable[[], Awaitable[Any]], fail_fast_on_status: bool = False) -> Any:
-        return await call_with_retries(make_call, self.endpoint, self.semaphore, self.limiter, self.secrets,
-                                       fail_fast_on_status=fail_fast_on_status)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
-
-async def gather_or_cancel(*aws: Awaitable[Any]) -> list[Any]:
-    """asyncio.gather that cancels the siblings when one raises (e.g. BudgetExceeded: stop promptly,
-    keep what was written) and waits for them to finish, instead of leaving them running unobserved."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 def _split(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-class EndpointClient:
-    """What every client of one endpoint holds: the hub (cache, budget, usage), the endpoint's runtime
-    (limits, retries), and the key its usage is booked under (the role, `role:endpoint`, or the endpoint)."""
-
-    def __init__(self, hub: "ModelHub", runtime: EndpointRuntime, usage_key: str):
-        self._hub = hub
-        self._rt = runtime
-        self.usage_key = usage_key
-        self.name = runtime.name
-        self.model = runtime.endpoint.model
-        self.endpoint = runtime.endpoint
 
 
 class ChatClient(EndpointClient):

@@ -25,7 +25,8 @@ from typing import Any
 from generator.prompts import load_prompt
 from generator.untrusted import loads_untrusted
 from generator.models.cache import request_key
-from generator.models.chat import ChatClient, EndpointClient
+from generator.models.chat import ChatClient
+from generator.models.endpoint import EndpointClient
 from generator.models.messages import cache_form, image_data_url, user_message
 from generator.models.resilience import MalformedReply, RequestFailed
 

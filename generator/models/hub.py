@@ -15,7 +15,8 @@ from typing import Any
 from generator.config import ConfigError, Settings
 from generator.records import Usage
 from generator.models.cache import RequestCache
-from generator.models.chat import ChatClient, EndpointRuntime
+from generator.models.chat import ChatClient
+from generator.models.endpoint import EndpointRuntime
 from generator.models.guards import OPENNSFW, ChatGuard, Guard, ModerationGuard, OpenNSFWGuard
 from generator.models.images import ImagesClient
 from generator.models.resilience import remember_secrets

@@ -12,7 +12,7 @@ import io
 import json
 from typing import Any
 
-from generator.models.chat import EndpointClient
+from generator.models.endpoint import EndpointClient
 from generator.models.resilience import MalformedReply, ModelError, RequestFailed
 
 

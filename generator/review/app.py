@@ -32,7 +32,6 @@ import secrets
 import threading
 from dataclasses import dataclass
 from hashlib import sha256
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
