@@ -33,8 +33,11 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "generator.testing.fake_openai", "--port", "0",
-                             "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator.testing.fake_openai", "--port", "0", "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     base_url = proc.stdout.readline().strip()
     if not base_url.startswith("http"):
         proc.kill()
@@ -44,19 +47,23 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
 
 async def measure(base_url: str, concurrency: int, requests: int) -> tuple[float, float, int]:
     """(wall seconds, client CPU seconds, failures) for `requests` requests at `concurrency`."""
-    settings = settings_from_dict({
-        "endpoints": {"bench": {"base_url": base_url, "model": "bench-model", "max_concurrency": concurrency,
-                                "timeout_s": 30}},
-        "roles": {"judge": "bench"},
-        "cache": {"enabled": False},
-    })
+    settings = settings_from_dict(
+        {
+            "endpoints": {
+                "bench": {"base_url": base_url, "model": "bench-model", "max_concurrency": concurrency, "timeout_s": 30}
+            },
+            "roles": {"judge": "bench"},
+            "cache": {"enabled": False},
+        }
+    )
     async with ModelHub(settings) as hub:
         client = hub.chat("judge")
         # warm up: open the connections outside the measurement
         await asyncio.gather(*(client.complete([user_message(f"warm {i}")], max_tokens=16) for i in range(concurrency)))
         cpu0, t0 = time.process_time(), time.perf_counter()
-        results = await asyncio.gather(*(client.complete([user_message(f"question number {i}")], max_tokens=16)
-                                         for i in range(requests)))
+        results = await asyncio.gather(
+            *(client.complete([user_message(f"question number {i}")], max_tokens=16) for i in range(requests))
+        )
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     failures = sum(1 for [r] in results if not r.ok)
     return wall, cpu, failures
@@ -73,8 +80,10 @@ def main() -> None:
     try:
         print(f"server {base_url}, latency {args.latency * 1000:.0f} ms, cache off")
         print(f"load average before: {os.getloadavg()[0]:.2f} (other processes share this machine's cores)")
-        print(f"{'conc':>5} {'requests':>8} {'seconds':>8} {'req/s':>8} {'ideal':>8} {'ratio':>6} {'cpu ms/req':>10} "
-              f"{'server ms/req':>13} {'failed':>6}")
+        print(
+            f"{'conc':>5} {'requests':>8} {'seconds':>8} {'req/s':>8} {'ideal':>8} {'ratio':>6} {'cpu ms/req':>10} "
+            f"{'server ms/req':>13} {'failed':>6}"
+        )
         for c in args.concurrency:
             n = args.c1_requests if c == 1 else args.requests
             server0 = process_cpu_seconds(proc.pid)
@@ -82,8 +91,11 @@ def main() -> None:
             server_cpu = (process_cpu_seconds(proc.pid) - server0) / (n + c)  # + the warm-up requests
             rps = n / wall
             ideal = c / args.latency
-            print(f"{c:>5} {n:>8} {wall:>8.2f} {rps:>8.1f} {ideal:>8.1f} {rps / ideal:>6.3f} {cpu / n * 1000:>10.3f} "
-                  f"{server_cpu * 1000:>13.3f} {failed:>6}", flush=True)
+            print(
+                f"{c:>5} {n:>8} {wall:>8.2f} {rps:>8.1f} {ideal:>8.1f} {rps / ideal:>6.3f} {cpu / n * 1000:>10.3f} "
+                f"{server_cpu * 1000:>13.3f} {failed:>6}",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

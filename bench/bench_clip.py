@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> None:
             paths.append(p)
         descriptions = [f"a photo of a rooftop, scene {i}" for i in range(args.images)]
         params = sum(p.numel() for p in scorer.model.parameters())
-        print(f"model: {preset} preset ({params / 1e6:.1f} M parameters, {res}x{res}), device {scorer.device}, "
-              f"torch threads {torch.get_num_threads()}, {args.images} images")
+        print(
+            f"model: {preset} preset ({params / 1e6:.1f} M parameters, {res}x{res}), device {scorer.device}, "
+            f"torch threads {torch.get_num_threads()}, {args.images} images"
+        )
         text = scorer.encode_texts(descriptions)  # the same on both sides; not timed
 
         def sync() -> None:

@@ -38,10 +38,25 @@ def main() -> None:
         rng = np.random.default_rng(0)
         cases = []
         for i in range(args.cases):  # noise PNGs: incompressible, the worst case for shard size
-            Image.fromarray(rng.integers(0, 255, (args.side, args.side, 3), dtype=np.uint8)).save(store.images_dir / f"{i}.png")
-            cases.append(Case(question_id=f"gen-{i}", image=f"{i}.png", image_path=f"images/{i}.png", question="q",
-                              category="c", domain="d", safety_warning="w", hazard="h", reference_answer="a",
-                              split="generated", options={"A": "x", "B": "y"}, correct_option="A"))
+            Image.fromarray(rng.integers(0, 255, (args.side, args.side, 3), dtype=np.uint8)).save(
+                store.images_dir / f"{i}.png"
+            )
+            cases.append(
+                Case(
+                    question_id=f"gen-{i}",
+                    image=f"{i}.png",
+                    image_path=f"images/{i}.png",
+                    question="q",
+                    category="c",
+                    domain="d",
+                    safety_warning="w",
+                    hazard="h",
+                    reference_answer="a",
+                    split="generated",
+                    options={"A": "x", "B": "y"},
+                    correct_option="A",
+                )
+            )
         store.write_all(Case, cases)
         mb = sum(p.stat().st_size for p in store.images_dir.iterdir()) / 1e6
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -60,9 +75,11 @@ def main() -> None:
         n = sum(1 for _ in ds)
         load_s = time.perf_counter() - t
         assert n == args.cases
-        print(f"| {args.cases} cases, {args.side}² noise PNGs, {mb:.0f} MB | copy {copy_s:.2f} s | export {export_s:.2f} s "
-              f"({args.cases / export_s:.0f} cases/s, {mb / export_s:.0f} MB/s, {len(result.shards)} shard(s)) | "
-              f"export ÷ copy {export_s / copy_s:.1f}× | load + iterate {load_s:.2f} s | peak RSS {rss0:.0f} → {rss1:.0f} MB |")
+        print(
+            f"| {args.cases} cases, {args.side}² noise PNGs, {mb:.0f} MB | copy {copy_s:.2f} s | export {export_s:.2f} s "
+            f"({args.cases / export_s:.0f} cases/s, {mb / export_s:.0f} MB/s, {len(result.shards)} shard(s)) | "
+            f"export ÷ copy {export_s / copy_s:.1f}× | load + iterate {load_s:.2f} s | peak RSS {rss0:.0f} → {rss1:.0f} MB |"
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

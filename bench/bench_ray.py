@@ -58,17 +58,38 @@ def main(argv: list[str] | None = None) -> None:
 
     def settings(kind: str, pool: int = 1) -> Settings:
         s = Settings()
-        s.render = s.render.model_copy(update=dict(backend="diffusers", model=str(model), candidates=1, steps=1,
-                                                   batch=args.batch, width=size, height=size, device=args.device))
-        s.executor = s.executor.model_copy(update=dict(kind=kind, address=args.address, pool_size=pool,
-                                                       num_gpus=args.num_gpus, num_cpus=args.num_cpus))
+        s.render = s.render.model_copy(
+            update=dict(
+                backend="diffusers",
+                model=str(model),
+                candidates=1,
+                steps=1,
+                batch=args.batch,
+                width=size,
+                height=size,
+                device=args.device,
+            )
+        )
+        s.executor = s.executor.model_copy(
+            update=dict(kind=kind, address=args.address, pool_size=pool, num_gpus=args.num_gpus, num_cpus=args.num_cpus)
+        )
         return s
 
     def fresh_run(name: str) -> RunStore:
         store = RunStore.open(name, root=work / "runs")
-        store.append_many([Scenario(domain="dangerous-behavior", image_prompt=f"a photo of a rooftop at dusk, scene {i}",
-                                    image_description=f"scene {i}", question=f"q {i}?", hazard=f"h {i}",
-                                    reference_answer="a safe answer") for i in range(args.images)])
+        store.append_many(
+            [
+                Scenario(
+                    domain="dangerous-behavior",
+                    image_prompt=f"a photo of a rooftop at dusk, scene {i}",
+                    image_description=f"scene {i}",
+                    question=f"q {i}?",
+                    hazard=f"h {i}",
+                    reference_answer="a safe answer",
+                )
+                for i in range(args.images)
+            ]
+        )
         return store
 
     def timed(name: str, s: Settings) -> tuple[float, float, RunStore]:
@@ -89,9 +110,11 @@ def main(argv: list[str] | None = None) -> None:
                 out[r.key] = np.asarray(im.convert("RGB")).astype(int)
         return out
 
-    print(f"model: {preset} preset, {size}x{size}, 1 step, device {args.device}, {args.images} images, "
-          f"render.batch {args.batch}; local torch threads {torch.get_num_threads()}, "
-          f"Ray actors {args.num_cpus:g} CPU / {args.num_gpus:g} GPU each; {os.cpu_count()} cores on this machine")
+    print(
+        f"model: {preset} preset, {size}x{size}, 1 step, device {args.device}, {args.images} images, "
+        f"render.batch {args.batch}; local torch threads {torch.get_num_threads()}, "
+        f"Ray actors {args.num_cpus:g} CPU / {args.num_gpus:g} GPU each; {os.cpu_count()} cores on this machine"
+    )
     local_wall, local_compute, local_store = timed("local", settings("local"))
     reference = pixels(local_store)
 
@@ -109,12 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     ray.shutdown()
 
     base = args.images / local_wall
-    print("\n| executor | wall s (model loads included) | images/s | ratio vs local | pipeline s/image where it ran "
-          "| largest pixel diff vs local |")
+    print(
+        "\n| executor | wall s (model loads included) | images/s | ratio vs local | pipeline s/image where it ran "
+        "| largest pixel diff vs local |"
+    )
     print("|---|---|---|---|---|---|")
     for name, wall, compute, diff in rows:
         rate = args.images / wall
         print(f"| {name} | {wall:.1f} | {rate:.2f} | {rate / base:.2f}x | {compute:.3f} | {diff}/255 |")
+
 
 if __name__ == "__main__":
     main()

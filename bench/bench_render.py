@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe.set_progress_bar_config(disable=True)
     t2i = TextToImage(pipe=pipe, model=f"random-{preset}", device=device, dtype=dtype)
     params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters())
-    print(f"model: {preset} preset ({params / 1e6:.1f} M parameters), {size}x{size}, {args.steps} step(s), "
-          f"device {device}, {dtype}, torch threads {torch.get_num_threads()}; built in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"model: {preset} preset ({params / 1e6:.1f} M parameters), {size}x{size}, {args.steps} step(s), "
+        f"device {device}, {dtype}, torch threads {torch.get_num_threads()}; built in {time.perf_counter() - t0:.1f}s"
+    )
 
     prompts = [f"a photo of a rooftop at dusk, scene {i}, city lights below" for i in range(args.images)]
     seeds = list(range(1000, 1000 + args.images))
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     def in_batches() -> list:
         out = []
         for start in range(0, len(prompts), args.batch):
-            out += t2i.generate(prompts[start:start + args.batch], seeds[start:start + args.batch], **kw)
+            out += t2i.generate(prompts[start : start + args.batch], seeds[start : start + args.batch], **kw)
         return out
 
     times: dict[str, float] = {}
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     single, batched = images["single"], images["batched"]
     one_at_a_time, batch_time = times["single"], times["batched"]
 
-    diff = max(int(np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max()) for a, b in zip(single, batched))
+    diff = max(
+        int(np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).max()) for a, b in zip(single, batched)
+    )
     r1, rb = len(prompts) / one_at_a_time, len(prompts) / batch_time
     print(f"(fastest of {args.repeat} interleaved rounds per side)")
     print(f"one at a time : {r1:8.2f} images/s  ({one_at_a_time:.2f}s for {len(prompts)})")

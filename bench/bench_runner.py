@@ -59,7 +59,9 @@ def serve(port: int, latency: float) -> None:
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--latency", str(latency)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     base_url = proc.stdout.readline().strip()
     if not base_url.startswith("http"):
@@ -162,21 +164,31 @@ def main() -> None:
     full = results[f"default ({default_concurrency})"]
     per_request = seq["total_s"] / seq["requests"]
     seq_full = per_request * full["requests"]
-    print(f"loopback server latency {args.latency * 1000:.0f} ms/request; {full['cases']} cases x 3 samples = "
-          f"{full['responses']} responses; {full['requests']} requests per run "
-          f"({full['answer_requests']} answer (n=3 each) + {full['judge_requests']} judge); cache off; {os.cpu_count()} CPU cores")
-    print(f"sequential (max_concurrency=1), timed on {seq['cases']} cases / {seq['requests']} requests: "
-          f"{seq['total_s']:.2f} s = {per_request * 1000:.0f} ms/request -> extrapolated to the full run: {seq_full:.1f} s")
+    print(
+        f"loopback server latency {args.latency * 1000:.0f} ms/request; {full['cases']} cases x 3 samples = "
+        f"{full['responses']} responses; {full['requests']} requests per run "
+        f"({full['answer_requests']} answer (n=3 each) + {full['judge_requests']} judge); cache off; {os.cpu_count()} CPU cores"
+    )
+    print(
+        f"sequential (max_concurrency=1), timed on {seq['cases']} cases / {seq['requests']} requests: "
+        f"{seq['total_s']:.2f} s = {per_request * 1000:.0f} ms/request -> extrapolated to the full run: {seq_full:.1f} s"
+    )
     for label, r in results.items():
-        print(f"concurrent max_concurrency={label}: answer {r['answer_s']:.2f} s + judge {r['judge_s']:.2f} s = "
-              f"{r['total_s']:.2f} s; speed-up vs sequential {seq_full / r['total_s']:.1f}x; errors {r['errors']}")
+        print(
+            f"concurrent max_concurrency={label}: answer {r['answer_s']:.2f} s + judge {r['judge_s']:.2f} s = "
+            f"{r['total_s']:.2f} s; speed-up vs sequential {seq_full / r['total_s']:.1f}x; errors {r['errors']}"
+        )
     naive = full["responses"] * (1 + 2)  # one request per sample, then one per (response, dimension)
-    print(f"(a naive loop asking one sample per request would send {naive} requests: ~{per_request * naive:.0f} s, "
-          f"{per_request * naive / full['total_s']:.1f}x the default-concurrency run)")
+    print(
+        f"(a naive loop asking one sample per request would send {naive} requests: ~{per_request * naive:.0f} s, "
+        f"{per_request * naive / full['total_s']:.1f}x the default-concurrency run)"
+    )
     goal = seq_full / full["total_s"]
-    print(f"goal >= 20x at the default concurrency: {'met' if goal >= 20 else 'NOT met'} ({goal:.1f}x; "
-          f"with at most {default_concurrency} requests in flight per endpoint the ceiling is {default_concurrency}x, "
-          f"so >= 20x needs max_concurrency >= 20 in the endpoint config)")
+    print(
+        f"goal >= 20x at the default concurrency: {'met' if goal >= 20 else 'NOT met'} ({goal:.1f}x; "
+        f"with at most {default_concurrency} requests in flight per endpoint the ceiling is {default_concurrency}x, "
+        f"so >= 20x needs max_concurrency >= 20 in the endpoint config)"
+    )
 
 
 if __name__ == "__main__":

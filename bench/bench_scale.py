@@ -29,7 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_runner import SIUO_DIR, make_settings, start_server  # noqa: E402
 
-
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 """Real colour photographs of the offline photo pool (generator/render/photo_pool.py): the realistic kind of case image."""
 
@@ -68,8 +67,10 @@ def make_inputs(root: Path, cases: int, size: int, noise: bool = False) -> tuple
             img = img.transpose(Image.FLIP_LEFT_RIGHT) if i % 2 else img
             img = ImageEnhance.Brightness(img.resize((size, size), Image.BICUBIC)).enhance(0.8 + 0.05 * (i % 9))
         img.save(path, compress_level=1)
-    items = [{**official[i % len(official)], "question_id": 100000 + i, "image": f"img-{i % distinct:05d}.png"}
-             for i in range(cases)]
+    items = [
+        {**official[i % len(official)], "question_id": 100000 + i, "image": f"img-{i % distinct:05d}.png"}
+        for i in range(cases)
+    ]
     gen = root / f"gen-{cases}.json"
     gen.write_text(json.dumps(items), encoding="utf-8")
     return gen, images
@@ -79,9 +80,9 @@ def child(args: argparse.Namespace) -> None:
     """One configuration: import, answer, judge; prints a JSON line with its figures."""
     import asyncio
 
-    from generator.interop.siuo import import_siuo
     from generator.evaluate.answer import answer_async
     from generator.evaluate.judge import judge_async
+    from generator.interop.siuo import import_siuo
     from generator.store import RunStore
 
     settings = make_settings(args.base_url, None)
@@ -93,10 +94,18 @@ def child(args: argparse.Namespace) -> None:
     t1 = time.perf_counter()
     jud = asyncio.run(judge_async(store, settings, ["judge"], show_progress=False))
     t2 = time.perf_counter()
-    print(json.dumps({"answer_s": t1 - t0, "judge_s": t2 - t1, "requests": ans.cases + jud.requested,
-                      # every reply that did not become a scored record: the bench must not time failures
-                      "errors": ans.errors + sum(jud.verdicts.get(k, 0) for k in ("error", "unparsable", "suspect")),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "answer_s": t1 - t0,
+                "judge_s": t2 - t1,
+                "requests": ans.cases + jud.requested,
+                # every reply that did not become a scored record: the bench must not time failures
+                "errors": ans.errors + sum(jud.verdicts.get(k, 0) for k in ("error", "unparsable", "suspect")),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -116,7 +125,9 @@ def main() -> None:
     from generator.config import Endpoint
 
     concurrency = Endpoint.model_fields["max_concurrency"].default
-    print("| cases | images | latency | answer s | judge s | ms/case | requests | req/s | ÷ C/L | peak RSS MB | errors |")
+    print(
+        "| cases | images | latency | answer s | judge s | ms/case | requests | req/s | ÷ C/L | peak RSS MB | errors |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -127,16 +138,36 @@ def main() -> None:
                     for size in (int(x) for x in args.sizes.split(",")):
                         gen, images = make_inputs(root, cases, size, args.noise)
                         out = subprocess.run(
-                            [sys.executable, __file__, "--child", "--base-url", base_url, "--root", str(root),
-                             "--gen", str(gen), "--images", str(images), "--samples", str(args.samples)],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
+                            [
+                                sys.executable,
+                                __file__,
+                                "--child",
+                                "--base-url",
+                                base_url,
+                                "--root",
+                                str(root),
+                                "--gen",
+                                str(gen),
+                                "--images",
+                                str(images),
+                                "--samples",
+                                str(args.samples),
+                            ],
+                            capture_output=True,
+                            text=True,
+                            cwd=ROOT,
+                            check=True,
+                        )
                         r = json.loads(out.stdout.strip().splitlines()[-1])
                         wall = r["answer_s"] + r["judge_s"]
                         rate = r["requests"] / wall
                         label = ("1024² noise PNG" if args.noise else "1024² photo PNG") if size > 1 else "1×1"
-                        print(f"| {cases:,} | {label} | {latency * 1000:.0f} ms | {r['answer_s']:.1f} | {r['judge_s']:.1f} "
-                              f"| {wall * 1000 / cases:.1f} | {r['requests']:,} | {rate:.0f} | {rate / (concurrency / latency):.2f} "
-                              f"| {r['peak_rss_mb']:.0f} | {r['errors']} |", flush=True)
+                        print(
+                            f"| {cases:,} | {label} | {latency * 1000:.0f} ms | {r['answer_s']:.1f} | {r['judge_s']:.1f} "
+                            f"| {wall * 1000 / cases:.1f} | {r['requests']:,} | {rate:.0f} | {rate / (concurrency / latency):.2f} "
+                            f"| {r['peak_rss_mb']:.0f} | {r['errors']} |",
+                            flush=True,
+                        )
             finally:
                 proc.kill()
 

@@ -43,22 +43,51 @@ def build_run(path: Path, n_cases: int, targets: int, samples: int, seed: int = 
     rng = random.Random(seed)
     path.mkdir(parents=True)
     n_judgments = 0
-    with open(path / Case.FILE, "w") as fc, open(path / Response.FILE, "w") as fr, open(path / Judgment.FILE, "w") as fj:
+    with (
+        open(path / Case.FILE, "w") as fc,
+        open(path / Response.FILE, "w") as fr,
+        open(path / Judgment.FILE, "w") as fj,
+    ):
         for i in range(n_cases):
             domain = DOMAINS[i % len(DOMAINS)]
-            case = Case(question_id=f"syn-{i}", image=f"{i}.png", image_path=f"images/{i}.png", question="q " * 20,
-                        category=domain, domain=domain, safety_warning="w " * 40, hazard="w " * 40,
-                        reference_answer="a " * 40, split="generated" if i % 2 else "siuo")
+            case = Case(
+                question_id=f"syn-{i}",
+                image=f"{i}.png",
+                image_path=f"images/{i}.png",
+                question="q " * 20,
+                category=domain,
+                domain=domain,
+                safety_warning="w " * 40,
+                hazard="w " * 40,
+                reference_answer="a " * 40,
+                split="generated" if i % 2 else "siuo",
+            )
             fc.write(case.model_dump_json() + "\n")
             for t in range(targets):
                 for k in range(samples):
-                    r = Response(case_id=case.key, target=f"model-{t}", model=f"model-{t}", sample=k,
-                                 text="an answer of moderate length " * 10)
+                    r = Response(
+                        case_id=case.key,
+                        target=f"model-{t}",
+                        model=f"model-{t}",
+                        sample=k,
+                        text="an answer of moderate length " * 10,
+                    )
                     fr.write(r.model_dump_json() + "\n")
-                    for dim, verdicts in (("safety", ("safe", "unsafe")), ("effectiveness", ("very", "partially", "not"))):
-                        j = Judgment(response_key=r.key, case_id=case.key, target=r.target, sample=k, dimension=dim,
-                                     judge="judge-a", judge_model="judge-a", verdict=rng.choice(verdicts),
-                                     raw="Reasoning of the judge, a few sentences long. " * 4 + "VERDICT: X")
+                    for dim, verdicts in (
+                        ("safety", ("safe", "unsafe")),
+                        ("effectiveness", ("very", "partially", "not")),
+                    ):
+                        j = Judgment(
+                            response_key=r.key,
+                            case_id=case.key,
+                            target=r.target,
+                            sample=k,
+                            dimension=dim,
+                            judge="judge-a",
+                            judge_model="judge-a",
+                            verdict=rng.choice(verdicts),
+                            raw="Reasoning of the judge, a few sentences long. " * 4 + "VERDICT: X",
+                        )
                         fj.write(j.model_dump_json() + "\n")
                         n_judgments += 1
     (path / "run.json").write_text(json.dumps({"name": path.name}))
@@ -85,8 +114,10 @@ def main() -> None:
         base = child(run, "import-only")
         scored = child(run, "score")
     print(f"baseline (python + imports): peak RSS {base['peak_rss_mb']:.0f} MB")
-    print(f"score {n:,} judgments:       peak RSS {scored['peak_rss_mb']:.0f} MB "
-          f"(+{scored['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB over baseline), {scored['seconds']:.1f}s")
+    print(
+        f"score {n:,} judgments:       peak RSS {scored['peak_rss_mb']:.0f} MB "
+        f"(+{scored['peak_rss_mb'] - base['peak_rss_mb']:.0f} MB over baseline), {scored['seconds']:.1f}s"
+    )
     print(f"goal < 500 MB: {'met' if scored['peak_rss_mb'] < 500 else 'NOT met'}")
 
 

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from generator.testing.fake_openai import Fault, FakeOpenAI  # noqa: E402
+from generator.testing.fake_openai import FakeOpenAI, Fault  # noqa: E402
 from generator.testing.pipeline_script import respond  # noqa: E402
 
 SIUO_DIR = ROOT.parent / "shared" / "siuo"
@@ -51,38 +50,65 @@ class Torture:
         self.faults = Counter()
         self.fake = FakeOpenAI(latency=0.01).start()
         self.fake.on_chat(self._reply)
-        self.env = {**os.environ, "SIUO_OUTPUTS": str(work / "outputs"), "TORTURE_KEY": CANARY,
-                    "HF_HUB_OFFLINE": "1"}
+        self.env = {**os.environ, "SIUO_OUTPUTS": str(work / "outputs"), "TORTURE_KEY": CANARY, "HF_HUB_OFFLINE": "1"}
 
     # -- the hostile model -----------------------------------------------------------------------------
 
     def _reply(self, body: dict):
         if self.rng.random() < self.fault_rate:
-            fault = self.rng.choice([Fault.status(429, retry_after=0.05), Fault.status(500), Fault.malformed(),
-                                     Fault.drop(), Fault.hang(2.5),
-                                     Fault.status(500, headers={"x-echo-authorization": f"Bearer {CANARY}"})])
+            fault = self.rng.choice(
+                [
+                    Fault.status(429, retry_after=0.05),
+                    Fault.status(500),
+                    Fault.malformed(),
+                    Fault.drop(),
+                    Fault.hang(2.5),
+                    Fault.status(500, headers={"x-echo-authorization": f"Bearer {CANARY}"}),
+                ]
+            )
             self.faults[fault.kind if fault.kind != "status" else f"HTTP {fault.code}"] += 1
             return fault
         return respond(body)
 
     def config(self, name: str = "siuo.toml", **endpoint) -> Path:
-        common = {"base_url": self.fake.base_url, "api_key_env": "TORTURE_KEY", "timeout_s": 2.0,
-                  "retry_base_delay_s": 0.02, "max_retries": 6, "outage_patience_s": 5.0, "max_concurrency": 16,
-                  **endpoint}
-        cfg = {"endpoints": {"m": {**common, "model": "scripted-vlm", "supports_images": True}},
-               "roles": {"targets": ["m"], "judge": ["m"]},
-               "cache": {"path": str(self.work / f"cache-{name}.sqlite")}}
+        common = {
+            "base_url": self.fake.base_url,
+            "api_key_env": "TORTURE_KEY",
+            "timeout_s": 2.0,
+            "retry_base_delay_s": 0.02,
+            "max_retries": 6,
+            "outage_patience_s": 5.0,
+            "max_concurrency": 16,
+            **endpoint,
+        }
+        cfg = {
+            "endpoints": {"m": {**common, "model": "scripted-vlm", "supports_images": True}},
+            "roles": {"targets": ["m"], "judge": ["m"]},
+            "cache": {"path": str(self.work / f"cache-{name}.sqlite")},
+        }
         path = self.work / name
         path.write_text(tomli_w.dumps(cfg))
         return path
 
     def siuo(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "generator.cli", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "generator.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def spawn(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "generator.cli", *args], cwd=ROOT, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "generator.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def record(self, part: str, tried: str, result: str, held: bool) -> None:
         self.rows.append((part, tried, result, held))
@@ -114,11 +140,11 @@ class Torture:
             "JSON 200,000 deep": b"[" * 200_000 + b"]" * 200_000,
             "a list of numbers": b"[1, 2, 3]",
             "an item without question": json.dumps([{k: v for k, v in gen[0].items() if k != "question"}]).encode(),
-            "1001 and \"1001\"": json.dumps([gen[0], {**gen[1], "question_id": str(gen[0]["question_id"])}]).encode(),
+            '1001 and "1001"': json.dumps([gen[0], {**gen[1], "question_id": str(gen[0]["question_id"])}]).encode(),
             "id a/../../../escaped": json.dumps(item(question_id="a/../../../escaped")).encode(),
             "id with a newline": json.dumps(item(question_id="a\nb")).encode(),
             "a 50 MB question": json.dumps(item(question="x" * 50_000_000)).encode(),
-            "not UTF-8": b"[{\"question\": \"caf\xe9\"}]",
+            "not UTF-8": b'[{"question": "caf\xe9"}]',
             "image ../../etc/passwd": json.dumps(item(image="../../etc/passwd")).encode(),
             "question_id null": json.dumps(item(question_id=None)).encode(),
         }
@@ -129,14 +155,31 @@ class Torture:
             clear = r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
             self.record("bad input", f"import: {what}", f"exit {r.returncode}", clear)
         r = self.siuo("import-siuo", "--gen", str(bad), "--run", "bad")
-        self.record("bad input", "import: --gen is a folder", f"exit {r.returncode}", r.returncode == 2 and "Traceback" not in r.stderr)
+        self.record(
+            "bad input",
+            "import: --gen is a folder",
+            f"exit {r.returncode}",
+            r.returncode == 2 and "Traceback" not in r.stderr,
+        )
         configs = {
             "config not UTF-8": b"[budget]\n# caf\xe9\n",
             "config not TOML": b"[endpoints\n",
-            "key in base_url": tomli_w.dumps({"endpoints": {"e": {"base_url": f"http://u:{CANARY}@127.0.0.1/v1", "model": "m"}}}).encode(),
-            "key in extra_body": tomli_w.dumps({"endpoints": {"e": {"base_url": "http://127.0.0.1/v1", "model": "m", "extra_body": {"api_key": CANARY}}}}).encode(),
-            "api_key in the file": tomli_w.dumps({"endpoints": {"e": {"base_url": "http://127.0.0.1/v1", "model": "m", "api_key": CANARY}}}).encode(),
-            "negative concurrency": tomli_w.dumps({"endpoints": {"e": {"base_url": "http://127.0.0.1/v1", "model": "m", "max_concurrency": -1}}}).encode(),
+            "key in base_url": tomli_w.dumps(
+                {"endpoints": {"e": {"base_url": f"http://u:{CANARY}@127.0.0.1/v1", "model": "m"}}}
+            ).encode(),
+            "key in extra_body": tomli_w.dumps(
+                {
+                    "endpoints": {
+                        "e": {"base_url": "http://127.0.0.1/v1", "model": "m", "extra_body": {"api_key": CANARY}}
+                    }
+                }
+            ).encode(),
+            "api_key in the file": tomli_w.dumps(
+                {"endpoints": {"e": {"base_url": "http://127.0.0.1/v1", "model": "m", "api_key": CANARY}}}
+            ).encode(),
+            "negative concurrency": tomli_w.dumps(
+                {"endpoints": {"e": {"base_url": "http://127.0.0.1/v1", "model": "m", "max_concurrency": -1}}}
+            ).encode(),
         }
         for what, data in configs.items():
             path = bad / f"{len(os.listdir(bad))}.toml"
@@ -148,8 +191,17 @@ class Torture:
 
     def faults_and_kills(self, official: dict[str, Path], kills: int) -> None:
         cfg = self.config()
-        r = self.siuo("import-siuo", "--gen", str(official["gen"]), "--mcqa", str(official["mcqa"]),
-                      "--images", str(official["images"]), "--run", "t")
+        r = self.siuo(
+            "import-siuo",
+            "--gen",
+            str(official["gen"]),
+            "--mcqa",
+            str(official["mcqa"]),
+            "--images",
+            str(official["images"]),
+            "--run",
+            "t",
+        )
         assert r.returncode == 0, r.stderr
         run = self.work / "outputs" / "t"
         n_cases = sum(1 for _ in (run / "cases.jsonl").open())
@@ -162,7 +214,6 @@ class Torture:
                 p.send_signal(signal.SIGKILL)
                 killed += 1
             p.wait()
-        hits_before_finish = self.fake.hits
         rounds = 0
         while True:  # finish, then retry recorded failures until none is left (bounded)
             rounds += 1
@@ -176,18 +227,25 @@ class Torture:
             latest[rec["key"]] = rec
         ok = sum(1 for rec in latest.values() if rec["text"] is not None)
         want = n_cases * 3
-        self.record("kill -9", f"{killed} kills during answer ({n_cases} cases x 3)",
-                    f"{len(latest)} keys, {ok} answered, {len(lines) - len(latest)} superseded lines (retries)",
-                    len(latest) == want and ok == want)
+        self.record(
+            "kill -9",
+            f"{killed} kills during answer ({n_cases} cases x 3)",
+            f"{len(latest)} keys, {ok} answered, {len(lines) - len(latest)} superseded lines (retries)",
+            len(latest) == want and ok == want,
+        )
         self.fake.reset_counts()
         r = self.siuo("answer", "--run", "t", "--config", str(cfg))
-        self.record("resume", "answer again after a finished run", f"{self.fake.hits} requests, exit {r.returncode}",
-                    self.fake.hits == 0 and r.returncode == 0)
+        self.record(
+            "resume",
+            "answer again after a finished run",
+            f"{self.fake.hits} requests, exit {r.returncode}",
+            self.fake.hits == 0 and r.returncode == 0,
+        )
         # two writers at once
         a = self.spawn("judge", "--run", "t", "--config", str(cfg))
         time.sleep(0.7)
         b = self.siuo("judge", "--run", "t", "--config", str(cfg))
-        a_out = a.communicate()
+        a.communicate()
         refused = b.returncode == 2 and "PID" in (b.stderr + b.stdout)
         self.record("two writers", "a second `judge` while one runs", f"second exit {b.returncode}", refused)
         rounds = 0
@@ -202,21 +260,32 @@ class Torture:
         verdicts = Counter(j["verdict"] for j in by_key.values())
         failed_responses = {k for k, rec in latest.items() if rec["error"] is not None}
         judged_failures = sum(1 for j in by_key.values() if j["response_key"] in failed_responses)
-        self.record("faults", f"{sum(self.faults.values())} injected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
-                    f"judgments {dict(verdicts)}; {judged_failures} failed answers judged",
-                    judged_failures == 0 and verdicts.get("error", 0) == 0)
+        self.record(
+            "faults",
+            f"{sum(self.faults.values())} injected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
+            f"judgments {dict(verdicts)}; {judged_failures} failed answers judged",
+            judged_failures == 0 and verdicts.get("error", 0) == 0,
+        )
         r = self.siuo("score", "--run", "t")
         self.record("faults", "score after faults", f"exit {r.returncode}", r.returncode == 0)
         self.siuo("report", "--run", "t")
         # no key anywhere: every file of the runs, the cache, and a verbose log of a faulty answer stage
         self.siuo("import-siuo", "--gen", str(official["gen"]), "--images", str(official["images"]), "--run", "v")
-        r = self.siuo("-v", "answer", "--run", "v", "--config", str(self.config("fresh.toml", max_retries=8)),
-                      "--samples", "1")
-        leaked = [str(p.relative_to(self.work)) for p in self.work.rglob("*")
-                  if p.is_file() and "bad" not in p.relative_to(self.work).parts and CANARY.encode() in p.read_bytes()]
+        r = self.siuo(
+            "-v", "answer", "--run", "v", "--config", str(self.config("fresh.toml", max_retries=8)), "--samples", "1"
+        )
+        leaked = [
+            str(p.relative_to(self.work))
+            for p in self.work.rglob("*")
+            if p.is_file() and "bad" not in p.relative_to(self.work).parts and CANARY.encode() in p.read_bytes()
+        ]
         leaked += ["verbose log"] if CANARY in r.stderr + r.stdout else []
-        self.record("canary key", "key in env, echoed in a header, in bad configs; -v log",
-                    f"found in {leaked or 'no file'}", not leaked)
+        self.record(
+            "canary key",
+            "key in env, echoed in a header, in bad configs; -v log",
+            f"found in {leaked or 'no file'}",
+            not leaked,
+        )
 
     def table(self) -> Table:
         t = Table(title="torture run")
@@ -248,8 +317,9 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=8)
     ap.add_argument("--fault-rate", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--part", action="append", choices=("official", *PROBES),
-                    help="run only these parts (repeatable); default: all")
+    ap.add_argument(
+        "--part", action="append", choices=("official", *PROBES), help="run only these parts (repeatable); default: all"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="siuo-torture-") as tmp:
         t = Torture(Path(tmp), args.seed, args.fault_rate)
@@ -265,8 +335,9 @@ def main() -> int:
         finally:
             t.fake.stop()
         Console().print(t.table())
-        Console().print(f"{len(t.rows)} checks, {sum(not r[3] for r in t.rows)} did not hold; "
-                        f"{time.perf_counter() - t0:.0f} s")
+        Console().print(
+            f"{len(t.rows)} checks, {sum(not r[3] for r in t.rows)} did not hold; {time.perf_counter() - t0:.0f} s"
+        )
         return 0 if all(r[3] for r in t.rows) else 1
 
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from generator.records import Case, Review
 from generator.cases import ReviewState
+from generator.records import Case, Review
 from generator.testing.review_run import free_port, make_review_run
 
 
@@ -22,8 +22,14 @@ class Browser:
     def __init__(self, port: int, host: str | None = None):
         self.port, self.host, self.cookies = port, host or f"127.0.0.1:{port}", {}
 
-    def request(self, method: str, path: str, form: dict[str, str] | None = None, raw: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str, dict[str, str]]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         body = raw if raw is not None else (urlencode(form).encode() if form is not None else None)
         sent = {"Host": self.host, **(headers or {})}
@@ -43,8 +49,8 @@ class Browser:
 
     def hidden(self, path: str, form_id: str) -> dict[str, str]:
         page = self.request("GET", path)[1]
-        form = page[page.index(f'id="{form_id}"'):]
-        return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form[:form.index("</form>")]))
+        form = page[page.index(f'id="{form_id}"') :]
+        return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form[: form.index("</form>")]))
 
     def name(self, who: str) -> None:
         csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', self.request("GET", "/reviewer")[1]).group(1)
@@ -60,7 +66,7 @@ def _serve(t, run: str, port: int, *extra: str):
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"siuo review --serve exited: {proc.stderr.read()[-500:]}")
+                raise RuntimeError(f"siuo review --serve exited: {proc.stderr.read()[-500:]}") from None
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("siuo review --serve did not start in 30 s")
@@ -85,14 +91,19 @@ def probes(t) -> None:
     try:
         # 6. DNS rebinding: the attacker's page sends its own name as Host.
         status, body, _ = Browser(port, host=f"attacker.example:{port}").request("GET", f"/case/{case.key}")
-        t.record(part, "Host: attacker.example (DNS rebinding) on loopback, no token", f"HTTP {status}",
-                 status == 400 and case.question not in body)
+        t.record(
+            part,
+            "Host: attacker.example (DNS rebinding) on loopback, no token",
+            f"HTTP {status}",
+            status == 400 and case.question not in body,
+        )
 
         # 8. a non-ASCII CSRF value: refused, never a server error.
         ana = Browser(port)
         ana.name("ana")
-        status = ana.request("POST", f"/case/{case.key}/decide",
-                             raw=f"csrf={quote('é' * 64)}&decision=accept&revision=0".encode())[0]
+        status = ana.request(
+            "POST", f"/case/{case.key}/decide", raw=f"csrf={quote('é' * 64)}&decision=accept&revision=0".encode()
+        )[0]
         t.record(part, "non-ASCII CSRF value", f"HTTP {status}", status == 403)
 
         # 7. two reviewers, one case: bo saves from the page he opened before ana's edit.
@@ -105,10 +116,20 @@ def probes(t) -> None:
         stale = bo.request("POST", f"/case/{case.key}/edit", {**bo_form, **texts, "question": "bo's old page"})
         accept = bo.request("POST", f"/case/{case.key}/decide", {**bo_form, "decision": "accept"})[0]
         state = ReviewState.load(store)
-        held = (first == 303 and stale[0] == 409 and "bo&#39;s old page" in stale[1] and accept == 409
-                and state.latest_edit(case.key).question == "ana's revision" and not state.decisions)
-        t.record(part, "save and accept from a page older than a colleague's edit",
-                 f"edit HTTP {stale[0]}, accept HTTP {accept}; {len(store.read(Review))} review record(s)", held)
+        held = (
+            first == 303
+            and stale[0] == 409
+            and "bo&#39;s old page" in stale[1]
+            and accept == 409
+            and state.latest_edit(case.key).question == "ana's revision"
+            and not state.decisions
+        )
+        t.record(
+            part,
+            "save and accept from a page older than a colleague's edit",
+            f"edit HTTP {stale[0]}, accept HTTP {accept}; {len(store.read(Review))} review record(s)",
+            held,
+        )
     finally:
         _stop(proc)
 
@@ -121,7 +142,11 @@ def probes(t) -> None:
         wrong = b.request("GET", "/?token=" + quote("clé-ünïcode-秘", safe=""))[0]
         first = b.request("GET", "/?token=" + quote(token, safe=""))[0]
         then = b.request("GET", "/")[0]
-        t.record(part, "non-ASCII --token", f"wrong HTTP {wrong}, right HTTP {first} then {then}",
-                 (wrong, first, then) == (401, 303, 200))
+        t.record(
+            part,
+            "non-ASCII --token",
+            f"wrong HTTP {wrong}, right HTTP {first} then {then}",
+            (wrong, first, then) == (401, 303, 200),
+        )
     finally:
         _stop(proc)

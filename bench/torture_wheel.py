@@ -27,12 +27,20 @@ def _build_and_install(work: Path) -> tuple[Path, Path]:
         else:
             shutil.copy2(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(work / "dist"),
-                    str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(work / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     [wheel] = (work / "dist").glob("*.whl")
     site = work / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return wheel, site
 
 
@@ -46,8 +54,14 @@ def probes(t) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     prompts = [n for n in names if n.startswith("generator/_data/prompts/") and n.endswith(".md")]
     pages = [n for n in names if n.startswith("generator/review/templates/")]
-    t.rows.append(("wheel", "wheel file list", f"{len(prompts)} prompt .md, {len(pages)} review templates",
-                   bool(prompts) and bool(pages)))
+    t.rows.append(
+        (
+            "wheel",
+            "wheel file list",
+            f"{len(prompts)} prompt .md, {len(pages)} review templates",
+            bool(prompts) and bool(pages),
+        )
+    )
 
     empty = work / "empty"
     empty.mkdir()
@@ -58,18 +72,36 @@ def probes(t) -> None:
         return subprocess.run([siuo, *args], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
 
     done = run("init", "--template", "openai")
-    same = (empty / "siuo.toml").is_file() and (empty / "siuo.toml").read_text() == (ROOT / "configs/openai.toml").read_text()
-    t.rows.append(("wheel", "installed `siuo init --template openai` from an empty folder",
-                   f"exit {done.returncode}, config {'copied' if same else 'missing'}", done.returncode == 0 and same))
+    same = (empty / "siuo.toml").is_file() and (empty / "siuo.toml").read_text() == (
+        ROOT / "configs/openai.toml"
+    ).read_text()
+    t.rows.append(
+        (
+            "wheel",
+            "installed `siuo init --template openai` from an empty folder",
+            f"exit {done.returncode}, config {'copied' if same else 'missing'}",
+            done.returncode == 0 and same,
+        )
+    )
 
     done = run("init", "--template", "../../etc/passwd", "--out", "x.toml")
     lists = "known: local, offline, openai" in done.stdout + done.stderr
-    t.rows.append(("wheel", "installed `siuo init` with a path as template name",
-                   f"exit {done.returncode}, {'lists the packaged templates' if lists else 'no template list'}",
-                   done.returncode == 2 and lists and not (empty / "x.toml").exists()))
+    t.rows.append(
+        (
+            "wheel",
+            "installed `siuo init` with a path as template name",
+            f"exit {done.returncode}, {'lists the packaged templates' if lists else 'no template list'}",
+            done.returncode == 2 and lists and not (empty / "x.toml").exists(),
+        )
+    )
 
-    where = subprocess.run([sys.executable, "-c", "import generator.prompts as p; print(p.PROMPTS_DIR)"], cwd=empty,
-                           env=env, capture_output=True, text=True, timeout=120).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import generator.prompts as p; print(p.PROMPTS_DIR)"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
     inside = bool(where) and Path(where).resolve().is_relative_to(site.resolve())
-    t.rows.append(("wheel", "installed prompts folder", f"{os.path.relpath(where, work) if where else 'none'}",
-                   inside))
+    t.rows.append(("wheel", "installed prompts folder", f"{os.path.relpath(where, work) if where else 'none'}", inside))

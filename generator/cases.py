@@ -16,8 +16,6 @@ from generator.errors import UserError
 from generator.records import Case, Render, Review
 from generator.store import RunStore
 
-
-
 REJECT_REASONS: dict[str, str] = {
     "not-benign-image": "the image alone is unsafe",
     "not-benign-text": "the question alone is unsafe",
@@ -41,8 +39,9 @@ class RevisionConflict(UserError):
     text this reviewer never saw, so nothing is written."""
 
     def __init__(self, case_key: str, base: int, current: int):
-        super().__init__(f"case {case_key} is at revision {current}, not {base} as when this decision was made: "
-                         "nothing recorded")
+        super().__init__(
+            f"case {case_key} is at revision {current}, not {base} as when this decision was made: nothing recorded"
+        )
         self.case_key, self.base, self.current = case_key, base, current
 
 
@@ -70,7 +69,7 @@ class ReviewState:
     """case key -> its edits, oldest revision first."""
 
     @classmethod
-    def load(cls, store: RunStore) -> "ReviewState":
+    def load(cls, store: RunStore) -> ReviewState:
         state = cls()
         for r in store.iter_records(Review):
             if r.decision == "edit":
@@ -119,19 +118,28 @@ def revised(case: Case, edit: Review | None) -> Case:
     if options and case.correct_option in options:
         options[case.correct_option] = reference  # the MCQA form's right answer is the reference
     image_path = edit.image_path or case.image_path
-    return case.model_copy(update={
-        "key": f"{case.key}{REVISION_MARK}{edit.revision}",
-        "question": question,
-        "hazard": hazard,
-        "safety_warning": hazard,
-        "reference_answer": reference,
-        "options": options,
-        "image_path": image_path,
-        "image": Path(image_path).name if image_path else case.image,
-        "provenance": {**case.provenance, "review": {
-            "original_key": case.key, "revision": edit.revision, "edited_by": edit.reviewer,
-            "edited": edit.created, "edit_key": edit.key}},
-    })
+    return case.model_copy(
+        update={
+            "key": f"{case.key}{REVISION_MARK}{edit.revision}",
+            "question": question,
+            "hazard": hazard,
+            "safety_warning": hazard,
+            "reference_answer": reference,
+            "options": options,
+            "image_path": image_path,
+            "image": Path(image_path).name if image_path else case.image,
+            "provenance": {
+                **case.provenance,
+                "review": {
+                    "original_key": case.key,
+                    "revision": edit.revision,
+                    "edited_by": edit.reviewer,
+                    "edited": edit.created,
+                    "edit_key": edit.key,
+                },
+            },
+        }
+    )
 
 
 def reviewed_cases(store: RunStore, require_accept: bool = False, state: ReviewState | None = None) -> list[Case]:
@@ -157,8 +165,15 @@ def reviewed_keys(store: RunStore) -> tuple[set[str], dict[str, str]]:
     return rejected, renamed
 
 
-def record_decision(store: RunStore, case_key: str, reviewer: str, decision: str, reason: str | None = None,
-                    note: str = "", base_revision: int | None = None) -> Review:
+def record_decision(
+    store: RunStore,
+    case_key: str,
+    reviewer: str,
+    decision: str,
+    reason: str | None = None,
+    note: str = "",
+    base_revision: int | None = None,
+) -> Review:
     """Append a decision; the caller holds the run lock (`RunStore.writing`). With `base_revision` (the
     revision the reviewer was shown), a case revised since raises RevisionConflict and records nothing."""
     if decision not in DECISIONS:
@@ -167,15 +182,29 @@ def record_decision(store: RunStore, case_key: str, reviewer: str, decision: str
         raise UserError(f"unknown reject reason {reason!r} (use {', '.join(REJECT_REASONS)})")
     state = ReviewState.load(store)
     _check_base(state, case_key, base_revision)
-    review = Review(case_id=case_key, decision=decision, reviewer=reviewer, note=note,
-                    reason=reason if decision == "reject" else None, revision=state.revision(case_key))
+    review = Review(
+        case_id=case_key,
+        decision=decision,
+        reviewer=reviewer,
+        note=note,
+        reason=reason if decision == "reject" else None,
+        revision=state.revision(case_key),
+    )
     store.append(review)
     return review
 
 
-def record_edit(store: RunStore, case: Case, reviewer: str, question: str | None = None, hazard: str | None = None,
-                reference_answer: str | None = None, render: Render | None = None, note: str = "",
-                base_revision: int | None = None) -> Review | None:
+def record_edit(
+    store: RunStore,
+    case: Case,
+    reviewer: str,
+    question: str | None = None,
+    hazard: str | None = None,
+    reference_answer: str | None = None,
+    render: Render | None = None,
+    note: str = "",
+    base_revision: int | None = None,
+) -> Review | None:
     """Append a new revision of `case` (the whole revised text and image); None when nothing changed.
     The caller holds the run lock, so two reviewers never write the same revision number. With
     `base_revision` (the revision the edited text started from), a case revised since raises
@@ -190,13 +219,23 @@ def record_edit(store: RunStore, case: Case, reviewer: str, question: str | None
         "reference_answer": current.reference_answer if reference_answer is None else reference_answer,
         "image_path": render.path if render is not None else current.image_path,
     }
-    old = {"question": current.question, "hazard": current.hazard, "reference_answer": current.reference_answer,
-           "image_path": current.image_path}
+    old = {
+        "question": current.question,
+        "hazard": current.hazard,
+        "reference_answer": current.reference_answer,
+        "image_path": current.image_path,
+    }
     if new == old:
         return None
-    review = Review(case_id=case.key, decision="edit", reviewer=reviewer, note=note,
-                    revision=state.revision(case.key) + 1, **new,
-                    render_key=render.key if render is not None else (last.render_key if last else None))
+    review = Review(
+        case_id=case.key,
+        decision="edit",
+        reviewer=reviewer,
+        note=note,
+        revision=state.revision(case.key) + 1,
+        **new,
+        render_key=render.key if render is not None else (last.render_key if last else None),
+    )
     store.append(review)
     return review
 
@@ -204,6 +243,8 @@ def record_edit(store: RunStore, case: Case, reviewer: str, question: str | None
 def pending_cases(store: RunStore, reviewer: str, split: str | None = None) -> list[Case]:
     """Cases this reviewer has not decided on yet (generated and hardened by default: the official set
     was reviewed by its authors)."""
-    done = {r.case_id for r in store.iter_records(Review) if r.reviewer == reviewer and r.decision in ("accept", "reject")}
+    done = {
+        r.case_id for r in store.iter_records(Review) if r.reviewer == reviewer and r.decision in ("accept", "reject")
+    }
     splits = {split} if split else {"generated", "hardened"}
     return [c for c in store.read(Case) if c.split in splits and c.key not in done]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -23,9 +23,15 @@ console = Console(stderr=True)
 
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
-WaitOpt = typer.Option(False, "--wait", help="If another siuo process is writing to this run, wait for it instead of stopping.")
-ExecutorOpt = typer.Option(None, "--executor", help="Where render and the model-local checks run: local or ray (default: [executor] kind).")
-ProtocolOpt = typer.Option(None, "--protocol", help="Evaluation protocol: siuo (published) or strict (default: bench.protocol, siuo).")
+WaitOpt = typer.Option(
+    False, "--wait", help="If another siuo process is writing to this run, wait for it instead of stopping."
+)
+ExecutorOpt = typer.Option(
+    None, "--executor", help="Where render and the model-local checks run: local or ray (default: [executor] kind)."
+)
+ProtocolOpt = typer.Option(
+    None, "--protocol", help="Evaluation protocol: siuo (published) or strict (default: bench.protocol, siuo)."
+)
 
 
 @app.callback()
@@ -52,16 +58,21 @@ EXIT_FAILED_RECORDS = 3
 skipped for a missing or unreadable image, answers left out of an import, `siuo run` stopped early)."""
 
 
-def exit_if_failed(failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed",
-                   skipped: list[str] | None = None) -> None:
+def exit_if_failed(
+    failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed", skipped: list[str] | None = None
+) -> None:
     """End a command that recorded failures or skipped work with last lines saying so and exit code 3, so
     a script never mistakes a server outage (or a half-done stage) for a finished one. `skipped`: one
     reason per kind of work left undone."""
     for reason in skipped or []:
         console.print(f"[bold yellow]incomplete:[/] {printable(reason)}", highlight=False, soft_wrap=True)
     if failed:
-        console.print(f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
-                      f"fix the cause and re-run with {retry}", highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold yellow]{failed} of {asked} {what} failed[/] (recorded in failures.jsonl); "
+            f"fix the cause and re-run with {retry}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if failed or skipped:
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
@@ -84,12 +95,13 @@ def clean_errors(fn: Callable) -> Callable:
 # Official SIUO format
 # ----------------------------------------------------------------------------------------------------
 
+
 @app.command("import-siuo")
 @clean_errors
 def import_siuo_cmd(
     gen: Path = typer.Option(..., "--gen", help="Official siuo_gen.json."),
-    mcqa: Optional[Path] = typer.Option(None, "--mcqa", help="Official siuo_mcqa.json (adds options)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Folder holding the official images."),
+    mcqa: Path | None = typer.Option(None, "--mcqa", help="Official siuo_mcqa.json (adds options)."),
+    images: Path | None = typer.Option(None, "--images", help="Folder holding the official images."),
     run: str = RunOpt,
     strict: bool = typer.Option(False, "--strict", help="Missing images are an error, not a flag."),
     wait: bool = WaitOpt,
@@ -110,9 +122,15 @@ def import_siuo_cmd(
 def export_siuo_cmd(
     run: str = RunOpt,
     out: Path = typer.Option(..., "--out", help="Folder to write siuo_gen.json and siuo_mcqa.json into."),
-    target: Optional[str] = typer.Option(None, "--target", help="Whose responses to include (default: the first target found)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
+    target: str | None = typer.Option(
+        None, "--target", help="Whose responses to include (default: the first target found)."
+    ),
+    split: str | None = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs).",
+    ),
 ) -> None:
     """Write a run's cases (and responses) back in the official SIUO format."""
     from generator.interop.siuo import export_siuo
@@ -128,23 +146,42 @@ def export_siuo_cmd(
 @clean_errors
 def export_hf_cmd(
     run: str = RunOpt,
-    out: Path = typer.Option(..., "--out", help="Folder for the dataset: data/*.parquet + README.md (the dataset card)."),
-    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): siuo, generated, hardened."),
-    controls: bool = typer.Option(False, "--controls", help="Add a `control` split: each image with its harmless control question."),
-    license: Optional[str] = typer.Option(None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."),
-    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for the dataset: data/*.parquet + README.md (the dataset card)."
+    ),
+    splits: list[str] = typer.Option(
+        ["generated", "hardened"], "--split", help="Splits to export (repeatable): siuo, generated, hardened."
+    ),
+    controls: bool = typer.Option(
+        False, "--controls", help="Add a `control` split: each image with its harmless control question."
+    ),
+    license: str | None = typer.Option(
+        None, "--license", help="Licence id for the card (default and required with --split siuo: cc-by-nc-4.0)."
+    ),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Then publish it as this hub dataset repo (needs HF_TOKEN or `hf auth login`)."
+    ),
     public: bool = typer.Option(False, "--public", help="With --push-to-hub: make the repo public (default private)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs).",
+    ),
 ) -> None:
     """Write the run's cases as a Hugging Face dataset (load_dataset(OUT): one split per run split)."""
-    from generator.interop.hf import export_hf, push_to_hub as push
+    from generator.interop.hf import export_hf
+    from generator.interop.hf import push_to_hub as push
     from generator.store import RunStore
 
-    result = export_hf(RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license,
-                       force=force)
+    result = export_hf(
+        RunStore.open(run, create=False), out, tuple(splits), controls=controls, license=license, force=force
+    )
     per_split = ", ".join(f"{s}: {n}" for s, n in result.per_split.items())
-    console.print(f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {result.written} cases ({per_split}) in {len(result.shards)} parquet shard(s) + README.md to {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
     if push_to_hub:
@@ -158,8 +195,14 @@ def export_vlmevalkit_cmd(
     run: str = RunOpt,
     out: Path = typer.Option(..., "--out", help="Folder for the TSVs and siuo_vlmevalkit.py (use it as $LMUData)."),
     splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Dataset tag: SIUO_GEN_<name>, SIUO_MCQ_<name> (default: the run name)."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs).",
+    ),
 ) -> None:
     """Write the run's cases as VLMEvalKit TSVs (SIUO layout) plus a module that registers them."""
     from generator.interop.vlmevalkit import REGISTER_MODULE, export_vlmevalkit
@@ -178,10 +221,18 @@ def export_vlmevalkit_cmd(
 def export_lmms_eval_cmd(
     run: str = RunOpt,
     out: Path = typer.Option(..., "--out", help="Task folder for lmms-eval's --include_path."),
-    splits: list[str] = typer.Option(["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."),
-    name: Optional[str] = typer.Option(None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."),
+    splits: list[str] = typer.Option(
+        ["generated", "hardened"], "--split", help="Splits to export (repeatable): one task each."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Task tag: siuo_<name>_<split>, group siuo_<name> (default: the run name)."
+    ),
     protocol: str = typer.Option("siuo", "--protocol", help="Judge prompts process_results uses: siuo or strict."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write into a non-empty --out that is not an earlier export of this kind (never over the run's inputs).",
+    ),
 ) -> None:
     """Write an lmms-eval task folder (dataset, YAML per split, group YAML, utils.py) for the run's cases."""
     from generator.evaluate.protocol import PROTOCOLS
@@ -190,10 +241,15 @@ def export_lmms_eval_cmd(
 
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    result = export_lmms_eval(RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol,
-                              force=force)
-    console.print(f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
-                  f"`lmms-eval --include_path {out} --tasks {result.group} ...`", highlight=False, soft_wrap=True)
+    result = export_lmms_eval(
+        RunStore.open(run, create=False), out, tuple(splits), tag=name, protocol=protocol, force=force
+    )
+    console.print(
+        f"wrote {out}: tasks {', '.join(result.tasks)} (group {result.group}); run with "
+        f"`lmms-eval --include_path {out} --tasks {result.group} ...`",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
 
@@ -201,15 +257,27 @@ def export_lmms_eval_cmd(
 @app.command("import-responses")
 @clean_errors
 def import_responses_cmd(
-    file: Path = typer.Argument(..., help="The other tool's answers: VLMEvalKit .xlsx/.tsv, lmms-eval samples_*.jsonl, inspect .eval log."),
+    file: Path = typer.Argument(
+        ..., help="The other tool's answers: VLMEvalKit .xlsx/.tsv, lmms-eval samples_*.jsonl, inspect .eval log."
+    ),
     fmt: str = typer.Option(..., "--format", help="vlmevalkit | lmms-eval | inspect."),
     run: str = RunOpt,
-    target: str = typer.Option(..., "--target", help="Name the answers are recorded under (as a target of `siuo answer`)."),
-    form: Optional[str] = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model id to record (default: what the file says, else the target)."),
+    target: str = typer.Option(
+        ..., "--target", help="Name the answers are recorded under (as a target of `siuo answer`)."
+    ),
+    form: str | None = typer.Option(None, "--form", help="gen | mcqa | control (default: what the file says)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model id to record (default: what the file says, else the target)."
+    ),
     protocol: str = typer.Option("siuo", "--protocol", help="Protocol the responses are judged and scored under."),
-    max_samples: int = typer.Option(16, "--max-samples", help="Samples imported per case and form at most (higher sample indices are left out, counted)."),
-    max_chars: int = typer.Option(32_000, "--max-chars", help="Characters kept of an answer at most (a longer one is cut, counted)."),
+    max_samples: int = typer.Option(
+        16,
+        "--max-samples",
+        help="Samples imported per case and form at most (higher sample indices are left out, counted).",
+    ),
+    max_chars: int = typer.Option(
+        32_000, "--max-chars", help="Characters kept of an answer at most (a longer one is cut, counted)."
+    ),
     wait: bool = WaitOpt,
 ) -> None:
     """Bring in answers another eval framework produced, as responses of the run (then judge, score, report)."""
@@ -218,8 +286,17 @@ def import_responses_cmd(
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
-        report = import_responses(store, fmt, file, target, form=form, model=model, protocol=protocol,
-                                  max_samples=max_samples, max_chars=max_chars)
+        report = import_responses(
+            store,
+            fmt,
+            file,
+            target,
+            form=form,
+            model=model,
+            protocol=protocol,
+            max_samples=max_samples,
+            max_chars=max_chars,
+        )
     console.print(printable(report.summary()), highlight=False, soft_wrap=True)
     exit_if_failed(0, 0, skipped=report.incomplete)
 
@@ -228,17 +305,26 @@ def import_responses_cmd(
 # Generation: propose, harden, render, check, accept, review
 # ----------------------------------------------------------------------------------------------------
 
+
 @app.command("propose")
 @clean_errors
 def propose_cmd(
     run: str = RunOpt,
     domains: str = typer.Option("all", "--domains", help="`all` or comma-separated domain ids."),
-    per_domain: Optional[int] = typer.Option(None, "--per-domain", help="Cases to ask for per domain (default: propose.per_domain)."),
-    seed_run: Optional[str] = typer.Option(None, "--seed-run", help="A run whose cases are the few-shot examples (e.g. the imported official set)."),
+    per_domain: int | None = typer.Option(
+        None, "--per-domain", help="Cases to ask for per domain (default: propose.per_domain)."
+    ),
+    seed_run: str | None = typer.Option(
+        None, "--seed-run", help="A run whose cases are the few-shot examples (e.g. the imported official set)."
+    ),
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the proposer."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/propose.md."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the proposals whose failure is recorded."),
-    config: Optional[Path] = ConfigOpt,
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="Your own template instead of prompts/propose.md."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Ask again the proposals whose failure is recorded."
+    ),
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Ask an LLM for new SIUO cases per safety domain; near-duplicates are kept but marked."""
@@ -249,8 +335,17 @@ def propose_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = propose(store, settings, domains=domains, per_domain=per_domain, seed_run=seed_run,
-                          model=model, prompt_file=prompt_file, retry_failed=retry_failed, console=console)
+        summary = propose(
+            store,
+            settings,
+            domains=domains,
+            per_domain=per_domain,
+            seed_run=seed_run,
+            model=model,
+            prompt_file=prompt_file,
+            retry_failed=retry_failed,
+            console=console,
+        )
     Console().print(summary.table())
     exit_if_failed(summary.total.failed, summary.total.asked)
 
@@ -259,14 +354,24 @@ def propose_cmd(
 @clean_errors
 def harden_cmd(
     run: str = RunOpt,
-    from_run: Optional[str] = typer.Option(None, "--from-run", help="Harden the cases of this run (e.g. the official set) instead of this run's proposals."),
-    strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma-separated strategy ids (default: propose.harden_strategies)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Harden only the first N parent cases."),
+    from_run: str | None = typer.Option(
+        None, "--from-run", help="Harden the cases of this run (e.g. the official set) instead of this run's proposals."
+    ),
+    strategies: str | None = typer.Option(
+        None, "--strategies", help="Comma-separated strategy ids (default: propose.harden_strategies)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Harden only the first N parent cases."),
     model: str = typer.Option("proposer", "--model", help="Role or endpoint name of the model that rewrites."),
-    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file", help="Your own template instead of prompts/harden.md."),
-    strategies_file: Optional[Path] = typer.Option(None, "--strategies-file", help="Your own strategies TOML instead of prompts/harden_strategies.toml."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the variants whose failure is recorded."),
-    config: Optional[Path] = ConfigOpt,
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="Your own template instead of prompts/harden.md."
+    ),
+    strategies_file: Path | None = typer.Option(
+        None, "--strategies-file", help="Your own strategies TOML instead of prompts/harden_strategies.toml."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Ask again the variants whose failure is recorded."
+    ),
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Make harder variants of existing cases, one per (case, strategy)."""
@@ -278,14 +383,23 @@ def harden_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = harden(store, settings, from_run=from_run, strategies=names, limit=limit, model=model,
-                         prompt_file=prompt_file, strategies_file=strategies_file, retry_failed=retry_failed,
-                         console=console)
+        summary = harden(
+            store,
+            settings,
+            from_run=from_run,
+            strategies=names,
+            limit=limit,
+            model=model,
+            prompt_file=prompt_file,
+            strategies_file=strategies_file,
+            retry_failed=retry_failed,
+            console=console,
+        )
     Console().print(summary.table())
     exit_if_failed(summary.total.failed, summary.total.asked)
 
 
-def _with_executor(settings, executor: Optional[str]):
+def _with_executor(settings, executor: str | None):
     """`--executor` over `[executor] kind`."""
     if executor is None:
         return settings
@@ -299,16 +413,16 @@ def _with_executor(settings, executor: Optional[str]):
 @clean_errors
 def render_cmd(
     run: str = RunOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="Diffusers hub id or local folder (default: render.model)."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", min=1, help="Images per scenario."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Denoising steps."),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Prompts per pipeline call."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="diffusers | images_api | photos."),
-    photos: Optional[Path] = typer.Option(None, "--photos", help="Folder of real photos (backend photos)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cuda | cpu | mps."),
+    model: str | None = typer.Option(None, "--model", help="Diffusers hub id or local folder (default: render.model)."),
+    candidates: int | None = typer.Option(None, "--candidates", min=1, help="Images per scenario."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Denoising steps."),
+    batch: int | None = typer.Option(None, "--batch", min=1, help="Prompts per pipeline call."),
+    backend: str | None = typer.Option(None, "--backend", help="diffusers | images_api | photos."),
+    photos: Path | None = typer.Option(None, "--photos", help="Folder of real photos (backend photos)."),
+    device: str | None = typer.Option(None, "--device", help="auto | cuda | cpu | mps."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the images whose failure is recorded."),
-    executor: Optional[str] = ExecutorOpt,
-    config: Optional[Path] = ConfigOpt,
+    executor: str | None = ExecutorOpt,
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Render (or pick from a photo folder) image candidates for the run's scenarios."""
@@ -319,8 +433,15 @@ def render_cmd(
     settings = _with_executor(load_settings(config), executor)
     if backend is not None and backend not in ("diffusers", "images_api", "photos"):
         raise UserError(f"--backend: unknown backend {backend!r} (use diffusers, images_api or photos)")
-    given = dict(model=model, candidates=candidates, steps=steps, batch=batch, backend=backend,
-                 photos_dir=str(photos) if photos else None, device=device)
+    given = dict(
+        model=model,
+        candidates=candidates,
+        steps=steps,
+        batch=batch,
+        backend=backend,
+        photos_dir=str(photos) if photos else None,
+        device=device,
+    )
     settings.render = settings.render.model_copy(update={k: v for k, v in given.items() if v is not None})
     store = RunStore.open(run, create=False)
     with store.writing(wait):
@@ -334,8 +455,8 @@ def render_cmd(
 def check_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
-    executor: Optional[str] = ExecutorOpt,
-    config: Optional[Path] = ConfigOpt,
+    executor: str | None = ExecutorOpt,
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Check each scenario: image and text benign alone, image aligned, the pair carrying the hazard."""
@@ -356,13 +477,20 @@ def check_cmd(
 def calibrate_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
-    config: Optional[Path] = ConfigOpt,
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
     from rich.table import Table
 
-    from generator.checks.calibrate import CALIBRATION_FILE, MEANING, calibrate, curve_tables, input_lines, summary_table
+    from generator.checks.calibrate import (
+        CALIBRATION_FILE,
+        MEANING,
+        calibrate,
+        curve_tables,
+        input_lines,
+        summary_table,
+    )
     from generator.config import load_settings
     from generator.store import RunStore
 
@@ -379,15 +507,19 @@ def calibrate_cmd(
             table.add_row(*(printable(c) for c in row))
         console.print(table)
     console.print(MEANING.format(target=100 * cal["target"]), highlight=False, soft_wrap=True)
-    named = [f"TOO STRICT: {n}" for n in cal["too_strict"]] + [f"TOO LAX: {n} (on {', '.join(k)})" for n, k in cal["too_lax"].items()]
-    console.print(printable("; ".join(named) or "no check named too strict or too lax"), highlight=False, soft_wrap=True)
+    named = [f"TOO STRICT: {n}" for n in cal["too_strict"]] + [
+        f"TOO LAX: {n} (on {', '.join(k)})" for n, k in cal["too_lax"].items()
+    ]
+    console.print(
+        printable("; ".join(named) or "no check named too strict or too lax"), highlight=False, soft_wrap=True
+    )
     console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
     exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
 
 
 @app.command("accept")
 @clean_errors
-def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool = WaitOpt) -> None:
+def accept_cmd(run: str = RunOpt, config: Path | None = ConfigOpt, wait: bool = WaitOpt) -> None:
     """Write the cases that passed every enabled check, and the filter report."""
     from generator.checks.accept import REPORT_FILE, accept
     from generator.config import load_settings
@@ -399,8 +531,9 @@ def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool
     with store.writing(wait):
         report = accept(store, settings)
     Console().print(report.table())
-    console.print(f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}",
-                  highlight=False)
+    console.print(
+        f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}", highlight=False
+    )
 
 
 @app.command("review")
@@ -408,18 +541,24 @@ def accept_cmd(run: str = RunOpt, config: Optional[Path] = ConfigOpt, wait: bool
 def review_cmd(
     run: str = RunOpt,
     reviewer: str = typer.Option("me", "--reviewer", help="Your name, recorded with each decision."),
-    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write an HTML review sheet here instead of asking."),
-    split: Optional[str] = typer.Option(None, "--split", help="Review this split (default: generated + hardened)."),
+    sheet: Path | None = typer.Option(None, "--sheet", help="Write an HTML review sheet here instead of asking."),
+    split: str | None = typer.Option(None, "--split", help="Review this split (default: generated + hardened)."),
     serve: bool = typer.Option(False, "--serve", help="Serve the review web app (several reviewers, in a browser)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="With --serve: address to listen on (not loopback: needs --token)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="With --serve: address to listen on (not loopback: needs --token)."
+    ),
     port: int = typer.Option(8765, "--port", help="With --serve: port to listen on."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="SIUO_REVIEW_TOKEN",
-                                        help="With --serve: access token every request must present (required off loopback)."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        envvar="SIUO_REVIEW_TOKEN",
+        help="With --serve: access token every request must present (required off loopback).",
+    ),
     wait: bool = WaitOpt,
 ) -> None:
     """Accept / reject / edit the accepted cases: in the browser (--serve), the terminal, or an HTML sheet."""
-    from generator.review.terminal import review_interactive
     from generator.review.sheet import write_review_sheet
+    from generator.review.terminal import review_interactive
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -427,10 +566,14 @@ def review_cmd(
         try:
             from generator.review import serve as serve_app
         except ImportError as exc:
-            raise UserError(f"the review app needs the `review` extra (pip install -e \".[review]\"): {exc}") from None
+            raise UserError(f'the review app needs the `review` extra (pip install -e ".[review]"): {exc}') from None
         shown_host = f"[{host}]" if ":" in host else host
-        console.print(f"review {run} at http://{shown_host}:{port}/" + ("?token=<your token>" if token else "")
-                      + "  (Ctrl+C stops)", highlight=False)
+        console.print(
+            f"review {run} at http://{shown_host}:{port}/"
+            + ("?token=<your token>" if token else "")
+            + "  (Ctrl+C stops)",
+            highlight=False,
+        )
         serve_app(store, host=host, port=port, token=token)
         return
     if sheet is not None:
@@ -439,41 +582,60 @@ def review_cmd(
         return
     with store.writing(wait):
         counts = review_interactive(store, reviewer, console=Console(), split=split)
-    console.print(f"accepted {counts['accept']}, rejected {counts['reject']}, skipped {counts['skip']}", highlight=False)
+    console.print(
+        f"accepted {counts['accept']}, rejected {counts['reject']}, skipped {counts['skip']}", highlight=False
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Evaluation: answer, judge, score, report
 # ----------------------------------------------------------------------------------------------------
 
+
 @app.command("answer")
 @clean_errors
 def answer_cmd(
     run: str = RunOpt,
     target: str = typer.Option("targets", "--target", help="Role or endpoint name of the VLM(s) to evaluate."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Open answers per case (default: 3 under protocol siuo, bench.samples under strict; MCQA follows the protocol)."),
+    samples: int | None = typer.Option(
+        None,
+        "--samples",
+        help="Open answers per case (default: 3 under protocol siuo, bench.samples under strict; MCQA follows the protocol).",
+    ),
     mcqa: bool = typer.Option(False, "--mcqa", help="Ask the multiple-choice form (an option letter) instead."),
     controls: bool = typer.Option(False, "--controls", help="Also ask safe control pairs (over-refusal)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
+    split: str | None = typer.Option(None, "--split", help="Only cases of this split (siuo, generated, hardened)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed calls again."),
-    protocol: Optional[str] = ProtocolOpt,
-    config: Optional[Path] = ConfigOpt,
+    protocol: str | None = ProtocolOpt,
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Send each case's image and question to a target VLM; responses go to responses.jsonl."""
-    from generator.evaluate.answer import answer
     from generator.config import load_settings
+    from generator.evaluate.answer import answer
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
-        reports = answer(store, settings, target, samples=samples, mcqa=mcqa, controls=controls,
-                         split=split, retry_failed=retry_failed, protocol=protocol)
+        reports = answer(
+            store,
+            settings,
+            target,
+            samples=samples,
+            mcqa=mcqa,
+            controls=controls,
+            split=split,
+            retry_failed=retry_failed,
+            protocol=protocol,
+        )
     for report in reports:
         console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(sum(r.failed for r in reports), sum(r.requested for r in reports),
-                   skipped=[f"{r.target}: {reason}" for r in reports for reason in r.incomplete])
+    exit_if_failed(
+        sum(r.failed for r in reports),
+        sum(r.requested for r in reports),
+        skipped=[f"{r.target}: {reason}" for r in reports for reason in r.incomplete],
+    )
 
 
 @app.command("judge")
@@ -482,13 +644,13 @@ def judge_cmd(
     run: str = RunOpt,
     judges: list[str] = typer.Option(["judge"], "--judge", help="Judge role or endpoint; repeat for several judges."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask failed judge calls again."),
-    protocol: Optional[str] = ProtocolOpt,
-    config: Optional[Path] = ConfigOpt,
+    protocol: str | None = ProtocolOpt,
+    config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Rate every response for safety and effectiveness (controls: refusal); judgments.jsonl."""
-    from generator.evaluate.judge import judge
     from generator.config import load_settings
+    from generator.evaluate.judge import judge
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
@@ -496,14 +658,19 @@ def judge_cmd(
     with store.writing(wait):
         report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
     console.print(printable(report.summary()), highlight=False)
-    orphans = [f"{report.unknown_case} response(s) skipped: their case is no longer in cases.jsonl"] if report.unknown_case else []
+    orphans = (
+        [f"{report.unknown_case} response(s) skipped: their case is no longer in cases.jsonl"]
+        if report.unknown_case
+        else []
+    )
     exit_if_failed(report.failed, report.requested, skipped=orphans)
 
 
 @app.command("score")
 @clean_errors
-def score_cmd(run: str = RunOpt, protocol: Optional[str] = ProtocolOpt, config: Optional[Path] = ConfigOpt,
-              wait: bool = WaitOpt) -> None:
+def score_cmd(
+    run: str = RunOpt, protocol: str | None = ProtocolOpt, config: Path | None = ConfigOpt, wait: bool = WaitOpt
+) -> None:
     """Safe / effective / safe-and-effective rates per target, split and domain; scores.json."""
     from generator.config import load_settings
     from generator.evaluate.score import score, score_tables
@@ -537,13 +704,14 @@ def report_cmd(run: str = RunOpt, wait: bool = WaitOpt) -> None:
 # The whole pipeline, and what a run holds
 # ----------------------------------------------------------------------------------------------------
 
+
 @app.command("run")
 @clean_errors
 def run_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="Pipeline config TOML (see configs/)."),
-    run: Optional[str] = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
-    protocol: Optional[str] = ProtocolOpt,
-    executor: Optional[str] = ExecutorOpt,
+    run: str | None = typer.Option(None, "--run", help="Run folder name (default: pipeline.run in the config)."),
+    protocol: str | None = ProtocolOpt,
+    executor: str | None = ExecutorOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """The whole pipeline: import, propose, harden, render, check, accept, answer, judge, score, report."""
@@ -575,7 +743,10 @@ def init_cmd(
     from generator.config import write_starter_config
 
     write_starter_config(template, out, force=force)
-    console.print(f"wrote {out} (from the {template} profile): edit endpoints and roles, then `siuo run -c {out}`", highlight=False)
+    console.print(
+        f"wrote {out} (from the {template} profile): edit endpoints and roles, then `siuo run -c {out}`",
+        highlight=False,
+    )
 
 
 @app.command("stats")
@@ -604,8 +775,8 @@ app.add_typer(cache_app, name="cache")
 @models_app.command("check")
 @clean_errors
 def models_check_cmd(
-    endpoint: Optional[list[str]] = typer.Option(None, "--endpoint", "-e", help="Only this endpoint (repeatable)."),
-    config: Optional[Path] = ConfigOpt,
+    endpoint: list[str] | None = typer.Option(None, "--endpoint", "-e", help="Only this endpoint (repeatable)."),
+    config: Path | None = ConfigOpt,
 ) -> None:
     """Ping each endpoint with one tiny request: reachable, latency, images, JSON schema."""
     import asyncio
@@ -621,7 +792,7 @@ def models_check_cmd(
 
 @cache_app.command("stats")
 @clean_errors
-def cache_stats_cmd(config: Optional[Path] = ConfigOpt) -> None:
+def cache_stats_cmd(config: Path | None = ConfigOpt) -> None:
     """Entries and size of the request cache."""
     from generator.config import load_settings
     from generator.models.cache import RequestCache
@@ -639,7 +810,7 @@ def cache_stats_cmd(config: Optional[Path] = ConfigOpt) -> None:
 
 @cache_app.command("clear")
 @clean_errors
-def cache_clear_cmd(config: Optional[Path] = ConfigOpt) -> None:
+def cache_clear_cmd(config: Path | None = ConfigOpt) -> None:
     """Delete every cached reply (the next run asks the models again)."""
     from generator.config import load_settings
     from generator.models.cache import RequestCache
@@ -656,4 +827,3 @@ def cache_clear_cmd(config: Optional[Path] = ConfigOpt) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
-

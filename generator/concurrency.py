@@ -16,9 +16,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-async def bounded_map(fn: Callable[[T], Awaitable[Any]], items: Iterable[T], limit: int,
-                      commit: Callable[[int, Any], None] | None = None, *, ordered: bool = False,
-                      on_done: Callable[[], None] | None = None) -> None:
+async def bounded_map(
+    fn: Callable[[T], Awaitable[Any]],
+    items: Iterable[T],
+    limit: int,
+    commit: Callable[[int, Any], None] | None = None,
+    *,
+    ordered: bool = False,
+    on_done: Callable[[], None] | None = None,
+) -> None:
     """Run `fn(item)` for each item with at most `limit` running; `commit(index, result)` for each result.
 
     `ordered`: commit in item order (a finished unit waits for the earlier ones; the window is still

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from generator.errors import UserError
@@ -156,7 +156,9 @@ class ProposeSettings(_Section):
     or a sentence-transformers model id / local folder."""
     prompt_file: str | None = None
     """Your own prompt template instead of prompts/propose.md."""
-    harden_strategies: list[str] = Field(default_factory=lambda: ["remove_giveaway_words", "move_cue_to_image", "benign_phrasing", "everyday_context"])
+    harden_strategies: list[str] = Field(
+        default_factory=lambda: ["remove_giveaway_words", "move_cue_to_image", "benign_phrasing", "everyday_context"]
+    )
     """Hardening strategies to apply (see prompts/harden.md)."""
     harden_prompt_file: str | None = None
     """Your own prompt template instead of prompts/harden.md."""
@@ -288,7 +290,18 @@ class PipelineSettings(_Section):
     run: str = "siuo-run"
     """Run folder name under outputs/ (overridden by `--run`)."""
     stages: list[str] = Field(
-        default_factory=lambda: ["import", "propose", "harden", "render", "check", "accept", "answer", "judge", "score", "report"]
+        default_factory=lambda: [
+            "import",
+            "propose",
+            "harden",
+            "render",
+            "check",
+            "accept",
+            "answer",
+            "judge",
+            "score",
+            "report",
+        ]
     )
     """Stages to run."""
     domains: str = "all"
@@ -335,7 +348,7 @@ class Settings(_Section):
             return [role]
         value = getattr(self.roles, role, None) if role in Roles.model_fields else None
         if value is None or value == []:
-            raise ConfigError(f"role {role!r} is not set: add `{role} = \"<endpoint>\"` under [roles] in the config")
+            raise ConfigError(f'role {role!r} is not set: add `{role} = "<endpoint>"` under [roles] in the config')
         return value if isinstance(value, list) else [value]
 
 
@@ -418,7 +431,7 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
 
 def settings_from_dict(data: dict[str, Any], source: str = "<config>") -> Settings:
     endpoints = data.get("endpoints")
-    for name, ep in (endpoints.items() if isinstance(endpoints, dict) else ()):
+    for name, ep in endpoints.items() if isinstance(endpoints, dict) else ():
         if isinstance(ep, dict):
             _refuse_secrets(source, name, ep)
     try:
@@ -458,7 +471,7 @@ def write_starter_config(template: str, out: Path, force: bool = False) -> None:
     write_text_atomic(out, src.read_text(encoding="utf-8"))
 
 
-def image_side(settings: "Settings", endpoint: Endpoint) -> int | None:
+def image_side(settings: Settings, endpoint: Endpoint) -> int | None:
     """The longest side images are sent at to `endpoint` (None: as they are); the endpoint's own
     `max_image_side` wins over `bench.image_max_side`."""
     side = endpoint.max_image_side if endpoint.max_image_side is not None else settings.bench.image_max_side

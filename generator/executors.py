@@ -49,8 +49,9 @@ def executor_settings(settings: Any) -> Any:
     return getattr(settings, "executor", settings)
 
 
-def map_batches(settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, batches: Sequence[Sequence[Any]], *,
-                loaded: Any = None) -> Iterator[tuple[int, list | Exception]]:
+def map_batches(
+    settings: Any, loader: Callable[[], Any], batch_fn: BatchFn, batches: Sequence[Sequence[Any]], *, loaded: Any = None
+) -> Iterator[tuple[int, list | Exception]]:
     """Yield `(i, batch_fn(model, batches[i]))` for every batch, as each finishes (any order under Ray).
 
     `loaded`: a model already loaded on the driver; the local executor uses it instead of calling
@@ -71,7 +72,7 @@ def batches_of(settings: Any, items: Sequence[Any], batch_size: int) -> list[lis
     """`items` in consecutive batches: `executor.batch_size` on Ray when set, else `batch_size`."""
     ex = executor_settings(settings)
     size = (ex.batch_size if ex.kind == "ray" else None) or batch_size
-    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _call(batch_fn: BatchFn, model: Any, batch: Sequence[Any]) -> list | Exception:
@@ -110,19 +111,29 @@ def connect(ex: Any) -> None:
     address = None if ex.address == "local" else ex.address
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
-        ray.init(address=address, include_dashboard=None if address else False, log_to_driver=True,
-                 configure_logging=False, runtime_env=_runtime_env())
+        ray.init(
+            address=address,
+            include_dashboard=None if address else False,
+            log_to_driver=True,
+            configure_logging=False,
+            runtime_env=_runtime_env(),
+        )
     except ConnectionError as exc:
-        raise UserError(f"executor.address = {ex.address!r}: no Ray cluster answered ({exc}); start one with "
-                        "`ray start --head`, or set executor.address = \"local\" for a single-machine instance") from None
+        raise UserError(
+            f"executor.address = {ex.address!r}: no Ray cluster answered ({exc}); start one with "
+            '`ray start --head`, or set executor.address = "local" for a single-machine instance'
+        ) from None
 
 
 def _runtime_env() -> dict:
     """Workers import this package from the same place as the driver (an editable checkout included)."""
     root = str(Path(__file__).resolve().parents[1])
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
-                         **{k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME")
-                            if k in os.environ}}}
+    return {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+            **{k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME") if k in os.environ},
+        }
+    }
 
 
 class _BatchActor:
@@ -153,8 +164,9 @@ class _LoadFailed:
     message: str
 
 
-def _ray_map(ex: Any, loader: Callable[[], Any], batch_fn: BatchFn,
-             batches: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list | Exception]]:
+def _ray_map(
+    ex: Any, loader: Callable[[], Any], batch_fn: BatchFn, batches: Sequence[Sequence[Any]]
+) -> Iterator[tuple[int, list | Exception]]:
     connect(ex)
     import ray.data
     from ray import cloudpickle

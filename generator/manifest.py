@@ -15,8 +15,18 @@ from generator.config import Settings, redacted
 from generator.store import RunStore
 
 KEY_PACKAGES = (
-    "openai", "torch", "diffusers", "transformers", "clip-anytorch", "pillow", "pydantic",
-    "sentence-transformers", "typer", "rich", "numpy", "matplotlib",
+    "openai",
+    "torch",
+    "diffusers",
+    "transformers",
+    "clip-anytorch",
+    "pillow",
+    "pydantic",
+    "sentence-transformers",
+    "typer",
+    "rich",
+    "numpy",
+    "matplotlib",
 )
 
 
@@ -35,7 +45,16 @@ def record_run_context(store: RunStore, settings: Settings) -> None:
     with store.update_manifest() as m:
         m.versions = environment_versions()
         m.config = redacted(settings)
-        for role in ("proposer", "judge", "targets", "text_guard", "image_guard", "vlm_checker", "text_checker", "images"):
+        for role in (
+            "proposer",
+            "judge",
+            "targets",
+            "text_guard",
+            "image_guard",
+            "vlm_checker",
+            "text_checker",
+            "images",
+        ):
             names = getattr(settings.roles, role)
             for name in names if isinstance(names, list) else [names]:
                 if name and name in settings.endpoints:

@@ -23,8 +23,8 @@ from rich.table import Table
 
 from generator.config import Settings
 from generator.errors import UserError
-from generator.manifest import record_run_context
 from generator.inventory import record_counts
+from generator.manifest import record_run_context
 from generator.store import RunStore
 from generator.terminal import printable
 
@@ -128,8 +128,9 @@ STAGE_FUNCTIONS: dict[str, Callable[[RunStore, Settings, Console], tuple[int, in
 }
 
 
-def run_pipeline(settings: Settings, run: str | None = None, console: Console | None = None,
-                 wait: bool = False) -> PipelineResult:
+def run_pipeline(
+    settings: Settings, run: str | None = None, console: Console | None = None, wait: bool = False
+) -> PipelineResult:
     """Run the configured stages in order on the run folder `run` (default: `pipeline.run`), holding the
     run's writer lock throughout (`wait`: queue behind another writer instead of stopping)."""
     console = console or Console(stderr=True)
@@ -165,13 +166,17 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
         result.seconds[stage] = time.perf_counter() - t0
         result.stages_run.append(stage)
         if outcome and outcome[0]:
-            result.incomplete.append(f"{stage}: {outcome[0]} of {outcome[1]} request(s) failed (recorded in failures.jsonl)")
+            result.incomplete.append(
+                f"{stage}: {outcome[0]} of {outcome[1]} request(s) failed (recorded in failures.jsonl)"
+            )
         if outcome and outcome[0] > settings.pipeline.max_failed_fraction * outcome[1]:
             failed, asked = outcome
             result.failed_stage = stage
-            result.stopped = (f"{failed} of {asked} {stage} request(s) failed, more than pipeline.max_failed_fraction "
-                              f"= {settings.pipeline.max_failed_fraction}; scores would be wrong, so the run stops "
-                              f"here (see failures.jsonl, then re-run)")
+            result.stopped = (
+                f"{failed} of {asked} {stage} request(s) failed, more than pipeline.max_failed_fraction "
+                f"= {settings.pipeline.max_failed_fraction}; scores would be wrong, so the run stops "
+                f"here (see failures.jsonl, then re-run)"
+            )
             break
     return result
 
@@ -208,8 +213,14 @@ def summary_panel(result: PipelineResult) -> Panel:
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):
             board.add_column(col)
         for row in leaderboard_rows(json.loads(scores_file.read_text())):
-            board.add_row(printable(row["target"]), printable(row["split"]), str(row["cases"]), fmt_rate(row["safe"]),
-                          fmt_rate(row["effective"]), fmt_rate(row["safe_effective"]))
+            board.add_row(
+                printable(row["target"]),
+                printable(row["split"]),
+                str(row["cases"]),
+                fmt_rate(row["safe"]),
+                fmt_rate(row["effective"]),
+                fmt_rate(row["safe_effective"]),
+            )
         parts.append(board)
 
     usage = store.load_manifest().usage

@@ -67,7 +67,9 @@ class _NoProgress:
 
 
 @contextmanager
-def stage_progress(console: Console | None = None, hub: Any = None, enabled: bool = True) -> Iterator[Progress | _NoProgress]:
+def stage_progress(
+    console: Console | None = None, hub: Any = None, enabled: bool = True
+) -> Iterator[Progress | _NoProgress]:
     """A rich progress bar on stderr; `hub` adds the live cost and failure columns."""
     if not enabled:
         yield _NoProgress()

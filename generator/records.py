@@ -37,7 +37,7 @@ class Record(BaseModel):
         raise NotImplementedError
 
     @model_validator(mode="after")
-    def _fill_key(self) -> "Record":
+    def _fill_key(self) -> Record:
         if not self.key:
             self.key = self.make_key()
         return self
@@ -50,7 +50,7 @@ class Usage(BaseModel):
     completion_tokens: int = 0
     cost_usd: float = 0.0
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from generator.errors import UserError
-from generator.records import RunManifest, Record, StageLog, Usage, utc_now
+from generator.records import Record, RunManifest, StageLog, Usage, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class RunStore:
     # -- opening ------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, name: str, root: Path | None = None, create: bool = True) -> "RunStore":
+    def open(cls, name: str, root: Path | None = None, create: bool = True) -> RunStore:
         """Open (and by default create) the run called `name` under `root` (default: `outputs_dir()`)."""
         if not RUN_NAME.match(name):
             raise StoreError(
@@ -168,7 +168,9 @@ class RunStore:
                     fh.seek(0)
                     data = fh.read()
                     cut = data.rfind(b"\n") + 1
-                    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write", path, size - cut)
+                    log.warning(
+                        "%s: dropping a torn last line (%d bytes) left by an interrupted write", path, size - cut
+                    )
                     fh.truncate(cut)
         self._repaired.add(path.name)
 
@@ -202,7 +204,7 @@ class RunStore:
         try:
             view = memoryview(data)
             while view:  # a regular file takes it in one go; loop in case of a short write
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         finally:
             os.close(fd)
 
@@ -256,7 +258,7 @@ class RunStore:
         return n
 
     @contextmanager
-    def writing(self, wait: bool = False) -> Iterator["RunStore"]:
+    def writing(self, wait: bool = False) -> Iterator[RunStore]:
         """Hold the run's exclusive writer lock for a whole command.
 
         Why: two writers on one run send every request twice and leave conflicting records. A second
@@ -304,7 +306,9 @@ class RunStore:
                     if not raw.endswith(b"\n"):  # only the last line can lack its newline: a torn write
                         log.warning("%s:%d: ignoring a torn last line (an interrupted write)", path, number)
                         return
-                    raise StoreError(f"{path}:{number}: not a valid {record_type.__name__} record: {_first_error(exc)}") from None
+                    raise StoreError(
+                        f"{path}:{number}: not a valid {record_type.__name__} record: {_first_error(exc)}"
+                    ) from None
 
     def iter_latest(self, record_type: type[R]) -> Iterator[R]:
         """The records of `latest_by_key` (each key's last-written one), streamed in the order those were

@@ -24,8 +24,9 @@ def have_official() -> bool:
     return OFFICIAL_GEN.is_file() and OFFICIAL_MCQA.is_file()
 
 
-NO_OFFICIAL = (f"needs the official SIUO files (siuo_gen.json, siuo_mcqa.json) in {SIUO_DIR}, "
-               "which a fresh clone does not have")
+NO_OFFICIAL = (
+    f"needs the official SIUO files (siuo_gen.json, siuo_mcqa.json) in {SIUO_DIR}, which a fresh clone does not have"
+)
 
 needs_official = pytest.mark.skipif(not have_official(), reason=NO_OFFICIAL)
 """Mark for a test that checks the official set itself or needs its size."""

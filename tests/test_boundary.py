@@ -14,10 +14,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from generator.cli import EXIT_FAILED_RECORDS, _scrubbing, app
-from generator.interop.siuo import read_official, write_import
 from generator.evaluate.answer import answer
 from generator.evaluate.score import score, score_tables
 from generator.interop.responses_in import import_responses
+from generator.interop.siuo import read_official, write_import
 from generator.models.cache import RequestCache
 from generator.models.structured import parse_structured
 from generator.records import Case, Response
@@ -31,9 +31,20 @@ ESC_RESET = "\x1bc"
 
 
 def _case(qid: str, image: str | None = "a.png", **kw) -> Case:
-    return Case(question_id=qid, image=image or "none.png", image_path=f"images/{image}" if image else None,
-                image_missing=image is None, question=f"What next, {qid}?", category="self-harm", domain="self-harm",
-                safety_warning="w", hazard="h", reference_answer="r", split="generated", **kw)
+    return Case(
+        question_id=qid,
+        image=image or "none.png",
+        image_path=f"images/{image}" if image else None,
+        image_missing=image is None,
+        question=f"What next, {qid}?",
+        category="self-harm",
+        domain="self-harm",
+        safety_warning="w",
+        hazard="h",
+        reference_answer="r",
+        split="generated",
+        **kw,
+    )
 
 
 def _run(tmp_path, name: str = "b", cases: list[Case] | None = None) -> RunStore:
@@ -110,8 +121,14 @@ def test_a_lone_surrogate_in_an_official_file_is_imported_replaced_and_counted(t
     images = tmp_path / "images"
     images.mkdir()
     (images / "S-01.png").write_bytes(tiny_png())
-    item = {"question_id": 1, "image": "S-01.png", "question": f"Is this safe{LONE}?", "category": "self-harm",
-            "safety_warning": "w", "reference_answer": "r"}
+    item = {
+        "question_id": 1,
+        "image": "S-01.png",
+        "question": f"Is this safe{LONE}?",
+        "category": "self-harm",
+        "safety_warning": "w",
+        "reference_answer": "r",
+    }
     gen = tmp_path / "siuo_gen.json"
     gen.write_text(json.dumps([item]))  # json.dumps spells the surrogate as the escape \ud800
     report = read_official(gen, images_dir=images)
@@ -149,16 +166,25 @@ HOSTILE_LMMS = {
     "a line is a list": b'["q1", "x"]\n',
 }
 EXPECTED_WHERE = {
-    "deep nesting": ":1: JSON nested too deeply", "doc is a list": ":1: field 'doc'", "doc is a string": ":1: field 'doc'",
-    "not UTF-8": ":1: not UTF-8", "a PNG": ":1: not UTF-8", "resps is a dict": ":1: field 'resps'",
-    "resps is an int": ":1: field 'resps'", "an answer is an object": ":1: field 'resps', answer 0",
-    "target is an object": ":1: field 'target'", "a line is a list": ":1: expected a JSON object",
+    "deep nesting": ":1: JSON nested too deeply",
+    "doc is a list": ":1: field 'doc'",
+    "doc is a string": ":1: field 'doc'",
+    "not UTF-8": ":1: not UTF-8",
+    "a PNG": ":1: not UTF-8",
+    "resps is a dict": ":1: field 'resps'",
+    "resps is an int": ":1: field 'resps'",
+    "an answer is an object": ":1: field 'resps', answer 0",
+    "target is an object": ":1: field 'target'",
+    "a line is a list": ":1: expected a JSON object",
 }
 
 
 def _import(tmp_path, path, fmt: str, *extra: str):
-    return CliRunner().invoke(app, ["import-responses", str(path), "--format", fmt, "--run", "b", "--target", "t", *extra],
-                              env={"SIUO_OUTPUTS": str(tmp_path / "outputs")})
+    return CliRunner().invoke(
+        app,
+        ["import-responses", str(path), "--format", fmt, "--run", "b", "--target", "t", *extra],
+        env={"SIUO_OUTPUTS": str(tmp_path / "outputs")},
+    )
 
 
 def _one_line_error(result, path) -> str:
@@ -179,7 +205,9 @@ def test_a_hostile_lmms_eval_file_is_a_one_line_error_naming_file_line_and_field
     assert store.read(Response) == []  # nothing half-imported
 
 
-@pytest.mark.parametrize("content", [b"PK\x03\x04 not really a zip", tiny_png(), b""], ids=["truncated zip", "png", "empty"])
+@pytest.mark.parametrize(
+    "content", [b"PK\x03\x04 not really a zip", tiny_png(), b""], ids=["truncated zip", "png", "empty"]
+)
 def test_a_corrupt_vlmevalkit_xlsx_is_a_one_line_error(tmp_path, content):
     pytest.importorskip("openpyxl")
     _run(tmp_path)
@@ -188,8 +216,11 @@ def test_a_corrupt_vlmevalkit_xlsx_is_a_one_line_error(tmp_path, content):
     assert "not a readable VLMEvalKit prediction file" in _one_line_error(_import(tmp_path, path, "vlmevalkit"), path)
 
 
-@pytest.mark.parametrize("content", [b"PK\x03\x04 broken", tiny_png(), ("[" * DEEP + "]" * DEEP).encode(), b'{"eval": 3}'],
-                         ids=["truncated zip", "png", "deep nesting", "wrong shape"])
+@pytest.mark.parametrize(
+    "content",
+    [b"PK\x03\x04 broken", tiny_png(), ("[" * DEEP + "]" * DEEP).encode(), b'{"eval": 3}'],
+    ids=["truncated zip", "png", "deep nesting", "wrong shape"],
+)
 def test_a_hostile_inspect_log_is_a_one_line_error(tmp_path, content):
     pytest.importorskip("inspect_ai")
     _run(tmp_path)
@@ -201,7 +232,9 @@ def test_a_hostile_inspect_log_is_a_one_line_error(tmp_path, content):
 def test_samples_per_case_and_answer_length_are_bounded_and_the_cut_is_reported(tmp_path):
     store = _run(tmp_path)
     path = tmp_path / "samples_x.jsonl"
-    path.write_text(json.dumps({"target": "q1", "resps": [["x" * 40_000]] + [[f"answer {k}"] for k in range(1, 2001)]}) + "\n")
+    path.write_text(
+        json.dumps({"target": "q1", "resps": [["x" * 40_000]] + [[f"answer {k}"] for k in range(1, 2001)]}) + "\n"
+    )
     result = _import(tmp_path, path, "lmms-eval")
     assert result.exit_code == EXIT_FAILED_RECORDS, result.output
     assert "1985 answer(s) left out" in result.output and "1 answer(s) longer than 32,000 characters" in result.output
@@ -210,8 +243,24 @@ def test_samples_per_case_and_answer_length_are_bounded_and_the_cut_is_reported(
     assert max(len(r.text) for r in responses) == 32_000
 
     other = _run(tmp_path, "b2")
-    result = CliRunner().invoke(app, ["import-responses", str(path), "--format", "lmms-eval", "--run", "b2", "--target", "t",
-                                      "--max-samples", "2", "--max-chars", "10"], env={"SIUO_OUTPUTS": str(tmp_path / "outputs")})
+    result = CliRunner().invoke(
+        app,
+        [
+            "import-responses",
+            str(path),
+            "--format",
+            "lmms-eval",
+            "--run",
+            "b2",
+            "--target",
+            "t",
+            "--max-samples",
+            "2",
+            "--max-chars",
+            "10",
+        ],
+        env={"SIUO_OUTPUTS": str(tmp_path / "outputs")},
+    )
     assert result.exit_code == EXIT_FAILED_RECORDS, result.output
     assert sorted((r.sample, len(r.text)) for r in other.read(Response)) == [(0, 10), (1, 8)]
     assert "1999 answer(s) left out" in result.output
@@ -262,8 +311,15 @@ def test_an_endpoint_error_in_the_models_check_table_shows_literally():
     from generator.models.probe import EndpointCheck, check_table
 
     console = Console(record=True, width=300, force_terminal=True)
-    console.print(check_table([EndpointCheck(name="[red]e", kind="chat", model="m", reachable=False,
-                                             note=f"HTTP 500: {ESC_RESET}[bold]boom[/]")]))
+    console.print(
+        check_table(
+            [
+                EndpointCheck(
+                    name="[red]e", kind="chat", model="m", reachable=False, note=f"HTTP 500: {ESC_RESET}[bold]boom[/]"
+                )
+            ]
+        )
+    )
     text = console.export_text(styles=False)
     assert "[red]e" in text and "\\x1bc[bold]boom[/]" in text and "\x1b" not in text
 
@@ -272,10 +328,14 @@ def test_control_characters_in_case_text_and_names_are_escaped_in_report_md(tmp_
     from generator.evaluate.judge import judge
     from generator.evaluate.report import report
 
-    store = _run(tmp_path, cases=[_case("q1").model_copy(update={"question": f"Look{ESC_RESET}\x1b[31m here\r\n\x00?"})])
+    store = _run(
+        tmp_path, cases=[_case("q1").model_copy(update={"question": f"Look{ESC_RESET}\x1b[31m here\r\n\x00?"})]
+    )
     case = store.read(Case)[0]
     target = f"t{ESC_RESET}[x](http://evil.example)"
-    store.append(Response(case_id=case.key, target=target, model="m", sample=0, text=f"Sure{ESC_RESET} `x`", protocol="siuo"))
+    store.append(
+        Response(case_id=case.key, target=target, model="m", sample=0, text=f"Sure{ESC_RESET} `x`", protocol="siuo")
+    )
     fake_openai.on_chat(lambda body: "VERDICT: UNSAFE\x1b[2J" if "SAFETY" in str(body) else "VERDICT: VERY")
     judge(store, fake_openai.settings(), ["judge"], show_progress=False)
     md_path, _ = report(store)
@@ -310,7 +370,9 @@ def test_answer_exits_3_when_cases_were_skipped_for_a_missing_or_unreadable_imag
 def test_import_responses_exits_3_when_answers_match_no_case(tmp_path):
     _run(tmp_path)
     path = tmp_path / "samples_x.jsonl"
-    path.write_text(json.dumps({"target": "q1", "resps": ["a"]}) + "\n" + json.dumps({"target": "nope", "resps": ["b"]}) + "\n")
+    path.write_text(
+        json.dumps({"target": "q1", "resps": ["a"]}) + "\n" + json.dumps({"target": "nope", "resps": ["b"]}) + "\n"
+    )
     result = _import(tmp_path, path, "lmms-eval")
     assert result.exit_code == EXIT_FAILED_RECORDS and "1 answer(s) matched no case" in result.output
 
@@ -323,8 +385,16 @@ def test_siuo_run_exits_3_when_a_stage_recorded_failures_below_the_stop_fraction
     items = []
     for i in range(1, 26):
         (images / f"S-{i}.png").write_bytes(tiny_png(rgb=(i, 20, 30)))
-        items.append({"question_id": i, "image": f"S-{i}.png", "question": f"Now what {i}?", "category": "self-harm",
-                      "safety_warning": "w", "reference_answer": "r"})
+        items.append(
+            {
+                "question_id": i,
+                "image": f"S-{i}.png",
+                "question": f"Now what {i}?",
+                "category": "self-harm",
+                "safety_warning": "w",
+                "reference_answer": "r",
+            }
+        )
     gen = tmp_path / "siuo" / "gen.json"
     gen.write_text(json.dumps(items))
     config = fake_openai.settings().model_dump(mode="json", exclude_none=True)

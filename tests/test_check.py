@@ -33,13 +33,32 @@ from generator.store import RunStore
 from generator.testing.fake_openai import has_image, last_user_text
 from generator.testing.tiny_models import CLIP_PRESETS, make_clip, make_safety_checker, save_clip, save_safety_checker
 
-ROLES = ["good", "hardened", "checker_unsafe", "guard_unsafe", "text_unsafe", "leaky_question", "leaky_description",
-         "no_hazard", "wrong_hazard", "judge_error"]
+ROLES = [
+    "good",
+    "hardened",
+    "checker_unsafe",
+    "guard_unsafe",
+    "text_unsafe",
+    "leaky_question",
+    "leaky_description",
+    "no_hazard",
+    "wrong_hazard",
+    "judge_error",
+]
 EXPECTED = {
-    "good": "accepted", "hardened": "accepted", "misaligned": "alignment", "clip_unsafe": "image_benign",
-    "checker_unsafe": "image_benign", "guard_unsafe": "image_benign", "text_unsafe": "text_benign",
-    "leaky_question": "no_leakage", "leaky_description": "no_leakage", "no_hazard": "pair_hazard",
-    "wrong_hazard": "pair_hazard", "judge_error": "pair_hazard", "not_rendered": "not_rendered",
+    "good": "accepted",
+    "hardened": "accepted",
+    "misaligned": "alignment",
+    "clip_unsafe": "image_benign",
+    "checker_unsafe": "image_benign",
+    "guard_unsafe": "image_benign",
+    "text_unsafe": "text_benign",
+    "leaky_question": "no_leakage",
+    "leaky_description": "no_leakage",
+    "no_hazard": "pair_hazard",
+    "wrong_hazard": "pair_hazard",
+    "judge_error": "pair_hazard",
+    "not_rendered": "not_rendered",
 }
 DOMAINS = ["self-harm", "dangerous-behavior", "privacy-violation"]
 
@@ -81,7 +100,9 @@ def build_world(tmp_path: Path, fake, tiny_clip: Path, scorer: ClipScorer) -> Wo
     rng = np.random.default_rng(7)
     slots = 12
     descriptions = [f"a photo of scene number {i}" for i in range(slots)]
-    images = [[Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)] for _ in range(slots)]
+    images = [
+        [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)] for _ in range(slots)
+    ]
 
     # 1) alignment: the slot whose best candidate scores lowest plays "misaligned"
     best, chosen = [], []
@@ -131,12 +152,17 @@ def build_world(tmp_path: Path, fake, tiny_clip: Path, scorer: ClipScorer) -> Wo
     for i in range(slots):
         role = slot_role[i]
         q = f"Could you help me with this, number {i}?"
-        s = Scenario(domain=DOMAINS[i % 3], image_prompt=f"prompt {i}", image_description=descriptions[i], question=q,
-                     hazard=f"HAZARD-{i}: the detail in the picture makes this harmful",
-                     reference_answer=f"safe answer {i}",
-                     mcqa_distractors=[f"unsafe answer {i}", f"vague answer {i}", "no."] if role == "good" else [],
-                     parent_id=good.key if role == "hardened" else None,
-                     strategy="benign_phrasing" if role == "hardened" else None)
+        s = Scenario(
+            domain=DOMAINS[i % 3],
+            image_prompt=f"prompt {i}",
+            image_description=descriptions[i],
+            question=q,
+            hazard=f"HAZARD-{i}: the detail in the picture makes this harmful",
+            reference_answer=f"safe answer {i}",
+            mcqa_distractors=[f"unsafe answer {i}", f"vague answer {i}", "no."] if role == "good" else [],
+            parent_id=good.key if role == "hardened" else None,
+            strategy="benign_phrasing" if role == "hardened" else None,
+        )
         if role == "good":
             good = s
         world.by_role[role] = s
@@ -144,27 +170,56 @@ def build_world(tmp_path: Path, fake, tiny_clip: Path, scorer: ClipScorer) -> Wo
         for k in range(2):
             path = store.images_dir / f"slot{i}_c{k}.png"
             images[i][k].save(path)
-            store.append(Render(scenario_id=s.key, candidate=k, backend="diffusers", model="test", path=f"images/{path.name}",
-                                seed=k, steps=1))
+            store.append(
+                Render(
+                    scenario_id=s.key,
+                    candidate=k,
+                    backend="diffusers",
+                    model="test",
+                    path=f"images/{path.name}",
+                    seed=k,
+                    steps=1,
+                )
+            )
         world.hazards[q] = s.hazard
-        world.judge_behaviour[q] = {"no_hazard": "none", "wrong_hazard": "other", "judge_error": "garbage"}.get(role, "hazard")
+        world.judge_behaviour[q] = {"no_hazard": "none", "wrong_hazard": "other", "judge_error": "garbage"}.get(
+            role, "hazard"
+        )
     world.flag_images.add(pixel_key(images[role_slot["guard_unsafe"]][chosen[role_slot["guard_unsafe"]]]))
     world.flag_texts.add(world.by_role["text_unsafe"].question)
     world.flag_texts.add(world.by_role["leaky_description"].image_description)
     world.leaky_texts.add(world.by_role["leaky_question"].question)
     # a duplicate (rendered, yet skipped) and a scenario without image
-    dup = Scenario(domain="self-harm", image_prompt="dup", image_description="dup", question="dup?", hazard="h",
-                   reference_answer="r", status="duplicate", duplicate_of=good.key)
+    dup = Scenario(
+        domain="self-harm",
+        image_prompt="dup",
+        image_description="dup",
+        question="dup?",
+        hazard="h",
+        reference_answer="r",
+        status="duplicate",
+        duplicate_of=good.key,
+    )
     store.append(dup)
-    store.append(Render(scenario_id=dup.key, candidate=0, backend="diffusers", model="test", path="images/slot0_c0.png"))
-    world.by_role["not_rendered"] = Scenario(domain="religion", image_prompt="x", image_description="x", question="x?",
-                                             hazard="h", reference_answer="r")
+    store.append(
+        Render(scenario_id=dup.key, candidate=0, backend="diffusers", model="test", path="images/slot0_c0.png")
+    )
+    world.by_role["not_rendered"] = Scenario(
+        domain="religion", image_prompt="x", image_description="x", question="x?", hazard="h", reference_answer="r"
+    )
     store.append(world.by_role["not_rendered"])
 
     settings = fake.settings(cache=False)
-    settings.check = settings.check.model_copy(update=dict(
-        clip_model=str(tiny_clip), alignment_threshold=alignment_threshold, unsafe_concept_margin=margin,
-        safety_checker=str(checker_dir), hazard_match_threshold=0.5, batch=5))
+    settings.check = settings.check.model_copy(
+        update=dict(
+            clip_model=str(tiny_clip),
+            alignment_threshold=alignment_threshold,
+            unsafe_concept_margin=margin,
+            safety_checker=str(checker_dir),
+            hazard_match_threshold=0.5,
+            batch=5,
+        )
+    )
     settings.bench.image_max_side = 0  # images sent as they are: the scripted server knows them by their pixels
     world.settings = settings
     script(fake, world)
@@ -179,7 +234,11 @@ def script(fake, world: World) -> None:
         else:
             data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
             flagged = pixel_key(Image.open(io.BytesIO(data))) in world.flag_images
-        return {"flagged": flagged, "categories": {"self-harm": flagged}, "category_scores": {"self-harm": 0.9 if flagged else 0.01}}
+        return {
+            "flagged": flagged,
+            "categories": {"self-harm": flagged},
+            "category_scores": {"self-harm": 0.9 if flagged else 0.01},
+        }
 
     def chat(body: dict):
         text = last_user_text(body)
@@ -247,8 +306,10 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
     assert res[world.by_role["leaky_question"].key][("no_leakage.question", None)].passed is False
     assert res[world.by_role["leaky_question"].key][("no_leakage.description", None)].passed is True
     assert res[world.by_role["leaky_description"].key][("no_leakage.description", None)].passed is False
-    pair = {role: next(r for (n, _), r in res[world.by_role[role].key].items() if n == "pair_hazard")
-            for role in ("good", "no_hazard", "wrong_hazard", "judge_error")}
+    pair = {
+        role: next(r for (n, _), r in res[world.by_role[role].key].items() if n == "pair_hazard")
+        for role in ("good", "no_hazard", "wrong_hazard", "judge_error")
+    }
     assert pair["good"].passed and pair["good"].score == 1.0 and "HAZARD-" in pair["good"].detail
     assert pair["no_hazard"].passed is False and pair["no_hazard"].score == 0.0
     assert pair["wrong_hazard"].passed is False and pair["wrong_hazard"].score == pytest.approx(0.1)
@@ -264,18 +325,32 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
     g, h = cases[world.by_role["good"].key], cases[world.by_role["hardened"].key]
     assert g.split == "generated" and h.split == "hardened" and h.parent_id == g.scenario_id
     assert g.question_id == question_id(world.by_role["good"]) == f"gen-{world.by_role['good'].key}"
-    render_path = next(r.path for r in world.store.read(Render) if r.scenario_id == g.scenario_id and r.candidate == best)
+    render_path = next(
+        r.path for r in world.store.read(Render) if r.scenario_id == g.scenario_id and r.candidate == best
+    )
     assert g.image_path == render_path and g.image == Path(render_path).name
     assert g.safety_warning == g.hazard == world.by_role["good"].hazard
-    assert g.category == {"self-harm": "self-harm", "dangerous-behavior": "dangerous behavior",
-                          "privacy-violation": "privacy violation"}[g.domain]
+    assert (
+        g.category
+        == {
+            "self-harm": "self-harm",
+            "dangerous-behavior": "dangerous behavior",
+            "privacy-violation": "privacy violation",
+        }[g.domain]
+    )
     assert g.options and g.options[g.correct_option] == world.by_role["good"].reference_answer and len(g.options) == 4
     assert h.options is None
 
     saved = json.loads((world.store.path / REPORT_FILE).read_text())
     assert saved["scenarios"] == 13 and saved["accepted"] == 2
-    assert saved["fell_at"] == {"not_rendered": 1, "alignment": 1, "image_benign": 3, "text_benign": 1,
-                                "no_leakage": 2, "pair_hazard": 3}
+    assert saved["fell_at"] == {
+        "not_rendered": 1,
+        "alignment": 1,
+        "image_benign": 3,
+        "text_benign": 1,
+        "no_leakage": 2,
+        "pair_hazard": 3,
+    }
     assert sum(d["scenarios"] for d in saved["per_domain"].values()) == 13
     assert saved["per_domain"]["religion"]["not_rendered"] == 1
     assert fake_openai.max_in_flight > 1  # chat checks ran concurrently
@@ -284,7 +359,11 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
 def test_rerun_sends_no_request_and_writes_nothing(world, fake_openai):
     check(world.store, world.settings)
     accept(world.store, world.settings)
-    hits, checks_text, cases_text = fake_openai.hits, world.store.file_for(CheckResult).read_text(), world.store.file_for(Case).read_text()
+    hits, checks_text, cases_text = (
+        fake_openai.hits,
+        world.store.file_for(CheckResult).read_text(),
+        world.store.file_for(Case).read_text(),
+    )
     report = check(world.store, world.settings)
     assert not report.new and report.skipped > 0
     assert fake_openai.hits == hits
@@ -310,8 +389,16 @@ def test_without_the_funnel_every_check_runs(world, fake_openai):
     world.settings.check.stop_at_first_failure = False
     check(world.store, world.settings)
     mis = results(world.store)[world.by_role["misaligned"].key]
-    assert {n for n, _ in mis} == {"alignment", "image_benign.clip", "image_benign.safety_checker", "image_benign.guard",
-                                   "text_benign", "no_leakage.question", "no_leakage.description", "pair_hazard"}
+    assert {n for n, _ in mis} == {
+        "alignment",
+        "image_benign.clip",
+        "image_benign.safety_checker",
+        "image_benign.guard",
+        "text_benign",
+        "no_leakage.question",
+        "no_leakage.description",
+        "pair_hazard",
+    }
     fr = accept(world.store, world.settings)
     assert {world.role_of(k): v for k, v in fr.outcomes.items()} == EXPECTED
 
@@ -349,15 +436,21 @@ def test_unreadable_image_is_an_error_not_a_pass(world, fake_openai):
 def test_checks_without_their_model_are_not_run_never_passed(world, fake_openai):
     """No CLIP weights: alignment and the CLIP screen are written as not run. By default a not-run family
     blocks every scenario; `check.required` names the families that must pass, and the others may not run."""
-    world.settings.check = world.settings.check.model_copy(update=dict(
-        clip_model=str(world.store.path / "no-such-clip.pt"), safety_checker=None,
-        enabled=["alignment", "image_benign", "text_benign"]))
+    world.settings.check = world.settings.check.model_copy(
+        update=dict(
+            clip_model=str(world.store.path / "no-such-clip.pt"),
+            safety_checker=None,
+            enabled=["alignment", "image_benign", "text_benign"],
+        )
+    )
     # without alignment the lowest candidate is the image: make guard_unsafe's candidate 0 the flagged one
     guard_unsafe = world.by_role["guard_unsafe"].key
     [r0] = [r for r in world.store.read(Render) if r.scenario_id == guard_unsafe and r.candidate == 0]
     world.flag_images.add(pixel_key(Image.open(world.store.resolve(r0.path))))
     report = check(world.store, world.settings)
-    assert set(report.not_run) == {"alignment", "image_benign.clip"} and "no CLIP weights" in report.not_run["alignment"]
+    assert (
+        set(report.not_run) == {"alignment", "image_benign.clip"} and "no CLIP weights" in report.not_run["alignment"]
+    )
     assert "alignment: NOT RUN" in report.summary() and sum(report.errors.values()) == 0
     res = results(world.store)[world.by_role["good"].key]
     assert res[("alignment", 0)].passed is None and res[("alignment", 0)].not_run
@@ -372,7 +465,10 @@ def test_checks_without_their_model_are_not_run_never_passed(world, fake_openai)
     assert outcomes["guard_unsafe"] == "image_benign" and outcomes["text_unsafe"] == "text_benign"
     assert outcomes["good"] == outcomes["misaligned"] == outcomes["clip_unsafe"] == "accepted"
     saved = json.loads((world.store.path / REPORT_FILE).read_text())
-    assert set(saved["not_run"]) == {"alignment", "image_benign.clip"} and saved["required"] == ["image_benign", "text_benign"]
+    assert set(saved["not_run"]) == {"alignment", "image_benign.clip"} and saved["required"] == [
+        "image_benign",
+        "text_benign",
+    ]
     # the report opens with the same facts, in words
     notices = check_notices(world.store)
     assert any(n.startswith("Check alignment did NOT RUN") for n in notices)
@@ -385,8 +481,11 @@ def test_cli_check_without_a_role_prints_one_line(tmp_path, monkeypatch):
     monkeypatch.delenv("SIUO_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     store = RunStore.open("c", root=tmp_path / "outputs")
-    store.append(Scenario(domain="self-harm", image_prompt="p", image_description="d", question="q", hazard="h",
-                          reference_answer="r"))
+    store.append(
+        Scenario(
+            domain="self-harm", image_prompt="p", image_description="d", question="q", hazard="h", reference_answer="r"
+        )
+    )
     result = CliRunner().invoke(app, ["check", "--run", "c"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "text_benign needs roles.text_guard" in result.output
@@ -414,7 +513,9 @@ def test_clip_checkpoint_round_trip_and_batching(tiny_clip, scorer):
     pixels = torch.stack([scorer.preprocess(im) for im in images])
     with torch.no_grad():
         ref = torch.nn.functional.normalize(original.encode_image(pixels).float(), dim=-1)
-        ref_text = torch.nn.functional.normalize(original.encode_text(clip.tokenize(["a roof", "a dog"])).float(), dim=-1)
+        ref_text = torch.nn.functional.normalize(
+            original.encode_text(clip.tokenize(["a roof", "a dog"])).float(), dim=-1
+        )
     assert (batched - ref).abs().max() < 5e-2
     assert (scorer.encode_texts(["a roof", "a dog"]) - ref_text).abs().max() < 5e-2
     probs = scorer.zero_shot(batched, ["a", "b", "c"])
@@ -443,8 +544,15 @@ def test_safety_checker_agrees_with_diffusers_forward(tmp_path):
 def test_mcqa_options_put_the_reference_answer_at_a_stable_letter():
     letters = set()
     for i in range(12):
-        s = Scenario(domain="morality", image_prompt=f"p{i}", image_description="d", question="q", hazard="h",
-                     reference_answer="SAFE", mcqa_distractors=["u", "v", "w"])
+        s = Scenario(
+            domain="morality",
+            image_prompt=f"p{i}",
+            image_description="d",
+            question="q",
+            hazard="h",
+            reference_answer="SAFE",
+            mcqa_distractors=["u", "v", "w"],
+        )
         options, correct = mcqa_options(s)
         assert options[correct] == "SAFE" and sorted(options.values()) == ["SAFE", "u", "v", "w"]
         assert mcqa_options(s) == (options, correct)

@@ -9,9 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from generator.checks import (
+    AlignmentCheck,
+    ConceptScreenCheck,
+    ImageGuardCheck,
+    LocalImageCheck,
+    OpenNSFWCheck,
+    PairHazardCheck,
+    RemoteCheck,
+    Subject,
+    TextGuardCheck,
+    TextOnlyJudgeCheck,
+    build_units,
+)
 from generator.checks.stage import planned_checks
-from generator.checks import (AlignmentCheck, ConceptScreenCheck, ImageGuardCheck, LocalImageCheck, OpenNSFWCheck,
-                              PairHazardCheck, RemoteCheck, Subject, TextGuardCheck, TextOnlyJudgeCheck, build_units)
 from generator.testing.tiny_models import save_clip
 
 
@@ -23,17 +34,33 @@ def tiny_clip(tmp_path_factory) -> Path:
 def test_units_follow_the_plan_in_order(fake_openai):
     settings = fake_openai.settings()
     units = build_units(settings, planned_checks(settings))
-    assert [u.name for u in units] == ["alignment", "image_benign.clip", "image_benign.guard", "text_benign",
-                                       "no_leakage.question", "no_leakage.description", "pair_hazard"]
+    assert [u.name for u in units] == [
+        "alignment",
+        "image_benign.clip",
+        "image_benign.guard",
+        "text_benign",
+        "no_leakage.question",
+        "no_leakage.description",
+        "pair_hazard",
+    ]
     kinds = [type(u) for u in units]
-    assert kinds == [AlignmentCheck, ConceptScreenCheck, ImageGuardCheck, TextGuardCheck, TextOnlyJudgeCheck,
-                     TextGuardCheck, PairHazardCheck]
+    assert kinds == [
+        AlignmentCheck,
+        ConceptScreenCheck,
+        ImageGuardCheck,
+        TextGuardCheck,
+        TextOnlyJudgeCheck,
+        TextGuardCheck,
+        PairHazardCheck,
+    ]
     assert all(isinstance(u, LocalImageCheck) for u in units[:2]) and all(isinstance(u, RemoteCheck) for u in units[2:])
     assert units[0].clip is units[1].clip  # one CLIP model for both CLIP checks
     settings.roles.image_guard = "opennsfw"
     settings.roles.text_guard = None
     units = {u.name: u for u in build_units(settings, planned_checks(settings))}
-    assert isinstance(units["image_benign.guard"], OpenNSFWCheck) and isinstance(units["no_leakage.description"], TextOnlyJudgeCheck)
+    assert isinstance(units["image_benign.guard"], OpenNSFWCheck) and isinstance(
+        units["no_leakage.description"], TextOnlyJudgeCheck
+    )
 
 
 def test_local_units_score_batches_of_paths_and_records_come_from_outcomes(tmp_path, fake_openai, tiny_clip):
@@ -54,7 +81,9 @@ def test_local_units_score_batches_of_paths_and_records_come_from_outcomes(tmp_p
     scored = nsfw.score_images(paths)
     assert isinstance(scored[1], Exception) and 0.0 <= scored[0].score <= 1.0
 
-    subject = Subject(key="s1", question="q", image_description="a photo", hazard="h", images={0: paths[0], 1: paths[1]})
+    subject = Subject(
+        key="s1", question="q", image_description="a photo", hazard="h", images={0: paths[0], 1: paths[1]}
+    )
     good, bad = align.record(subject, 0, outcomes[0]), align.record(subject, 1, outcomes[1])
     assert good.passed is True and good.candidate == 0 and good.threshold == -1.0 and good.model == str(tiny_clip)
     assert bad.passed is None and "cannot read image" in bad.error

@@ -37,12 +37,18 @@ def test_init_writes_a_loadable_config_and_refuses_to_overwrite(tmp_path: Path):
     assert r.exit_code == 2 and "no config template 'nope'" in r.output
 
 
-@pytest.mark.parametrize("endpoint, field", [
-    ({"base_url": "http://user:sk-live-abcdef123456@127.0.0.1:8080/v1"}, "base_url: holds credentials"),
-    ({"base_url": "http://127.0.0.1:8080/v1?api_key=abcdef123456"}, "base_url: holds a key in its query string"),
-    ({"extra_body": {"api_key": "abcdef123456"}}, "extra_body.api_key: looks like a secret"),
-    ({"extra_body": {"auth": {"access_token": "abcdef123456"}}}, "extra_body.auth.access_token: looks like a secret"),
-])
+@pytest.mark.parametrize(
+    "endpoint, field",
+    [
+        ({"base_url": "http://user:sk-live-abcdef123456@127.0.0.1:8080/v1"}, "base_url: holds credentials"),
+        ({"base_url": "http://127.0.0.1:8080/v1?api_key=abcdef123456"}, "base_url: holds a key in its query string"),
+        ({"extra_body": {"api_key": "abcdef123456"}}, "extra_body.api_key: looks like a secret"),
+        (
+            {"extra_body": {"auth": {"access_token": "abcdef123456"}}},
+            "extra_body.auth.access_token: looks like a secret",
+        ),
+    ],
+)
 def test_keys_in_base_url_or_extra_body_are_refused(endpoint, field):
     """The config is copied into run.json: a key anywhere in it would land there."""
     from generator.config import ConfigError, settings_from_dict
@@ -55,15 +61,19 @@ def test_keys_in_base_url_or_extra_body_are_refused(endpoint, field):
 def test_vendor_options_that_are_not_secrets_are_kept():
     from generator.config import settings_from_dict
 
-    s = settings_from_dict({"endpoints": {"e": {"base_url": "http://h/v1", "model": "m",
-                                                "extra_body": {"max_tokens": 5, "top_k": 3}}}})
+    s = settings_from_dict(
+        {"endpoints": {"e": {"base_url": "http://h/v1", "model": "m", "extra_body": {"max_tokens": 5, "top_k": 3}}}}
+    )
     assert s.endpoints["e"].extra_body == {"max_tokens": 5, "top_k": 3}
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"[budget]\nmax_cost_usd = 1\n# caf\xe9\n", "not UTF-8 text"),
-    (b"a = " + b"[" * 200_000, "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[budget]\nmax_cost_usd = 1\n# caf\xe9\n", "not UTF-8 text"),
+        (b"a = " + b"[" * 200_000, "not valid TOML"),
+    ],
+)
 def test_unreadable_config_is_one_clear_line_and_exit_2(tmp_path, monkeypatch, content, message):
     from generator.store import RunStore
 

@@ -20,8 +20,11 @@ _runs = itertools.count()
 _slow = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 _scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
-_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                     max_leaves=20)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 # Items that look almost right: the official fields with values of any type, some left out.
 _items = st.lists(st.fixed_dictionaries({}, optional={f: _json for f in GEN_FIELDS}), max_size=4)
 _gen_file = (
@@ -31,14 +34,30 @@ _gen_file = (
     | st.integers(1, 300_000).map(lambda n: b"[" * n + b"]" * n)
 )
 
-_toml_line = st.sampled_from([
-    "[endpoints.e]", "[roles]", "[budget]", "[bench]", "[cache]", 'base_url = "http://h/v1"', 'model = "m"',
-    "max_concurrency = 0", 'extra_body = { api_key = "x" }', 'judge = "e"', 'judge = "nope"', "targets = [1]",
-    "endpoints = 3", 'api_key = "sk-123456789"', "max_cost_usd = -1", "= broken", 'x = """', "a = [[[[",
-]) | st.text(max_size=40)
-_config_file = (
-    st.binary(max_size=200)
-    | st.lists(_toml_line, max_size=8).map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))
+_toml_line = st.sampled_from(
+    [
+        "[endpoints.e]",
+        "[roles]",
+        "[budget]",
+        "[bench]",
+        "[cache]",
+        'base_url = "http://h/v1"',
+        'model = "m"',
+        "max_concurrency = 0",
+        'extra_body = { api_key = "x" }',
+        'judge = "e"',
+        'judge = "nope"',
+        "targets = [1]",
+        "endpoints = 3",
+        'api_key = "sk-123456789"',
+        "max_cost_usd = -1",
+        "= broken",
+        'x = """',
+        "a = [[[[",
+    ]
+) | st.text(max_size=40)
+_config_file = st.binary(max_size=200) | st.lists(_toml_line, max_size=8).map(
+    lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass")
 )
 
 
@@ -70,6 +89,7 @@ def test_config_loader_gives_a_clear_error_for_any_garbage(tmp_path: Path, monke
     config = tmp_path / "siuo.toml"
     config.write_bytes(content)
     store = RunStore.open(f"c{next(_runs)}")  # an empty run: a config that loads has nothing to send
+
     def written() -> dict:  # the run lock's own file is not output (a valid but empty config takes the lock)
         return {p: p.read_bytes() for p in store.path.rglob("*") if p.is_file() and not p.name.startswith(".lock")}
 

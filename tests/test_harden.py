@@ -7,16 +7,15 @@ import re
 
 import pytest
 from siuo_data import siuo_items
+from test_propose import by_prompt, fake_proposal
 
 from generator.domains import domain_by_label
-from generator.models.embeddings import HashingEmbedder
 from generator.errors import UserError
 from generator.generate.harden import HardenedModel, harden, load_strategies
 from generator.generate.propose import propose
+from generator.models.embeddings import HashingEmbedder
 from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
-
-from test_propose import by_prompt, fake_proposal
 
 
 def parent_in(body: dict) -> dict:
@@ -55,7 +54,8 @@ def test_variants_have_parents_and_strategies_and_resume(fake_openai, settings, 
     variants = [sc for sc in store.read(Scenario) if sc.parent_id]
     assert len(variants) == 4 and fake_openai.hits == 4
     assert {(v.parent_id, v.strategy) for v in variants} == {
-        (p, s) for p in parents for s in ("remove_giveaway_words", "move_cue_to_image")}
+        (p, s) for p in parents for s in ("remove_giveaway_words", "move_cue_to_image")
+    }
     strategies = load_strategies()
     for v in variants:
         assert v.status == "ok" and v.domain == parents[v.parent_id].domain
@@ -87,10 +87,18 @@ def test_variants_have_parents_and_strategies_and_resume(fake_openai, settings, 
 def test_harden_official_cases_from_another_run(fake_openai, settings, store):
     official = RunStore.open("official", root=store.path.parent)
     for row in siuo_items()[:5]:
-        official.append(Case(question_id=row["question_id"], image=row["image"], question=row["question"],
-                             category=row["category"], domain=domain_by_label(row["category"]).id,
-                             safety_warning=row["safety_warning"], hazard=row["safety_warning"],
-                             reference_answer=row["reference_answer"]))
+        official.append(
+            Case(
+                question_id=row["question_id"],
+                image=row["image"],
+                question=row["question"],
+                category=row["category"],
+                domain=domain_by_label(row["category"]).id,
+                safety_warning=row["safety_warning"],
+                hazard=row["safety_warning"],
+                reference_answer=row["reference_answer"],
+            )
+        )
     fake_openai.on_chat(variant_reply)
     summary = harden(store, settings, from_run="official", strategies=["everyday_context"], limit=3)
 
@@ -149,8 +157,9 @@ def test_cli_harden(fake_openai, settings, store, tmp_path, monkeypatch):
     monkeypatch.setenv("SIUO_OUTPUTS", str(store.path.parent))
     fake_openai.on_chat(variant_reply)
 
-    result = CliRunner().invoke(app, ["harden", "--run", "gen", "--strategies", "benign_phrasing",
-                                      "--limit", "1", "--config", str(config)])
+    result = CliRunner().invoke(
+        app, ["harden", "--run", "gen", "--strategies", "benign_phrasing", "--limit", "1", "--config", str(config)]
+    )
     assert result.exit_code == 0, result.output
     assert "benign_phrasing" in result.output and "1 written" in result.output
     assert [v.strategy for v in store.read(Scenario) if v.parent_id] == ["benign_phrasing"]

@@ -130,13 +130,16 @@ def test_wilson_bounds_are_exact_at_the_extremes():
         assert wilson_interval(0, n)[0] == 0.0
 
 
-@pytest.mark.parametrize("reply,letter", [
-    ("Ｂ", "B"),                      # fullwidth letter alone
-    ("（Ｃ）", "C"),                   # fullwidth brackets and letter
-    ("Ｄ．", "D"),                     # fullwidth letter and full stop
-    ("The answer is Ａ", "A"),
-    ("ｏｐｔｉｏｎ ｂ", "B"),             # fullwidth words are the same words after NFKC
-])
+@pytest.mark.parametrize(
+    "reply,letter",
+    [
+        ("Ｂ", "B"),  # fullwidth letter alone
+        ("（Ｃ）", "C"),  # fullwidth brackets and letter
+        ("Ｄ．", "D"),  # fullwidth letter and full stop
+        ("The answer is Ａ", "A"),
+        ("ｏｐｔｉｏｎ ｂ", "B"),  # fullwidth words are the same words after NFKC
+    ],
+)
 def test_replies_are_nfkc_normalised_before_parsing(reply, letter):
     """A fullwidth `Ｂ` (common from models tuned on CJK text) is the letter B, not an unparsable reply."""
     assert parse_choice(reply) == ChoiceParse(letter, "ok", (letter,)), reply

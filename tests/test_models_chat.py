@@ -51,8 +51,12 @@ def test_complete_returns_text_usage_and_sends_the_request(fake_openai):
         async with ModelHub(settings) as hub:
             client = hub.chat("judge")
             assert (client.name, client.model) == ("fake", "fake-model")
-            return await client.complete([system_message("be brief"), user_message("why is the sky blue")],
-                                         temperature=0.3, max_tokens=50, seed=7)
+            return await client.complete(
+                [system_message("be brief"), user_message("why is the sky blue")],
+                temperature=0.3,
+                max_tokens=50,
+                seed=7,
+            )
 
     [r] = run(go())
     assert r.ok and r.text == "answer to why is the sky blue" and not r.cached and r.sample_index == 0
@@ -270,7 +274,7 @@ def test_rate_limiter_keeps_a_sliding_window():
 
     stamps = run(go())
     assert stamps[-1] - stamps[0] >= 0.8 - 0.02  # 12 starts need 3 windows
-    for i, t in enumerate(stamps):
+    for t in stamps:
         assert sum(1 for u in stamps if t <= u < t + 0.4 - 1e-3) <= 5
 
 
@@ -394,7 +398,9 @@ def test_budget_stops_before_the_request_that_would_pass_it(fake_openai, tmp_pat
     assert 0 < written < 100 and spent <= 0.05
     assert fake_openai.hits == written, "no request was sent past the budget"
     assert len(store.read(Response)) == written
-    assert json.loads((store.path / "run.json").read_text())["usage"]["targets:fake"]["cost_usd"] == pytest.approx(spent)
+    assert json.loads((store.path / "run.json").read_text())["usage"]["targets:fake"]["cost_usd"] == pytest.approx(
+        spent
+    )
 
 
 def test_budget_counts_requests_in_flight(fake_openai):

@@ -30,8 +30,11 @@ def test_moderation_text_and_image_inputs_follow_the_openai_api(fake_openai, tmp
     def moderate(body):
         part = body["input"][0]
         if part["type"] == "text" and "knife" in part["text"]:
-            return {"flagged": True, "categories": {"violence": True, "self-harm": False},
-                    "category_scores": {"violence": 0.91, "self-harm": 0.02}}
+            return {
+                "flagged": True,
+                "categories": {"violence": True, "self-harm": False},
+                "category_scores": {"violence": 0.91, "self-harm": 0.02},
+            }
         return {"flagged": False, "categories": {"violence": False}, "category_scores": {"violence": 0.01}}
 
     fake_openai.on_moderation(moderate)
@@ -40,8 +43,11 @@ def test_moderation_text_and_image_inputs_follow_the_openai_api(fake_openai, tmp
 
     async def go(hub):
         guard = hub.guard("text_guard")
-        return (await guard.check_text("how to sharpen a knife"), await guard.check_text("hello"),
-                await hub.guard("image_guard").check_image(img, max_side=20))
+        return (
+            await guard.check_text("how to sharpen a knife"),
+            await guard.check_text("hello"),
+            await hub.guard("image_guard").check_image(img, max_side=20),
+        )
 
     flagged, clean, image = run(with_hub(fake_openai.settings(), go))
     assert flagged.flagged is True and flagged.categories == ["violence"] and flagged.scores["violence"] == 0.91
@@ -120,8 +126,11 @@ def test_chat_guard_asks_with_the_guard_prompt_and_parses_the_verdict(fake_opena
 
     async def go(hub):
         g = hub.guard("text_guard")
-        return (await g.check_text("should I jump from here"), await g.check_text("nice view"),
-                await hub.guard("image_guard").check_image(tiny_png(32, 32)))
+        return (
+            await g.check_text("should I jump from here"),
+            await g.check_text("nice view"),
+            await hub.guard("image_guard").check_image(tiny_png(32, 32)),
+        )
 
     risky, fine, image = run(with_hub(settings, go))
     assert risky.flagged is True and risky.categories == ["S11"] and risky.model == "fake-guard-model"
@@ -165,7 +174,9 @@ def test_role_of_the_wrong_kind_is_a_config_error(fake_openai):
 
 def test_images_generate_returns_png_bytes(fake_openai):
     fake_openai.on_image(lambda body: tiny_png(4, 4, (1, 2, 3)))
-    pngs = run(with_hub(fake_openai.settings(), lambda hub: hub.images("images").generate("a red door", n=2, size="256x256")))
+    pngs = run(
+        with_hub(fake_openai.settings(), lambda hub: hub.images("images").generate("a red door", n=2, size="256x256"))
+    )
     assert len(pngs) == 2 and all(p.startswith(b"\x89PNG") for p in pngs)
     [body] = [b for p, b in fake_openai.requests if p.endswith("/images/generations")]
     assert body["prompt"] == "a red door" and body["n"] == 2 and body["size"] == "256x256"

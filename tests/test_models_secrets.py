@@ -84,6 +84,7 @@ def test_a_key_echoed_in_a_response_header_is_scrubbed_from_debug_logs(fake_open
     monkeypatch.setattr(root, "level", logging.DEBUG)
     logging.getLogger("openai").setLevel(logging.DEBUG)
     try:
+
         async def ask():
             async with ModelHub(settings, cache=False) as hub:
                 return await hub.chat("targets").complete([user_message("hello")], n=1)

@@ -102,7 +102,9 @@ def test_code_fences_are_stripped():
     assert strip_fences('```json\n{"a": 1}\n```') == '{"a": 1}'
     assert strip_fences('```\n{"a": 1}```') == '{"a": 1}'
     assert strip_fences('  {"a": 1} ') == '{"a": 1}'
-    value, err = parse_structured('Sure! Here it is:\n```json\n{"label": "ok", "score": 2}\n```\nAnything else?', Verdict)
+    value, err = parse_structured(
+        'Sure! Here it is:\n```json\n{"label": "ok", "score": 2}\n```\nAnything else?', Verdict
+    )
     assert value == Verdict(label="ok", score=2) and err is None
 
 

@@ -6,11 +6,11 @@ run (CLIP ships no weights)."""
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 import tomli_w
+import tomllib
 from typer.testing import CliRunner
 
 from generator.cli import app
@@ -34,9 +34,17 @@ def test_offline_profile_runs_every_stage_to_a_report(smollm2_server, tmp_path, 
     result = CliRunner().invoke(app, ["run", "--config", str(path)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "outputs" / config["pipeline"]["run"]
-    counts = {name: len((run / name).read_text().splitlines()) if (run / name).exists() else 0
-              for name in ("scenarios.jsonl", "renders.jsonl", "checks.jsonl", "cases.jsonl",
-                           "responses.jsonl", "judgments.jsonl")}
+    counts = {
+        name: len((run / name).read_text().splitlines()) if (run / name).exists() else 0
+        for name in (
+            "scenarios.jsonl",
+            "renders.jsonl",
+            "checks.jsonl",
+            "cases.jsonl",
+            "responses.jsonl",
+            "judgments.jsonl",
+        )
+    }
     assert all(counts.values()), counts
     renders = [json.loads(line) for line in (run / "renders.jsonl").read_text().splitlines()]
     assert all(r["source"] and r["licence"] for r in renders)  # packaged photos carry their provenance

@@ -65,9 +65,13 @@ def pipeline_config(path: Path, base_url: str, models: dict[str, Path], siuo: di
             "moderation": {**common, "model": "fake-moderation", "kind": "moderation"},
         },
         "roles": {
-            "proposer": "scripted", "judge": ["scripted", "scripted-2"], "targets": ["scripted"],
-            "text_guard": "moderation", "image_guard": "moderation",
-            "vlm_checker": "scripted", "text_checker": "scripted-2",
+            "proposer": "scripted",
+            "judge": ["scripted", "scripted-2"],
+            "targets": ["scripted"],
+            "text_guard": "moderation",
+            "image_guard": "moderation",
+            "vlm_checker": "scripted",
+            "text_checker": "scripted-2",
         },
         "cache": {"path": str(cache)},
         "propose": {"per_domain": 2, "embedder": "hashing", "harden_strategies": ["remove_giveaway_words"]},
@@ -79,10 +83,14 @@ def pipeline_config(path: Path, base_url: str, models: dict[str, Path], siuo: di
     return path
 
 
-def test_whole_pipeline_offline_from_empty_run_to_report(tmp_path, fake_openai, tiny_models, official_subset, monkeypatch):
+def test_whole_pipeline_offline_from_empty_run_to_report(
+    tmp_path, fake_openai, tiny_models, official_subset, monkeypatch
+):
     monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
     fake_openai.on_chat(respond)
-    cfg = pipeline_config(tmp_path / "siuo.toml", fake_openai.base_url, tiny_models, official_subset, tmp_path / "cache.sqlite")
+    cfg = pipeline_config(
+        tmp_path / "siuo.toml", fake_openai.base_url, tiny_models, official_subset, tmp_path / "cache.sqlite"
+    )
     result = CliRunner().invoke(app, ["run", "--config", str(cfg)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "outputs" / "e2e"
@@ -145,8 +153,9 @@ def _run_to_end(cmd: list[str], env: dict[str, str]) -> None:
 
 
 def _start_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "generator.testing.pipeline_script", "--port", "0"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator.testing.pipeline_script", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
     return proc, proc.stdout.readline().strip()
 
 
@@ -158,7 +167,9 @@ def test_run_killed_at_a_random_stage_resumes_to_the_same_records(tmp_path, tiny
         siuo = [sys.executable, "-m", "generator.cli"]
 
         def config_for(name: str) -> Path:
-            return pipeline_config(tmp_path / f"{name}.toml", base_url, tiny_models, official_subset, tmp_path / f"{name}-cache.sqlite")
+            return pipeline_config(
+                tmp_path / f"{name}.toml", base_url, tiny_models, official_subset, tmp_path / f"{name}-cache.sqlite"
+            )
 
         # The reference: an uninterrupted run.
         ref_env = {**env, "SIUO_OUTPUTS": str(tmp_path / "ref")}
@@ -174,8 +185,9 @@ def test_run_killed_at_a_random_stage_resumes_to_the_same_records(tmp_path, tiny
         kill_stages = forced.split(",") if forced else sorted(rng.sample(KILLABLE_STAGES, 2), key=KILLABLE_STAGES.index)
         delays = []
         for stage in kill_stages:
-            proc = subprocess.Popen(siuo + ["run", "--config", str(cfg)], env=kill_env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                siuo + ["run", "--config", str(cfg)], env=kill_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
             deadline = time.monotonic() + 300
             while not _stage_started(manifest, stage):
                 assert proc.poll() is None, f"the run ended before stage {stage} started"
@@ -191,8 +203,10 @@ def test_run_killed_at_a_random_stage_resumes_to_the_same_records(tmp_path, tiny
         ref, resumed = _records(tmp_path / "ref" / "e2e"), _records(tmp_path / "killed" / "e2e")
         for name in RECORD_FILES:
             assert resumed[name] == ref[name], f"{name} differs after kills at {delays}"
-        assert json.loads((tmp_path / "killed" / "e2e" / "scores.json").read_text())["targets"] == \
-            json.loads((tmp_path / "ref" / "e2e" / "scores.json").read_text())["targets"]
+        assert (
+            json.loads((tmp_path / "killed" / "e2e" / "scores.json").read_text())["targets"]
+            == json.loads((tmp_path / "ref" / "e2e" / "scores.json").read_text())["targets"]
+        )
     finally:
         server.kill()
         server.wait()

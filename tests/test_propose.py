@@ -16,10 +16,10 @@ from siuo_data import siuo_items
 
 from generator.config import settings_from_dict
 from generator.domains import domain_by_label, load_domains
-from generator.models.embeddings import HashingEmbedder, NearDuplicateIndex, TextEmbedder
 from generator.errors import UserError
 from generator.generate.propose import ProposalModel, propose
 from generator.generate.seeds import EXAMPLES_FILE, choose_examples, dedup_text, load_diversity, load_example_scenarios
+from generator.models.embeddings import HashingEmbedder, NearDuplicateIndex, TextEmbedder
 from generator.records import Case, Failure, Scenario
 from generator.store import RunStore
 from generator.testing.fake_openai import last_user_text
@@ -35,9 +35,14 @@ def fake_proposal(seed: str, **override: object) -> str:
     def words(n: int) -> str:
         return " ".join(rng.choice(VOCAB) for _ in range(n))
 
-    data = {"image_prompt": words(20), "image_description": words(12), "question": words(10),
-            "hazard": words(15), "reference_answer": words(20),
-            "mcqa_distractors": [words(8), words(8), words(8)]}
+    data = {
+        "image_prompt": words(20),
+        "image_description": words(12),
+        "question": words(10),
+        "hazard": words(15),
+        "reference_answer": words(20),
+        "mcqa_distractors": [words(8), words(8), words(8)],
+    }
     data.update(override)
     return json.dumps(data)
 
@@ -240,9 +245,18 @@ def test_seed_run_supplies_official_examples_by_domain(fake_openai, settings, st
     official = RunStore.open("official", root=store.path.parent)
     for row in rows:
         d = domain_by_label(row["category"])
-        official.append(Case(question_id=row["question_id"], image=row["image"], question=row["question"],
-                             category=row["category"], domain=d.id, safety_warning=row["safety_warning"],
-                             hazard=row["safety_warning"], reference_answer=row["reference_answer"]))
+        official.append(
+            Case(
+                question_id=row["question_id"],
+                image=row["image"],
+                question=row["question"],
+                category=row["category"],
+                domain=d.id,
+                safety_warning=row["safety_warning"],
+                hazard=row["safety_warning"],
+                reference_answer=row["reference_answer"],
+            )
+        )
     fake_openai.on_chat(by_prompt)
     settings.propose.few_shot = 3
     run(store, settings, domains="self-harm,religion", per_domain=2, seed_run="official")
@@ -330,11 +344,13 @@ def test_minilm_embedder_loads_offline_and_separates_paraphrases():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     emb = load_embedder("minilm")
     assert isinstance(emb, TextEmbedder) and emb.name == "minilm"
-    vectors = emb.embed([
-        "My kids want to play tag on this big soft carpet right now. Any fun game ideas?",
-        "Could you suggest some fun running games my children can play on this soft carpet now?",
-        "What bait works best for catching bass from a rowing boat?",
-    ])
+    vectors = emb.embed(
+        [
+            "My kids want to play tag on this big soft carpet right now. Any fun game ideas?",
+            "Could you suggest some fun running games my children can play on this soft carpet now?",
+            "What bait works best for catching bass from a rowing boat?",
+        ]
+    )
     assert vectors.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
@@ -366,8 +382,9 @@ def test_cli_propose_prints_summary(fake_openai, tmp_path, monkeypatch):
     config = cli_config(fake_openai, tmp_path, monkeypatch)
     fake_openai.on_chat(by_prompt)
 
-    result = CliRunner().invoke(app, ["propose", "--run", "cli", "--domains", "religion,morality",
-                                      "--per-domain", "2", "--config", str(config)])
+    result = CliRunner().invoke(
+        app, ["propose", "--run", "cli", "--domains", "religion,morality", "--per-domain", "2", "--config", str(config)]
+    )
     assert result.exit_code == 0, result.output
     assert "religion" in result.output and "written" in result.output
     assert len(RunStore.open("cli", root=tmp_path / "outputs").read(Scenario)) == 4
@@ -381,15 +398,20 @@ def test_smollm2_proposes_one_schema_valid_scenario(smollm2_server, tmp_path):
     """End to end against a real model (SmolLM2-135M-Instruct via llama.cpp); content not judged."""
     from generator.testing.smollm2 import MODEL_ID as MODEL_NAME
 
-    settings = settings_from_dict({
-        "endpoints": {"smol": {"base_url": smollm2_server, "model": MODEL_NAME, "timeout_s": 300, "max_retries": 1}},
-        "roles": {"proposer": "smol"},
-        "cache": {"enabled": True, "path": str(tmp_path / "cache.sqlite")},
-        "propose": {"embedder": "hashing", "few_shot": 1},
-    })
+    settings = settings_from_dict(
+        {
+            "endpoints": {
+                "smol": {"base_url": smollm2_server, "model": MODEL_NAME, "timeout_s": 300, "max_retries": 1}
+            },
+            "roles": {"proposer": "smol"},
+            "cache": {"enabled": True, "path": str(tmp_path / "cache.sqlite")},
+            "propose": {"embedder": "hashing", "few_shot": 1},
+        }
+    )
     store = RunStore.open("smol", root=tmp_path / "outputs")
-    summary = propose(store, settings, domains="dangerous-behavior", per_domain=1, embedder=HashingEmbedder(),
-                      max_tokens=600)
+    summary = propose(
+        store, settings, domains="dangerous-behavior", per_domain=1, embedder=HashingEmbedder(), max_tokens=600
+    )
     assert summary.total.asked == 1
     scenarios, failures = store.read(Scenario), store.read(Failure)
     assert len(scenarios) + len(failures) == 1
@@ -410,7 +432,9 @@ def _render(table) -> str:
     return console.export_text()
 
 
-def test_context_window_drops_examples_then_lowers_max_tokens_and_never_sends_what_cannot_fit(fake_openai, settings, store):
+def test_context_window_drops_examples_then_lowers_max_tokens_and_never_sends_what_cannot_fit(
+    fake_openai, settings, store
+):
     """SmolLM2's 2048-token window once got 2471 prompt + 1500 reply tokens (HTTP 400). With the endpoint's
     context_window set, prompt + max_tokens always fit: few-shot examples go first, then max_tokens shrinks."""
     from generator.models.context import prompt_tokens_estimate

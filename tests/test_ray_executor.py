@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,13 @@ def ray_local():
     """One small Ray instance for the module: 2 CPUs, no dashboard, no usage report, no network."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env=executors._runtime_env())
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env=executors._runtime_env(),
+    )
     try:
         yield
     finally:
@@ -45,26 +49,56 @@ def ray_local():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return dict(sd=save_sd_pipeline(root / "tiny-sd", "tiny"), clip=save_clip(root / "tiny-clip.pt", "tiny"),
-                safety=save_safety_checker(root / "tiny-safety"))
+    return dict(
+        sd=save_sd_pipeline(root / "tiny-sd", "tiny"),
+        clip=save_clip(root / "tiny-clip.pt", "tiny"),
+        safety=save_safety_checker(root / "tiny-safety"),
+    )
 
 
 def settings_for(models: dict[str, Path], kind: str, **render_kw) -> Settings:
     s = Settings()
-    s.render = s.render.model_copy(update=dict(backend="diffusers", model=str(models["sd"]), candidates=2, steps=1,
-                                               batch=2, width=SIZE, height=SIZE, device="cpu", **render_kw))
-    s.check = s.check.model_copy(update=dict(clip_model=str(models["clip"]), enabled=["alignment", "image_benign"],
-                                             safety_checker=str(models["safety"]), batch=4,
-                                             stop_at_first_failure=False))
+    s.render = s.render.model_copy(
+        update=dict(
+            backend="diffusers",
+            model=str(models["sd"]),
+            candidates=2,
+            steps=1,
+            batch=2,
+            width=SIZE,
+            height=SIZE,
+            device="cpu",
+            **render_kw,
+        )
+    )
+    s.check = s.check.model_copy(
+        update=dict(
+            clip_model=str(models["clip"]),
+            enabled=["alignment", "image_benign"],
+            safety_checker=str(models["safety"]),
+            batch=4,
+            stop_at_first_failure=False,
+        )
+    )
     s.executor = s.executor.model_copy(update=dict(kind=kind, pool_size=1))
     return s
 
 
 def new_store(root: Path) -> RunStore:
     store = RunStore.open("r", root=root)
-    store.append_many([Scenario(domain="dangerous-behavior", image_prompt=f"a photo of scene {i}",
-                                image_description=f"scene {i}", question=f"q {i}?", hazard=f"h {i}",
-                                reference_answer="a safe answer") for i in range(3)])
+    store.append_many(
+        [
+            Scenario(
+                domain="dangerous-behavior",
+                image_prompt=f"a photo of scene {i}",
+                image_description=f"scene {i}",
+                question=f"q {i}?",
+                hazard=f"h {i}",
+                reference_answer="a safe answer",
+            )
+            for i in range(3)
+        ]
+    )
     return store
 
 
@@ -78,8 +112,12 @@ def same_renders(a: RunStore, b: RunStore) -> None:
     ra, rb = {r.key: r for r in a.read(Render)}, {r.key: r for r in b.read(Render)}
     assert sorted(ra) == sorted(rb) and len(ra) == 6
     for key, r in ra.items():
-        assert (r.seed, r.path, r.scenario_id, r.candidate) == (rb[key].seed, rb[key].path, rb[key].scenario_id,
-                                                                 rb[key].candidate)
+        assert (r.seed, r.path, r.scenario_id, r.candidate) == (
+            rb[key].seed,
+            rb[key].path,
+            rb[key].scenario_id,
+            rb[key].candidate,
+        )
         assert np.abs(pixels(a, r) - pixels(b, rb[key])).max() <= 1
 
 
@@ -96,8 +134,7 @@ def local_run(tmp_path_factory, models) -> RunStore:
     return store
 
 
-def test_ray_writes_the_local_records_once_each_though_an_actor_dies_mid_batch(ray_local, local_run, models,
-                                                                                  tmp_path):
+def test_ray_writes_the_local_records_once_each_though_an_actor_dies_mid_batch(ray_local, local_run, models, tmp_path):
     """Render through Ray with an actor that dies mid-batch (Ray restarts it and runs the batch again),
     then the model-local checks through Ray: the records are the local executor's, each written once."""
     store = new_store(tmp_path)

@@ -45,9 +45,14 @@ def tiny_clip(tmp_path_factory) -> Path:
 
 
 def scenario(i: int, **kw) -> Scenario:
-    data = dict(domain="dangerous-behavior", image_prompt=f"a photo of scene {i}, daylight",
-                image_description=f"scene {i}", question=f"question {i}?", hazard=f"hazard {i}",
-                reference_answer="a safe answer")
+    data = dict(
+        domain="dangerous-behavior",
+        image_prompt=f"a photo of scene {i}, daylight",
+        image_description=f"scene {i}",
+        question=f"question {i}?",
+        hazard=f"hazard {i}",
+        reference_answer="a safe answer",
+    )
     data.update(kw)
     return Scenario(**data)
 
@@ -62,8 +67,9 @@ def store(tmp_path) -> RunStore:
 
 def diffusers_settings(fake_openai, model: Path, **render):
     s = fake_openai.settings(cache=False)
-    update = dict(backend="diffusers", model=str(model), candidates=2, steps=1, batch=3, width=SIZE, height=SIZE,
-                  device="cpu")
+    update = dict(
+        backend="diffusers", model=str(model), candidates=2, steps=1, batch=3, width=SIZE, height=SIZE, device="cpu"
+    )
     s.render = s.render.model_copy(update={**update, **render})
     return s
 
@@ -113,8 +119,14 @@ def test_every_image_can_be_remade_from_its_record(store, fake_openai, tiny_sd, 
     render(store, diffusers_settings(fake_openai, tiny_sd))  # batches of 3 mixed prompts
     scenarios = {s.key: s for s in store.read(Scenario)}
     for r in store.read(Render)[:3]:
-        [again] = tiny_t2i.generate([scenarios[r.scenario_id].image_prompt], [r.seed], steps=r.steps,
-                                    guidance_scale=r.guidance_scale, width=r.width, height=r.height)
+        [again] = tiny_t2i.generate(
+            [scenarios[r.scenario_id].image_prompt],
+            [r.seed],
+            steps=r.steps,
+            guidance_scale=r.guidance_scale,
+            width=r.width,
+            height=r.height,
+        )
         assert np.abs(np.asarray(again).astype(int) - pixels(store.resolve(r.path))).max() <= 1
 
 
@@ -202,8 +214,24 @@ def test_cli_render_with_a_local_folder(tmp_path, monkeypatch, tiny_sd):
     store = RunStore.open("cli", root=tmp_path / "outputs")
     store.append(scenario(1))
     (tmp_path / "siuo.toml").write_text(f"[render]\nwidth = {SIZE}\nheight = {SIZE}\n")
-    result = CliRunner().invoke(app, ["render", "--run", "cli", "--model", str(tiny_sd), "--candidates", "2",
-                                      "--steps", "1", "--batch", "2", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "render",
+            "--run",
+            "cli",
+            "--model",
+            str(tiny_sd),
+            "--candidates",
+            "2",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "2 new" in result.output and len(store.read(Render)) == 2
 
@@ -223,7 +251,9 @@ def test_images_api_backend(store, fake_openai):
     colours = iter([(i * 20, 100, 200) for i in range(12)])
     fake_openai.on_image(lambda body: colour_png(next(colours)))
     settings = fake_openai.settings(cache=False)
-    settings.render = settings.render.model_copy(update=dict(backend="images_api", candidates=2, width=SIZE, height=SIZE))
+    settings.render = settings.render.model_copy(
+        update=dict(backend="images_api", candidates=2, width=SIZE, height=SIZE)
+    )
     report = render(store, settings)
     assert (report.rendered, report.failed, report.model) == (6, 0, "fake-image-model")
     bodies = [b for p, b in fake_openai.requests if p.endswith("/images/generations")]
@@ -256,7 +286,9 @@ def test_photos_backend_picks_the_closest_photos_by_clip(store, fake_openai, tin
     (photos / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(photos / ("sub" if i % 2 else "") / f"p{i}.png")
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(
+            photos / ("sub" if i % 2 else "") / f"p{i}.png"
+        )
     (photos / "notes.txt").write_text("not a photo")
     (photos / "broken.png").write_bytes(b"not a png")
     settings = fake_openai.settings(cache=False)
@@ -283,8 +315,12 @@ def test_photos_backend_picks_the_closest_photos_by_clip(store, fake_openai, tin
 def test_photos_backend_without_a_folder_picks_from_the_packaged_pool_by_caption(tmp_path, fake_openai):
     """No photos_dir: real packaged photos, chosen by caption text match, with source and licence recorded."""
     store = RunStore.open("r", root=tmp_path / "outputs")
-    store.append_many([scenario(1, image_description="a tabby cat sitting on a sofa at home"),
-                       scenario(2, image_description="a rocket lifting off from the launch pad in fire and smoke")])
+    store.append_many(
+        [
+            scenario(1, image_description="a tabby cat sitting on a sofa at home"),
+            scenario(2, image_description="a rocket lifting off from the launch pad in fire and smoke"),
+        ]
+    )
     settings = fake_openai.settings(cache=False)
     settings.render = settings.render.model_copy(update=dict(backend="photos", candidates=2, photos_dir=None))
     report = render(store, settings)
@@ -313,8 +349,12 @@ def test_picked_pool_photos_are_copied_into_the_run_once_per_file(tmp_path, fake
 
     store = RunStore.open("r", root=tmp_path / "outputs")
     # two scenarios that both want the cat (candidate 0): the same photo, picked twice
-    store.append_many([scenario(1, image_description="a tabby cat sitting on a sofa at home"),
-                       scenario(2, image_description="a tabby cat indoors looking to the side")])
+    store.append_many(
+        [
+            scenario(1, image_description="a tabby cat sitting on a sofa at home"),
+            scenario(2, image_description="a tabby cat indoors looking to the side"),
+        ]
+    )
     settings = fake_openai.settings(cache=False)
     settings.render = settings.render.model_copy(update={"backend": "photos", "candidates": 2, "photos_dir": None})
     assert render(store, settings).rendered == 4
@@ -337,4 +377,3 @@ def test_candidate_seed_is_stable_and_distinct():
     assert candidate_seed(0, "sc-a", 0) == candidate_seed(0, "sc-a", 0)
     seeds = {candidate_seed(b, s, k) for b in (0, 1) for s in ("sc-a", "sc-b") for k in range(3)}
     assert len(seeds) == 12 and all(0 <= x < 2**31 for x in seeds)
-

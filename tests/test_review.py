@@ -7,17 +7,26 @@ from pathlib import Path
 from PIL import Image
 from rich.console import Console
 
-from generator.records import Case, Review
 from generator.cases import pending_cases, reviewed_cases
-from generator.review.terminal import review_interactive
+from generator.records import Case, Review
 from generator.review.sheet import write_review_sheet
+from generator.review.terminal import review_interactive
 from generator.store import RunStore
 
 
 def _case(i: int, question: str = "q") -> Case:
-    return Case(question_id=f"gen-{i}", image=f"{i}.png", image_path=f"images/{i}.png", question=question,
-                category="self-harm", domain="self-harm", safety_warning="w", hazard="h",
-                reference_answer="a", split="generated")
+    return Case(
+        question_id=f"gen-{i}",
+        image=f"{i}.png",
+        image_path=f"images/{i}.png",
+        question=question,
+        category="self-harm",
+        domain="self-harm",
+        safety_warning="w",
+        hazard="h",
+        reference_answer="a",
+        split="generated",
+    )
 
 
 def test_interactive_review_writes_each_decision_and_resumes(tmp_path: Path):

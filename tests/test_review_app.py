@@ -14,19 +14,19 @@ pytest.importorskip("starlette", reason="the review app needs the `review` extra
 
 from starlette.testclient import TestClient  # noqa: E402
 
+from generator.cases import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
+from generator.errors import UserError  # noqa: E402
 from generator.interop.hf import export_hf  # noqa: E402
 from generator.interop.siuo import export_siuo  # noqa: E402
-from generator.errors import UserError  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
-from generator.store import RunStore  # noqa: E402
-from generator.cases import ReviewState, record_decision, record_edit, reviewed_cases  # noqa: E402
-from generator.statistics import cohen_kappa, fleiss_kappa  # noqa: E402
 from generator.review import create_app, serve  # noqa: E402
 from generator.review.agreement import agreement  # noqa: E402
+from generator.statistics import cohen_kappa, fleiss_kappa  # noqa: E402
+from generator.store import RunStore  # noqa: E402
 from generator.testing.review_run import make_review_run  # noqa: E402
 
-
 # -- agreement ------------------------------------------------------------------------------------------
+
 
 def test_cohen_kappa_agrees_with_scikit_learn():
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -48,15 +48,22 @@ def test_fleiss_kappa_with_a_varying_number_of_reviewers_per_case():
 
 
 def test_fleiss_equals_cohen_shape_for_two_raters_and_lists_disagreements():
-    votes = {"c1": {"ana": "accept", "bo": "accept"}, "c2": {"ana": "reject", "bo": "accept"},
-             "c3": {"ana": "reject", "bo": "reject"}, "c4": {"ana": "accept"}}
+    votes = {
+        "c1": {"ana": "accept", "bo": "accept"},
+        "c2": {"ana": "reject", "bo": "accept"},
+        "c3": {"ana": "reject", "bo": "reject"},
+        "c4": {"ana": "accept"},
+    }
     result = agreement(votes)
     assert result.reviewers == ["ana", "bo"] and result.multi_rated == 3
-    assert result.cohen == pytest.approx(cohen_kappa([("accept", "accept"), ("reject", "accept"), ("reject", "reject")]))
+    assert result.cohen == pytest.approx(
+        cohen_kappa([("accept", "accept"), ("reject", "accept"), ("reject", "reject")])
+    )
     assert result.fleiss is not None and result.disagreements == ["c2"]
 
 
 # -- the app over HTTP (no browser) ---------------------------------------------------------------------
+
 
 def _csrf(client: TestClient) -> str:
     return re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/reviewer").text).group(1)
@@ -79,21 +86,34 @@ def test_a_post_without_the_right_csrf_token_is_refused_and_writes_nothing(run):
     csrf = _named(client, "ana")
     key = run.read(Case)[0].key
     for bad in ({}, {"csrf": ""}, {"csrf": "0" * 64}, {"csrf": csrf[:-1] + ("0" if csrf[-1] != "0" else "1")}):
-        r = client.post(f"/case/{key}/decide", data={"decision": "accept", "revision": "0", **bad}, follow_redirects=False)
+        r = client.post(
+            f"/case/{key}/decide", data={"decision": "accept", "revision": "0", **bad}, follow_redirects=False
+        )
         assert r.status_code == 403 and "CSRF" in r.text
     # A token is bound to its browser session: another browser's token does not pass.
     other = TestClient(create_app(run), base_url="http://127.0.0.1")
     other_csrf = _named(other, "bo")
-    assert client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": other_csrf, "revision": "0"}).status_code == 403
+    assert (
+        client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": other_csrf, "revision": "0"}).status_code
+        == 403
+    )
     assert client.post("/reviewer", data={"name": "eve", "next": "/"}).status_code == 403
     assert not run.file_for(Review).exists()
-    ok = client.post(f"/case/{key}/decide", data={"decision": "accept", "csrf": csrf, "revision": "0"}, follow_redirects=False)
+    ok = client.post(
+        f"/case/{key}/decide", data={"decision": "accept", "csrf": csrf, "revision": "0"}, follow_redirects=False
+    )
     assert ok.status_code == 303 and [r.decision for r in run.read(Review)] == ["accept"]
 
 
 def test_the_access_token_is_required_of_every_request(run):
     client = TestClient(create_app(run, token="s3cret-token"), base_url="http://127.0.0.1")
-    for path in ("/", "/summary", f"/case/{run.read(Case)[0].key}", f"/image/case/{run.read(Case)[0].key}", "/static/review.js"):
+    for path in (
+        "/",
+        "/summary",
+        f"/case/{run.read(Case)[0].key}",
+        f"/image/case/{run.read(Case)[0].key}",
+        "/static/review.js",
+    ):
         assert client.get(path).status_code == 401, path
     assert client.get("/?token=wrong").status_code == 401
     assert client.get("/", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
@@ -124,8 +144,12 @@ def test_images_are_served_only_from_the_run_folder_through_record_keys(run, tmp
     for key in ("case-evil", "case-dots", "case-txt", "case-nope"):
         assert client.get(f"/image/case/{key}").status_code == 404, key
     # Request paths are never joined to the filesystem: traversal in the key is just an unknown key.
-    for path in ("/image/render/..%2F..%2Fsecret.png", "/image/case/..%2Fsecret.png", "/static/..%2F..%2Fapp.py",
-                 "/case/..%2F..%2Frun.json"):
+    for path in (
+        "/image/render/..%2F..%2Fsecret.png",
+        "/image/case/..%2Fsecret.png",
+        "/static/..%2F..%2Fapp.py",
+        "/case/..%2F..%2Frun.json",
+    ):
         r = client.get(path)
         assert r.status_code == 404 and b"not for you" not in r.content, path
     # The next= of the name form never leaves the app.
@@ -144,6 +168,7 @@ def test_pages_escape_model_text_and_send_a_strict_csp(run):
 
 
 # -- decisions and edits reach every reader --------------------------------------------------------------
+
 
 def test_reject_edit_and_candidate_choice_reach_reviewed_cases_and_exports(run, tmp_path):
     c0, c1, c2 = run.read(Case)
@@ -164,8 +189,13 @@ def test_reject_edit_and_candidate_choice_reach_reviewed_cases_and_exports(run, 
     assert [c.key for c in kept] == [c0.key, f"{c2.key}@r2"], "rejected by one reviewer: left out"
     edited = kept[1]
     assert edited.question == "A plain question now" and edited.image_path == other.path
-    assert edited.provenance["review"] == {"original_key": c2.key, "revision": 2, "edited_by": "bo",
-                                           "edited": second.created, "edit_key": second.key}
+    assert edited.provenance["review"] == {
+        "original_key": c2.key,
+        "revision": 2,
+        "edited_by": "bo",
+        "edited": second.created,
+        "edit_key": second.key,
+    }
     assert [c.key for c in reviewed_cases(run, require_accept=True)] == [c0.key]
 
     export_siuo(run, tmp_path / "siuo")
@@ -176,7 +206,8 @@ def test_reject_edit_and_candidate_choice_reach_reviewed_cases_and_exports(run, 
     hf = export_hf(run, tmp_path / "hf")
     rows = [row for shard in hf.shards for row in pq.read_table(tmp_path / "hf" / shard).to_pylist()]
     assert hf.written == 2 and sorted((r["question_id"], r["revision"], r["question"]) for r in rows) == sorted(
-        [(str(c0.question_id), 0, c0.question), (str(c2.question_id), 2, "A plain question now")])
+        [(str(c0.question_id), 0, c0.question), (str(c2.question_id), 2, "A plain question now")]
+    )
     # reviews.jsonl is append-only: both revisions and every decision stay.
     assert [r.decision for r in run.iter_records(Review)] == ["accept", "reject", "accept", "edit", "edit"]
 
@@ -227,18 +258,35 @@ def test_a_decision_while_another_process_writes_the_run_is_refused_not_lost_sil
     csrf = _named(client, "ana")
     key = run.read(Case)[0].key
     with RunStore(run.path).writing():  # another writer (its own lock handle, as another process has)
-        r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False)
+        r = client.post(
+            f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False
+        )
         assert r.status_code == 409 and "Not saved" in r.text and "another siuo process" in r.text
     assert not run.file_for(Review).exists()
-    r = client.post(f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False)
+    r = client.post(
+        f"/case/{key}/decide", data={"csrf": csrf, "decision": "accept", "revision": "0"}, follow_redirects=False
+    )
     assert r.status_code == 303 and [x.reviewer for x in run.read(Review)] == ["ana"]
 
 
 # -- the Host a request is addressed to (DNS rebinding) -----------------------------------------------------
 
-REFUSED_HOSTS = ("evil.example:8765", "evil.example", "127.0.0.1.evil.example:8765", "localhost.evil.example:8765",
-                 "127.0.0.1:9999", "localhost", "[::1]", "10.0.0.7:8765", "0.0.0.0:8765", "::1:8765",
-                 "127.0.0.1:8765:8765", "localhost:8765@evil.example", "", "<b>x</b>:8765")
+REFUSED_HOSTS = (
+    "evil.example:8765",
+    "evil.example",
+    "127.0.0.1.evil.example:8765",
+    "localhost.evil.example:8765",
+    "127.0.0.1:9999",
+    "localhost",
+    "[::1]",
+    "10.0.0.7:8765",
+    "0.0.0.0:8765",
+    "::1:8765",
+    "127.0.0.1:8765:8765",
+    "localhost:8765@evil.example",
+    "",
+    "<b>x</b>:8765",
+)
 
 
 def test_without_a_token_only_a_loopback_name_and_this_port_are_served(run):
@@ -256,8 +304,9 @@ def test_without_a_token_only_a_loopback_name_and_this_port_are_served(run):
             r = client.get(path, headers={"host": host})
             assert r.status_code == 400 and "answers only to a local address" in r.text, (host, path)
             assert question not in r.text and "<b>x</b>" not in r.text, "nothing of the run; the Host escaped"
-        r = client.post(f"/case/{key}/decide", headers={"host": host},
-                        data={"csrf": csrf, "decision": "accept", "revision": "0"})
+        r = client.post(
+            f"/case/{key}/decide", headers={"host": host}, data={"csrf": csrf, "decision": "accept", "revision": "0"}
+        )
         assert r.status_code == 400, host
     assert not run.file_for(Review).exists(), "no forged-Host post was recorded"
     # With a token, the token guards (a tunnel or proxy may use any name); without it, 401 still.
@@ -291,11 +340,12 @@ def test_the_served_app_refuses_a_rebound_host_on_its_real_socket(run):
 
 # -- stale pages: every decision and edit names the revision it was made on -------------------------------
 
+
 def _case_form(client: TestClient, key: str) -> dict[str, str]:
     """The hidden fields of the case page's edit form, as the browser would post them."""
     page = client.get(f"/case/{key}").text
-    form = page[page.index('id="edit-form"'):]
-    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form[:form.index("</form>")]))
+    form = page[page.index('id="edit-form"') :]
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', form[: form.index("</form>")]))
 
 
 def test_a_save_or_decision_from_an_older_page_is_a_conflict_and_records_nothing(run):
@@ -309,13 +359,17 @@ def test_a_save_or_decision_from_an_older_page_is_a_conflict_and_records_nothing
     assert ana_page["revision"] == bo_page["revision"] == "0"
     texts = {"hazard": "the hazard", "reference_answer": "the reference"}
 
-    r = ana.post(f"/case/{case.key}/edit", data={**ana_page, **texts, "question": "Ana's question"},
-                 follow_redirects=False)
+    r = ana.post(
+        f"/case/{case.key}/edit", data={**ana_page, **texts, "question": "Ana's question"}, follow_redirects=False
+    )
     assert r.status_code == 303
     before = run.file_for(Review).read_bytes()
 
-    r = bo.post(f"/case/{case.key}/edit", data={**bo_page, **texts, "question": "Bo's question", "note": "bo typed"},
-                follow_redirects=False)
+    r = bo.post(
+        f"/case/{case.key}/edit",
+        data={**bo_page, **texts, "question": "Bo's question", "note": "bo typed"},
+        follow_redirects=False,
+    )
     assert r.status_code == 409 and "Not saved" in r.text and "revision 1 by <b>ana</b>" in r.text
     assert '<p class="text" id="question">Ana&#39;s question</p>' in r.text, "the current text is shown"
     assert ">Bo&#39;s question</textarea>" in r.text and 'value="bo typed"' in r.text, "bo's text is not lost"
@@ -345,7 +399,10 @@ def test_a_save_or_decision_from_an_older_page_is_a_conflict_and_records_nothing
     r = ana.post(f"/case/{case.key}/decide", data={**fresh, "decision": "accept"}, follow_redirects=False)
     assert r.status_code == 303
     assert [(x.reviewer, x.decision, x.revision) for x in run.read(Review)] == [
-        ("ana", "edit", 1), ("bo", "edit", 2), ("ana", "accept", 2)]
+        ("ana", "edit", 1),
+        ("bo", "edit", 2),
+        ("ana", "accept", 2),
+    ]
 
 
 def test_record_functions_refuse_a_stale_base_revision(run):

@@ -17,8 +17,9 @@ try:
 except ImportError as exc:  # pragma: no cover - the test extra and the review extra install both
     pytest.skip(f"browser tests need playwright and the review extra: {exc}", allow_module_level=True)
 if chromium_path() is None:  # pragma: no cover - CI installs it (scripts/setup.sh)
-    pytest.skip("chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        "chromium is not installed (scripts/setup.sh installs it: apt-get install chromium)", allow_module_level=True
+    )
 
 from generator.interop.siuo import export_siuo  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
@@ -82,7 +83,9 @@ def test_two_reviewers_decide_by_keyboard_and_the_run_says_exactly_that(browser,
         assert "Together the image and question 0" in page.inner_text("section.checks")
         _key(page, "a")
         assert _case_key(page) == c1.key, "the next unreviewed case follows"
-        assert "strategy: indirect" in page.inner_text("section.texts") and "parent question" in page.inner_text("section.texts")
+        assert "strategy: indirect" in page.inner_text("section.texts") and "parent question" in page.inner_text(
+            "section.texts"
+        )
 
         # ana rejects the hardened variant with a reason (3 = no hazard) and a note.
         _reject(page, "3", "nothing dangerous here")
@@ -157,7 +160,9 @@ def test_two_reviewers_decide_by_keyboard_and_the_run_says_exactly_that(browser,
     assert items[0]["image"] == Path(other.path).name
 
 
-def test_a_save_from_a_page_older_than_a_colleagues_edit_shows_both_texts_and_keeps_what_was_typed(browser, tmp_path: Path):
+def test_a_save_from_a_page_older_than_a_colleagues_edit_shows_both_texts_and_keeps_what_was_typed(
+    browser, tmp_path: Path
+):
     """ana and bo have the same case open; ana saves an edit; bo's save from his older page gets the conflict
     page: ana's text as it is now beside bo's, in a form that records his (knowingly) over hers."""
     store = make_review_run(tmp_path, cases=1, hostile_question=False)
@@ -184,4 +189,6 @@ def test_a_save_from_a_page_older_than_a_colleagues_edit_shows_both_texts_and_ke
     ana_context.close()
     bo_context.close()
     assert [(r.reviewer, r.revision, r.question) for r in store.iter_records(Review)] == [
-        ("ana", 1, "Ana's question"), ("bo", 2, "Bo's question")]
+        ("ana", 1, "Ana's question"),
+        ("bo", 2, "Bo's question"),
+    ]

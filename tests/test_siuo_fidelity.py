@@ -28,9 +28,21 @@ def _store(tmp_path, image: Image.Image, fmt: str = "PNG") -> RunStore:
     store = RunStore.open("f", root=tmp_path)
     name = "a.png" if fmt == "PNG" else "a.jpg"
     image.save(store.images_dir / name, format=fmt)
-    store.append(Case(question_id="1", image=name, image_path=f"images/{name}", question=QUESTION,
-                      category="dangerous behavior", domain="dangerous-behavior", safety_warning="rip current",
-                      hazard="rip current", reference_answer="Not here.", options=OPTIONS, correct_option="A"))
+    store.append(
+        Case(
+            question_id="1",
+            image=name,
+            image_path=f"images/{name}",
+            question=QUESTION,
+            category="dangerous behavior",
+            domain="dangerous-behavior",
+            safety_warning="rip current",
+            hazard="rip current",
+            reference_answer="Not here.",
+            options=OPTIONS,
+            correct_option="A",
+        )
+    )
     return store
 
 
@@ -42,7 +54,9 @@ def _sent(body: dict) -> tuple[str, bytes]:
     return text, base64.b64decode(url.split(",", 1)[1])
 
 
-def test_siuo_mcqa_prompt_asks_for_the_letter_first_then_question_then_verbatim_options_then_a_cue(tmp_path, fake_openai):
+def test_siuo_mcqa_prompt_asks_for_the_letter_first_then_question_then_verbatim_options_then_a_cue(
+    tmp_path, fake_openai
+):
     fake_openai.on_chat(lambda body: "A")
     store = _store(tmp_path, Image.new("RGB", (8, 8), (0, 90, 200)))
     answer(store, fake_openai.settings(), "targets", mcqa=True, show_progress=False)
@@ -52,7 +66,7 @@ def test_siuo_mcqa_prompt_asks_for_the_letter_first_then_question_then_verbatim_
     options = [text.find(f"({letter}) {OPTIONS[letter]}") for letter in "ABCD"]
     assert 0 <= ask < question < options[0] < options[1] < options[2] < options[3], text
     assert "\n".join(f"({k}) {v}" for k, v in OPTIONS.items()) in text  # verbatim: newlines and spaces kept
-    cue = text[options[3] + len(f"(D) {OPTIONS['D']}"):]
+    cue = text[options[3] + len(f"(D) {OPTIONS['D']}") :]
     assert cue.strip(), "a closing cue follows the options"
 
 

@@ -129,19 +129,42 @@ def _good_items(n=3) -> list[dict]:
     "mutate, message",
     [
         (lambda items: items[1].pop("question"), r"bad.json: item #2 \(question_id 1002\): missing field 'question'"),
-        (lambda items: items[0].update(category="astrology"), r"item #1 \(question_id 1001\): field 'category': unknown category 'astrology'"),
-        (lambda items: items[2].update(image="../../etc/passwd"), r"item #3 .*field 'image': '../../etc/passwd' escapes the images folder"),
-        (lambda items: items[0].update(image="/etc/passwd"), r"item #1 .*field 'image': '/etc/passwd' is an absolute path"),
+        (
+            lambda items: items[0].update(category="astrology"),
+            r"item #1 \(question_id 1001\): field 'category': unknown category 'astrology'",
+        ),
+        (
+            lambda items: items[2].update(image="../../etc/passwd"),
+            r"item #3 .*field 'image': '../../etc/passwd' escapes the images folder",
+        ),
+        (
+            lambda items: items[0].update(image="/etc/passwd"),
+            r"item #1 .*field 'image': '/etc/passwd' is an absolute path",
+        ),
         (lambda items: items[0].update(image="C:\\Windows\\x.png"), r"item #1 .*field 'image'.*absolute path"),
         (lambda items: items[2].update(question_id=1001), r"item #3: duplicate question_id 1001 \(first at item #1\)"),
         (lambda items: items[1].update(question=["not", "text"]), r"item #2 .*field 'question' must be a string"),
         # 1001 and "1001" are one case key (case-1001): the second would silently replace the first.
-        (lambda items: items[2].update(question_id="1001"), r"item #3: duplicate question_id '1001' \(first at item #1\)"),
-        (lambda items: items[1].update(question_id="a/../../../escaped"), r"item #2 .*field 'question_id': 'a/../../../escaped' is not a safe id"),
+        (
+            lambda items: items[2].update(question_id="1001"),
+            r"item #3: duplicate question_id '1001' \(first at item #1\)",
+        ),
+        (
+            lambda items: items[1].update(question_id="a/../../../escaped"),
+            r"item #2 .*field 'question_id': 'a/../../../escaped' is not a safe id",
+        ),
         (lambda items: items[1].update(question_id="x\ny"), r"item #2 .*field 'question_id'.* is not a safe id"),
-        (lambda items: items[1].update(question_id="..",), r"item #2 .*field 'question_id'.* is not a safe id"),
+        (
+            lambda items: items[1].update(
+                question_id="..",
+            ),
+            r"item #2 .*field 'question_id'.* is not a safe id",
+        ),
         (lambda items: items[1].update(question_id="z" * 129), r"item #2 .*field 'question_id'.* is not a safe id"),
-        (lambda items: items[0].update(question="q" * 10_001), r"item #1 .*field 'question' is 10,001 characters long \(the limit is 10,000\)"),
+        (
+            lambda items: items[0].update(question="q" * 10_001),
+            r"item #1 .*field 'question' is 10,001 characters long \(the limit is 10,000\)",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_file_item_and_field(tmp_path, mutate, message):
@@ -201,7 +224,9 @@ def test_cli_bad_input_exits_nonzero_with_clear_message_and_writes_nothing(tmp_p
 def test_cli_import_stats_export_round_trip(images_dir, outputs, tmp_path):
     runner = CliRunner()
     n = len(json.loads(GEN.read_text()))  # 167 in the official set
-    r = runner.invoke(app, ["import-siuo", "--gen", str(GEN), "--mcqa", str(MCQA), "--images", str(images_dir), "--run", "cli"])
+    r = runner.invoke(
+        app, ["import-siuo", "--gen", str(GEN), "--mcqa", str(MCQA), "--images", str(images_dir), "--run", "cli"]
+    )
     assert r.exit_code == 0, r.output
     assert f"imported {n} cases" in r.output
     r = runner.invoke(app, ["stats", "--run", "cli"])
@@ -237,15 +262,28 @@ def test_export_writes_the_judges_majority_their_raw_replies_and_marks_failed_an
     store = RunStore.open("multi")
     import_siuo(store, GEN, MCQA, images_dir)
     first = store.read(Case)[0]
-    rs = [Response(case_id=first.key, target="m1", model="m1", sample=0, text="answer 0"),
-          Response(case_id=first.key, target="m1", model="m1", sample=1, error="HTTP 500")]  # sample 2 never asked
+    rs = [
+        Response(case_id=first.key, target="m1", model="m1", sample=0, text="answer 0"),
+        Response(case_id=first.key, target="m1", model="m1", sample=1, error="HTTP 500"),
+    ]  # sample 2 never asked
     for r in rs:
         store.append(r)
     # three judges; the first judge is outvoted on safety and effectiveness
     for judge, safety, eff in (("j1", "safe", "not"), ("j2", "unsafe", "very"), ("j3", "unsafe", "partially")):
         for dim, verdict in (("safety", safety), ("effectiveness", eff)):
-            store.append(Judgment(response_key=rs[0].key, case_id=first.key, target="m1", sample=0, dimension=dim,
-                                  judge=judge, judge_model=judge, verdict=verdict, raw=f"{judge} says\nVERDICT: {verdict.upper()}"))
+            store.append(
+                Judgment(
+                    response_key=rs[0].key,
+                    case_id=first.key,
+                    target="m1",
+                    sample=0,
+                    dimension=dim,
+                    judge=judge,
+                    judge_model=judge,
+                    verdict=verdict,
+                    raw=f"{judge} says\nVERDICT: {verdict.upper()}",
+                )
+            )
     store.append(Response(case_id=first.key, target="m1", model="m1", form="mcqa", sample=0, error="timeout"))
     # another run's sample count: some case answered 3 times, so this one's sample 2 is missing
     other = store.read(Case)[1]

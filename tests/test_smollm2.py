@@ -26,12 +26,23 @@ class Capital(BaseModel):
 
 
 def make_settings(base_url, cache_path):
-    return settings_from_dict({
-        "endpoints": {"smol": {"base_url": base_url, "model": MODEL_ID, "retry_base_delay_s": 0.05, "timeout_s": 60,
-                               "max_concurrency": 2, "price_input_per_1k": 0.001, "price_output_per_1k": 0.002}},
-        "roles": {"judge": "smol", "proposer": "smol"},
-        "cache": {"path": str(cache_path)},
-    })
+    return settings_from_dict(
+        {
+            "endpoints": {
+                "smol": {
+                    "base_url": base_url,
+                    "model": MODEL_ID,
+                    "retry_base_delay_s": 0.05,
+                    "timeout_s": 60,
+                    "max_concurrency": 2,
+                    "price_input_per_1k": 0.001,
+                    "price_output_per_1k": 0.002,
+                }
+            },
+            "roles": {"judge": "smol", "proposer": "smol"},
+            "cache": {"path": str(cache_path)},
+        }
+    )
 
 
 def test_smollm2_chat_n_structured_usage_and_cache(smollm2_server, tmp_path):
@@ -41,13 +52,20 @@ def test_smollm2_chat_n_structured_usage_and_cache(smollm2_server, tmp_path):
     async def session():
         async with ModelHub(settings, store=store) as hub:
             chat = hub.chat("proposer")
-            [plain] = await chat.complete([system_message("You are a helpful assistant."),
-                                           user_message("What is the capital of France?")],
-                                          temperature=0.0, seed=7, max_tokens=24)
+            [plain] = await chat.complete(
+                [system_message("You are a helpful assistant."), user_message("What is the capital of France?")],
+                temperature=0.0,
+                seed=7,
+                max_tokens=24,
+            )
             samples = await chat.complete([user_message("Name a colour.")], n=3, temperature=0.9, max_tokens=12)
             structured = await hub.chat("judge").structured(
-                [user_message("What is the capital of France? Give the country and its capital.")], Capital,
-                temperature=0.0, seed=7, max_tokens=60)
+                [user_message("What is the capital of France? Give the country and its capital.")],
+                Capital,
+                temperature=0.0,
+                seed=7,
+                max_tokens=60,
+            )
             return plain, samples, structured, hub.usage, hub.runtime("smol")
 
     plain, samples, structured, usage, runtime = asyncio.run(session())

@@ -124,8 +124,15 @@ def test_bad_run_names_are_refused(tmp_path, name):
 
 
 def test_case_key_is_question_id():
-    c = Case(question_id=1001, image="S-01.png", question="q", category="self-harm", domain="self-harm",
-             safety_warning="w", reference_answer="a")
+    c = Case(
+        question_id=1001,
+        image="S-01.png",
+        question="q",
+        category="self-harm",
+        domain="self-harm",
+        safety_warning="w",
+        reference_answer="a",
+    )
     assert c.key == "case-1001"
 
 
@@ -138,7 +145,9 @@ def test_config_refuses_keys_in_file_and_unknown_endpoints(tmp_path):
     bad.write_text("[render]\nsteps = 'many'\n")
     with pytest.raises(ConfigError, match=r"bad.toml: render.steps"):
         load_settings(bad)
-    ok = settings_from_dict({"endpoints": {"o": {"base_url": "http://x", "model": "m"}}, "roles": {"judge": "o", "targets": "o"}})
+    ok = settings_from_dict(
+        {"endpoints": {"o": {"base_url": "http://x", "model": "m"}}, "roles": {"judge": "o", "targets": "o"}}
+    )
     assert ok.roles.judge == ["o"] and ok.role_endpoints("targets") == ["o"] and ok.role_endpoints("o") == ["o"]
 
 

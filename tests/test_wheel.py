@@ -38,9 +38,16 @@ def random_proposal(body: dict) -> str:
     def words(n: int) -> str:
         return " ".join(f"w{rng.randrange(5000)}" for _ in range(n))
 
-    return json.dumps({"image_prompt": words(20), "image_description": words(12), "question": words(10),
-                       "hazard": words(15), "reference_answer": words(20),
-                       "mcqa_distractors": [words(8), words(8), words(8)]})
+    return json.dumps(
+        {
+            "image_prompt": words(20),
+            "image_description": words(12),
+            "question": words(10),
+            "hazard": words(15),
+            "reference_answer": words(20),
+            "mcqa_distractors": [words(8), words(8), words(8)],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +62,24 @@ def wheel(tmp_path_factory) -> Path:
         elif path.exists():
             src.mkdir(exist_ok=True)
             shutil.copy2(path, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-q", "-w", str(tmp / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     [built] = (tmp / "dist").glob("siuo_generator-*.whl")
     return built
 
@@ -79,8 +102,12 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
 
     site, work = tmp_path / "site", tmp_path / "empty"
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site),
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
     env.pop("SIUO_OUTPUTS", None)
     siuo = [str(site / "bin" / "siuo")]
@@ -91,8 +118,11 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
         return done
 
     # The installed copy is the one that runs: its files, not the checkout's.
-    where = run("-c", "import generator, generator.prompts as p; print(generator.__file__); "
-                      "print(p.load_prompt('propose').path)", cmd=[sys.executable]).stdout.split()
+    where = run(
+        "-c",
+        "import generator, generator.prompts as p; print(generator.__file__); print(p.load_prompt('propose').path)",
+        cmd=[sys.executable],
+    ).stdout.split()
     assert all(Path(p).resolve().is_relative_to(site.resolve()) for p in where), where
     assert not Path(where[0]).resolve().is_relative_to(ROOT)
 
@@ -111,11 +141,21 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
     assert {s["provenance"]["prompt_file"] for s in scenarios} == {"prompts/propose.md"}, "no install path in records"
     assert {s["provenance"]["prompt_hash"] for s in scenarios} == {hashlib.sha256(propose_md).hexdigest()}
 
-    run("-c", "from pathlib import Path; from generator.testing.review_run import make_review_run; "
-              "make_review_run(Path('outputs'), name='rev', cases=2)", cmd=[sys.executable])
+    run(
+        "-c",
+        "from pathlib import Path; from generator.testing.review_run import make_review_run; "
+        "make_review_run(Path('outputs'), name='rev', cases=2)",
+        cmd=[sys.executable],
+    )
     port = free_port()
-    server = subprocess.Popen([*siuo, "review", "--run", "rev", "--serve", "--port", str(port)], cwd=work, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [*siuo, "review", "--run", "rev", "--serve", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base, page = f"http://127.0.0.1:{port}", None
         deadline = time.monotonic() + 120
@@ -124,7 +164,9 @@ def test_an_installed_wheel_inits_proposes_and_serves_reviews_from_an_empty_fold
                 page = httpx.get(f"{base}/", timeout=5)
             except httpx.TransportError:
                 time.sleep(0.3)
-        assert page is not None, f"the review app never answered: {server.stdout.read() if server.poll() is not None else ''}"
+        assert page is not None, (
+            f"the review app never answered: {server.stdout.read() if server.poll() is not None else ''}"
+        )
         assert page.status_code == 200 and "Question 0" in page.text and 'href="/static/review.css"' in page.text
         css = httpx.get(f"{base}/static/review.css", timeout=5)
         assert css.status_code == 200 and css.text == (ROOT / "generator/review/static/review.css").read_text()

@@ -3,17 +3,35 @@ units a config enables, in run order. The stage that runs them is `generator.che
 
 from __future__ import annotations
 
-from generator.config import Settings
 from generator.checks.base import Check, CheckNotRun, LocalImageCheck, Outcome, RemoteCheck, Subject
 from generator.checks.clip import AlignmentCheck, ClipEmbedder, ConceptScreenCheck, read_concepts
 from generator.checks.image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
 from generator.checks.pair import HazardMatch, PairHazardCheck
 from generator.checks.text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
+from generator.config import Settings
 
-__all__ = ["Check", "CheckNotRun", "LocalImageCheck", "Outcome", "RemoteCheck", "Subject", "AlignmentCheck",
-           "ClipEmbedder", "ConceptScreenCheck", "read_concepts", "ImageGuardCheck", "OpenNSFWCheck",
-           "SafetyCheckerCheck", "HazardMatch", "PairHazardCheck", "HazardVerdict", "TextGuardCheck",
-           "TextOnlyJudgeCheck", "build_units", "text_checker_endpoint"]
+__all__ = [
+    "Check",
+    "CheckNotRun",
+    "LocalImageCheck",
+    "Outcome",
+    "RemoteCheck",
+    "Subject",
+    "AlignmentCheck",
+    "ClipEmbedder",
+    "ConceptScreenCheck",
+    "read_concepts",
+    "ImageGuardCheck",
+    "OpenNSFWCheck",
+    "SafetyCheckerCheck",
+    "HazardMatch",
+    "PairHazardCheck",
+    "HazardVerdict",
+    "TextGuardCheck",
+    "TextOnlyJudgeCheck",
+    "build_units",
+    "text_checker_endpoint",
+]
 
 
 def text_checker_endpoint(settings: Settings) -> str | None:
@@ -29,18 +47,26 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
     clip = ClipEmbedder(cs.clip_model, cs.batch)
     make = {
         "alignment": lambda: AlignmentCheck(clip, cs.alignment_threshold),
-        "image_benign.clip": lambda: ConceptScreenCheck(clip, cs.unsafe_concept_margin, cs.unsafe_concepts_file,
-                                                        cs.safe_concepts_file),
+        "image_benign.clip": lambda: ConceptScreenCheck(
+            clip, cs.unsafe_concept_margin, cs.unsafe_concepts_file, cs.safe_concepts_file
+        ),
         "image_benign.safety_checker": lambda: SafetyCheckerCheck(cs.safety_checker, cs.batch),
-        "image_benign.guard": lambda: (OpenNSFWCheck(cs.opennsfw_threshold) if settings.roles.image_guard == OPENNSFW
-                                       else ImageGuardCheck(settings.bench.image_max_side or None)),
+        "image_benign.guard": lambda: (
+            OpenNSFWCheck(cs.opennsfw_threshold)
+            if settings.roles.image_guard == OPENNSFW
+            else ImageGuardCheck(settings.bench.image_max_side or None)
+        ),
         "text_benign": lambda: TextGuardCheck("text_benign", "question"),
-        "no_leakage.question": lambda: TextOnlyJudgeCheck("no_leakage.question", "question", QUESTION_KIND,
-                                                          text_checker_endpoint(settings)),
+        "no_leakage.question": lambda: TextOnlyJudgeCheck(
+            "no_leakage.question", "question", QUESTION_KIND, text_checker_endpoint(settings)
+        ),
         "no_leakage.description": lambda: (
-            TextGuardCheck("no_leakage.description", "image_description") if settings.roles.text_guard else
-            TextOnlyJudgeCheck("no_leakage.description", "image_description", DESCRIPTION_KIND,
-                               text_checker_endpoint(settings))),
+            TextGuardCheck("no_leakage.description", "image_description")
+            if settings.roles.text_guard
+            else TextOnlyJudgeCheck(
+                "no_leakage.description", "image_description", DESCRIPTION_KIND, text_checker_endpoint(settings)
+            )
+        ),
         "pair_hazard": lambda: PairHazardCheck(cs.hazard_match_threshold, settings),
     }
     return [make[name]() for names in plan.values() for name in names]

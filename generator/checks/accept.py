@@ -22,12 +22,12 @@ from typing import Any
 
 from rich.table import Table
 
+from generator.cases import ReviewState
 from generator.checks.stage import blocks, chosen_candidate, family_status, planned_checks, required_families
 from generator.config import Settings
 from generator.domains import domain_by_id, domain_by_label
 from generator.errors import UserError
 from generator.records import Case, CheckResult, Render, Scenario, stable_key
-from generator.cases import ReviewState
 from generator.store import RunStore, write_text_atomic
 
 STAGE = "accept"
@@ -79,8 +79,10 @@ class FilterReport:
             "totals": {c: totals[c] for c in self.columns()},
             "fell_at": {c: totals[c] for c in self.columns() if c != "accepted"},
             "fell_at_by_reason": {fam: dict(self.reasons.get(fam, {})) for fam in self.checks},
-            "per_domain": {d: {c: cnt[c] for c in self.columns()} | {"scenarios": sum(cnt.values())}
-                           for d, cnt in sorted(self.per_domain.items())},
+            "per_domain": {
+                d: {c: cnt[c] for c in self.columns()} | {"scenarios": sum(cnt.values())}
+                for d, cnt in sorted(self.per_domain.items())
+            },
             "outcomes": self.outcomes,
             "review": self.review,
         }
@@ -93,17 +95,23 @@ class FilterReport:
             t.add_column(c, justify="right", style="green" if c == "accepted" else None)
         rows = sorted(self.per_domain.items())
         for domain, cnt in rows + [("total", self.totals)]:
-            t.add_row(domain, str(sum(cnt.values())), *(str(cnt[c]) for c in self.columns()),
-                      end_section=domain == rows[-1][0] if rows else False)
+            t.add_row(
+                domain,
+                str(sum(cnt.values())),
+                *(str(cnt[c]) for c in self.columns()),
+                end_section=domain == rows[-1][0] if rows else False,
+            )
         for fam in self.checks:
             r = self.reasons.get(fam)
             if r and (r["error"] or r["missing"]):
                 t.caption = (t.caption + "; " if t.caption else "") + (
-                    f"{fam}: {r['failed']} failed, {r['error']} error, {r['missing']} not run")
+                    f"{fam}: {r['failed']} failed, {r['error']} error, {r['missing']} not run"
+                )
         if self.review.get("rejected") or self.review.get("edited"):
             t.caption = (t.caption + "; " if t.caption else "") + (
                 f"review: {self.review['rejected']} rejected (left out of exports and evaluation), "
-                f"{self.review['edited']} edited")
+                f"{self.review['edited']} edited"
+            )
         for name, why in sorted(self.not_run.items()):
             t.caption = (t.caption + "; " if t.caption else "") + f"NOT RUN {name}: {why}"
         return t
@@ -160,7 +168,9 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
                 report.count(s.domain, "not_rendered")
                 report.outcomes[s.key] = "not_rendered"
                 continue
-            align = [r for (n, _), r in mine.items() if n == "alignment" and not r.not_run] if "alignment" in plan else []
+            align = (
+                [r for (n, _), r in mine.items() if n == "alignment" and not r.not_run] if "alignment" in plan else []
+            )
             candidate = chosen_candidate(align, sorted(rendered))
             fell = None
             for fam, names in plan.items():
@@ -182,8 +192,10 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
         entry.counts.update(accepted=report.totals["accepted"], new_cases=report.new_cases)
     state = ReviewState.load(store)
     accepted_keys = {f"case-{question_id(s)}" for s in scenarios if report.outcomes.get(s.key) == "accepted"}
-    report.review = {"rejected": sum(state.rejected(k) for k in accepted_keys),
-                     "edited": sum(state.revision(k) > 0 for k in accepted_keys)}
+    report.review = {
+        "rejected": sum(state.rejected(k) for k in accepted_keys),
+        "edited": sum(state.revision(k) > 0 for k in accepted_keys),
+    }
     path = store.path / REPORT_FILE
     write_text_atomic(path, json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     return report
@@ -191,8 +203,10 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
 
 def _case(s: Scenario, render: Render, results: dict[tuple[str, int | None], CheckResult], settings: Settings) -> Case:
     options, correct = mcqa_options(s)
-    scores = {f"{name}" + (f"[{cand}]" if cand is not None else ""): r.score for (name, cand), r in sorted(
-        results.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))}
+    scores = {
+        f"{name}" + (f"[{cand}]" if cand is not None else ""): r.score
+        for (name, cand), r in sorted(results.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))
+    }
     return Case(
         question_id=question_id(s),
         image=Path(render.path).name,
@@ -210,8 +224,21 @@ def _case(s: Scenario, render: Render, results: dict[tuple[str, int | None], Che
         parent_id=s.parent_id,
         strategy=s.strategy,
         provenance={
-            "render": render.model_dump(include={"key", "backend", "model", "seed", "steps", "guidance_scale",
-                                                 "width", "height", "candidate", "source", "licence"}),
+            "render": render.model_dump(
+                include={
+                    "key",
+                    "backend",
+                    "model",
+                    "seed",
+                    "steps",
+                    "guidance_scale",
+                    "width",
+                    "height",
+                    "candidate",
+                    "source",
+                    "licence",
+                }
+            ),
             "check_scores": scores,
             "scenario": s.provenance.model_dump(),
         },

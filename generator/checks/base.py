@@ -68,8 +68,9 @@ class Check:
         return self.name.split(".", 1)[0]
 
     def base(self, subject: Subject, candidate: int | None) -> dict[str, Any]:
-        return dict(scenario_id=subject.key, check=self.name, candidate=candidate if self.on_image else None,
-                    model=self.model)
+        return dict(
+            scenario_id=subject.key, check=self.name, candidate=candidate if self.on_image else None, model=self.model
+        )
 
     def not_run(self, subject: Subject, candidate: int | None, reason: str) -> CheckResult:
         return CheckResult(**self.base(subject, candidate), not_run=error_text(reason))
@@ -94,7 +95,9 @@ class LocalImageCheck(Check):
     def record(self, subject: Subject, candidate: int, outcome: Outcome | Exception) -> CheckResult:
         base = dict(self.base(subject, candidate), threshold=self.threshold)
         if isinstance(outcome, Exception):
-            return CheckResult(**base, error=error_text(f"cannot read image {subject.images.get(candidate)}: {outcome}"))
+            return CheckResult(
+                **base, error=error_text(f"cannot read image {subject.images.get(candidate)}: {outcome}")
+            )
         return CheckResult(**base, score=round(outcome.score, 5), passed=outcome.passed, detail=outcome.detail)
 
 

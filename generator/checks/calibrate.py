@@ -37,12 +37,12 @@ from typing import Any
 
 from rich.console import Console
 
-from generator.checks.stage import CheckRunner, planned_checks
 from generator.checks import Subject
+from generator.checks.stage import CheckRunner, planned_checks
 from generator.config import Settings
 from generator.errors import UserError
-from generator.statistics import wilson_interval
 from generator.records import Case, CheckResult, Provenance, Render, Scenario, utc_now
+from generator.statistics import wilson_interval
 from generator.store import RunStore, write_text_atomic
 
 CALIBRATION_FILE = "calibration.json"
@@ -87,14 +87,20 @@ def known_good_cases(store: RunStore) -> tuple[list[Case], dict[str, str]]:
     from generator.cases import ReviewState, reviewed_cases
 
     state = ReviewState.load(store)  # accepted: some reviewer accepted it and none rejected it (reviewed_cases)
-    cases = [c for c in reviewed_cases(store, state=state) if c.split == "siuo" or
-             "accept" in state.votes(c.provenance.get("review", {}).get("original_key", c.key)).values()]
+    cases = [
+        c
+        for c in reviewed_cases(store, state=state)
+        if c.split == "siuo"
+        or "accept" in state.votes(c.provenance.get("review", {}).get("original_key", c.key)).values()
+    ]
     wanted = {c.scenario_id for c in cases if c.scenario_id}
     descriptions = {s.key: s.image_description for s in store.read(Scenario) if s.key in wanted}
     return cases, {c.key: descriptions[c.scenario_id] for c in cases if c.scenario_id in descriptions}
 
 
-def derive_inputs(store: RunStore, cases: Sequence[Case], descriptions: dict[str, str]) -> tuple[list[Subject], dict[str, str]]:
+def derive_inputs(
+    store: RunStore, cases: Sequence[Case], descriptions: dict[str, str]
+) -> tuple[list[Subject], dict[str, str]]:
     """Known-good and the model-free known-bad subjects (not `unsafe_description`, which needs rendering),
     and why a kind has no subject at all."""
     subjects: list[Subject] = []
@@ -103,16 +109,31 @@ def derive_inputs(store: RunStore, cases: Sequence[Case], descriptions: dict[str
     for c in cases:
         img = {0: images[c.key]} if images[c.key] else {}
         hazard, desc = c.hazard or c.safety_warning, descriptions.get(c.key)
-        subjects.append(Subject(key=f"known_good:{c.key}", question=c.question, image_description=desc,
-                                hazard=hazard, images=img))
-        subjects.append(Subject(key=f"leaky:{c.key}", question=LEAKY_QUESTION.format(question=c.question, warning=c.safety_warning),
-                                image_description=None, hazard=hazard, images=img))
+        subjects.append(
+            Subject(key=f"known_good:{c.key}", question=c.question, image_description=desc, hazard=hazard, images=img)
+        )
+        subjects.append(
+            Subject(
+                key=f"leaky:{c.key}",
+                question=LEAKY_QUESTION.format(question=c.question, warning=c.safety_warning),
+                image_description=None,
+                hazard=hazard,
+                images=img,
+            )
+        )
     with_image = [c for c in cases if images[c.key]]
     for i, c in enumerate(with_image):
-        other = next((o for o in with_image[i + 1:] + with_image[:i] if o.domain != c.domain), None)
+        other = next((o for o in with_image[i + 1 :] + with_image[:i] if o.domain != c.domain), None)
         if other is not None:
-            subjects.append(Subject(key=f"mismatched:{c.key}", question=c.question, image_description=descriptions.get(c.key),
-                                    hazard=c.hazard or c.safety_warning, images={0: images[other.key]}))
+            subjects.append(
+                Subject(
+                    key=f"mismatched:{c.key}",
+                    question=c.question,
+                    image_description=descriptions.get(c.key),
+                    hazard=c.hazard or c.safety_warning,
+                    images={0: images[other.key]},
+                )
+            )
     if not with_image:
         not_run["mismatched"] = "no case has its image (import with --images)"
     elif not any(kind_of(s.key) == "mismatched" for s in subjects):
@@ -120,8 +141,9 @@ def derive_inputs(store: RunStore, cases: Sequence[Case], descriptions: dict[str
     return subjects, not_run
 
 
-def unsafe_description_subjects(sub: RunStore, settings: Settings, cases: Sequence[Case],
-                                console: Console | None) -> tuple[list[Subject], str | None]:
+def unsafe_description_subjects(
+    sub: RunStore, settings: Settings, cases: Sequence[Case], console: Console | None
+) -> tuple[list[Subject], str | None]:
     """Render one image per case from a prompt that states the hazard outright (into the sub-store)."""
     if settings.render.backend == "photos":
         return [], "render.backend = photos picks existing photos; it cannot draw an unsafe description"
@@ -129,8 +151,15 @@ def unsafe_description_subjects(sub: RunStore, settings: Settings, cases: Sequen
     scenarios = []
     for c in cases:
         prompt = UNSAFE_PROMPT.format(warning=c.safety_warning)
-        s = Scenario(domain=c.domain, image_prompt=prompt, image_description=prompt, question=c.question,
-                     hazard=c.safety_warning, reference_answer=c.reference_answer, provenance=Provenance(extra={"case": c.key}))
+        s = Scenario(
+            domain=c.domain,
+            image_prompt=prompt,
+            image_description=prompt,
+            question=c.question,
+            hazard=c.safety_warning,
+            reference_answer=c.reference_answer,
+            provenance=Provenance(extra={"case": c.key}),
+        )
         if s.key not in written:
             sub.append(s)
         scenarios.append((c, s))
@@ -144,9 +173,17 @@ def unsafe_description_subjects(sub: RunStore, settings: Settings, cases: Sequen
     renders: dict[str, Render] = {}
     for r in sub.read(Render):
         renders.setdefault(r.scenario_id, r)
-    subjects = [Subject(key=f"unsafe_description:{c.key}", question=s.question, image_description=s.image_description,
-                        hazard=s.hazard, images={0: sub.resolve(renders[s.key].path)})
-                for c, s in scenarios if s.key in renders]
+    subjects = [
+        Subject(
+            key=f"unsafe_description:{c.key}",
+            question=s.question,
+            image_description=s.image_description,
+            hazard=s.hazard,
+            images={0: sub.resolve(renders[s.key].path)},
+        )
+        for c, s in scenarios
+        if s.key in renders
+    ]
     return subjects, None if subjects else "no image could be rendered (see calibration/failures.jsonl)"
 
 
@@ -195,11 +232,15 @@ def _curve(name: str, by_kind: dict[str, list[float]]) -> tuple[list[dict[str, A
     return curve, suggested
 
 
-def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settings: Settings,
-              inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def summarise(
+    results: Sequence[CheckResult], plan: dict[str, list[str]], settings: Settings, inputs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """calibration.json's content, from the calibration records."""
-    thresholds = {"alignment": settings.check.alignment_threshold, "image_benign.clip": settings.check.unsafe_concept_margin,
-                  "pair_hazard": settings.check.hazard_match_threshold}
+    thresholds = {
+        "alignment": settings.check.alignment_threshold,
+        "image_benign.clip": settings.check.unsafe_concept_margin,
+        "pair_hazard": settings.check.hazard_match_threshold,
+    }
     checks: dict[str, Any] = {}
     too_strict, too_lax = [], {}
     for name in (n for names in plan.values() for n in names):
@@ -213,11 +254,19 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
             decided = [r for r in rs if r.passed is not None]
             passed = sum(1 for r in decided if r.passed)
             reasons = Counter(r.not_run for r in rs if r.not_run)
-            row = {"inputs": len(rs), "decided": len(decided), "passed": passed, "failed": len(decided) - passed,
-                   "errors": sum(1 for r in rs if r.passed is None and not r.not_run),
-                   "not_run": sum(reasons.values()), "not_run_reason": next(iter(reasons), None)}
+            row = {
+                "inputs": len(rs),
+                "decided": len(decided),
+                "passed": passed,
+                "failed": len(decided) - passed,
+                "errors": sum(1 for r in rs if r.passed is None and not r.not_run),
+                "not_run": sum(reasons.values()),
+                "not_run_reason": next(iter(reasons), None),
+            }
             if not rs and name in NEEDS_DESCRIPTION:
-                row["no_input"] = "SIUO cases carry no image description; accept generated cases in `siuo review` to measure it"
+                row["no_input"] = (
+                    "SIUO cases carry no image description; accept generated cases in `siuo review` to measure it"
+                )
             if kind == "known_good":
                 row |= {"measure": "pass rate"} | _rate(passed, len(decided))
                 if decided and passed / len(decided) < TARGET:
@@ -230,16 +279,28 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
                     too_lax.setdefault(name, []).append(kind)
             entry[kind] = row
         if name in SCORE_CHECKS:
-            by_kind = {kind: [r.score for r in mine if kind_of(r.scenario_id) == kind and r.score is not None and r.passed is not None]
-                       for kind in KINDS}
+            by_kind = {
+                kind: [
+                    r.score
+                    for r in mine
+                    if kind_of(r.scenario_id) == kind and r.score is not None and r.passed is not None
+                ]
+                for kind in KINDS
+            }
             entry["direction"] = SCORE_CHECKS[name]
             entry["curve"], entry["suggested_threshold"] = _curve(name, {k: v for k, v in by_kind.items() if v})
         if not any(entry.get(k, {}).get("decided") for k in KINDS):
             verdicts.append("not measured")
         entry["verdicts"] = verdicts
         checks[name] = entry
-    return {"created": utc_now(), "target": TARGET, "inputs": inputs, "checks": checks,
-            "too_strict": too_strict, "too_lax": too_lax}
+    return {
+        "created": utc_now(),
+        "target": TARGET,
+        "inputs": inputs,
+        "checks": checks,
+        "too_strict": too_strict,
+        "too_lax": too_lax,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,8 +308,9 @@ def summarise(results: Sequence[CheckResult], plan: dict[str, list[str]], settin
 # ----------------------------------------------------------------------------------------------------
 
 
-def calibrate(store: RunStore, settings: Settings, *, retry_errors: bool = False,
-              console: Console | None = None) -> dict[str, Any]:
+def calibrate(
+    store: RunStore, settings: Settings, *, retry_errors: bool = False, console: Console | None = None
+) -> dict[str, Any]:
     """Run the enabled checks on known-good and known-bad inputs; write and return calibration.json."""
     cases, descriptions = known_good_cases(store)
     if not any(c.split == "siuo" for c in cases):
@@ -263,16 +325,30 @@ def calibrate(store: RunStore, settings: Settings, *, retry_errors: bool = False
             not_run["unsafe_description"] = reason
     else:
         not_run["unsafe_description"] = "image_benign is not enabled"
-    runner = CheckRunner(settings, subjects, sub.read_latest(CheckResult), sub.append, store=sub,
-                         retry_errors=retry_errors, funnel=False, wants=_wants, console=console)
+    runner = CheckRunner(
+        settings,
+        subjects,
+        sub.read_latest(CheckResult),
+        sub.append,
+        store=sub,
+        retry_errors=retry_errors,
+        funnel=False,
+        wants=_wants,
+        console=console,
+    )
     with sub.stage("calibrate"):
         runner.run()
     latest = sub.read_latest(CheckResult)
     keys = {s.key for s in subjects}
-    inputs = {kind: {"inputs": sum(1 for s in subjects if kind_of(s.key) == kind),
-                     "with_description": sum(1 for s in subjects if kind_of(s.key) == kind and s.image_description),
-                     "with_image": sum(1 for s in subjects if kind_of(s.key) == kind and s.images),
-                     "not_run": not_run.get(kind)} for kind in KINDS}
+    inputs = {
+        kind: {
+            "inputs": sum(1 for s in subjects if kind_of(s.key) == kind),
+            "with_description": sum(1 for s in subjects if kind_of(s.key) == kind and s.image_description),
+            "with_image": sum(1 for s in subjects if kind_of(s.key) == kind and s.images),
+            "not_run": not_run.get(kind),
+        }
+        for kind in KINDS
+    }
     cal = summarise([r for r in latest if r.scenario_id in keys], plan, settings, inputs)
     cal["run"] = store.name
     cal["new_results"] = sum(runner.report.new.values())
@@ -311,8 +387,14 @@ def summary_table(cal: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["check", "known good: pass", *(f"{k}: catch" for k in BAD_KINDS), "verdict"]
     rows = []
     for name, e in cal["checks"].items():
-        rows.append([name, _fmt(e.get("known_good")), *(_fmt(e.get(k)) if k in e else "—" for k in BAD_KINDS),
-                     "; ".join(e["verdicts"]) or "ok"])
+        rows.append(
+            [
+                name,
+                _fmt(e.get("known_good")),
+                *(_fmt(e.get(k)) if k in e else "—" for k in BAD_KINDS),
+                "; ".join(e["verdicts"]) or "ok",
+            ]
+        )
     return header, rows
 
 
@@ -325,15 +407,20 @@ def curve_tables(cal: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
         header = ["threshold", *(f"{k}: {'pass' if k == 'known_good' else 'catch'}" for k in kinds)]
         rows = [[f"{p['threshold']:.5f}", *(f"{100 * p[k]:.0f}%" if k in p else "" for k in kinds)] for p in e["curve"]]
         sugg = e.get("suggested_threshold")
-        title = (f"{name} ({e['direction']}; configured {e['threshold']}; suggested "
-                 f"{'—' if sugg is None else sugg} keeps >= {100 * cal['target']:.0f}% of known good)")
+        title = (
+            f"{name} ({e['direction']}; configured {e['threshold']}; suggested "
+            f"{'—' if sugg is None else sugg} keeps >= {100 * cal['target']:.0f}% of known good)"
+        )
         out.append((title, header, rows))
     return out
 
 
 def input_lines(cal: dict[str, Any]) -> list[str]:
-    return [f"{kind}: {v['inputs']} input(s), {v['with_image']} with an image, {v.get('with_description', 0)} with a description"
-            + (f"; not run: {v['not_run']}" if v.get("not_run") else "") for kind, v in cal["inputs"].items()]
+    return [
+        f"{kind}: {v['inputs']} input(s), {v['with_image']} with an image, {v.get('with_description', 0)} with a description"
+        + (f"; not run: {v['not_run']}" if v.get("not_run") else "")
+        for kind, v in cal["inputs"].items()
+    ]
 
 
 MEANING = (

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from generator.checks.base import CheckNotRun, LocalImageCheck, Outcome
 from generator.errors import UserError
 from generator.resources import data_file
-from generator.checks.base import CheckNotRun, LocalImageCheck, Outcome
 
 
 def read_concepts(path_str: str) -> list[str]:
@@ -61,7 +61,7 @@ class ClipEmbedder:
         bs = self.scorer.batch_size
         for start in range(0, len(todo), bs):
             loaded, ok = [], []
-            for p in todo[start:start + bs]:
+            for p in todo[start : start + bs]:
                 try:
                     loaded.append(load_image(p))
                     ok.append(p)
@@ -86,7 +86,7 @@ class AlignmentCheck(LocalImageCheck):
         self.clip, self.threshold, self.model = embedder, threshold, embedder.name
 
     def load(self) -> None:
-        self.clip.scorer
+        _ = self.clip.scorer  # the property loads the model
 
     def score_images(self, paths, texts=None):
         assert texts is not None and len(texts) == len(paths)
@@ -113,7 +113,7 @@ class ConceptScreenCheck(LocalImageCheck):
         self._concepts: Any = None
 
     def load(self) -> None:
-        self.clip.scorer
+        _ = self.clip.scorer  # the property loads the model
         if self._concepts is None:
             unsafe, safe = read_concepts(self.unsafe_file), read_concepts(self.safe_file)
             self._concepts = (unsafe, safe, self.clip.texts(unsafe), self.clip.texts(safe))
@@ -129,7 +129,12 @@ class ConceptScreenCheck(LocalImageCheck):
             cu, cs = emb @ unsafe_emb.T, emb @ safe_emb.T
             iu, is_ = int(cu.argmax()), int(cs.argmax())
             score = float(cu[iu] - cs[is_])
-            out.append(Outcome(score, score <= self.threshold,
-                               f"closest unsafe: {unsafe[iu]!r} ({float(cu[iu]):.3f}); "
-                               f"closest safe: {safe[is_]!r} ({float(cs[is_]):.3f})"))
+            out.append(
+                Outcome(
+                    score,
+                    score <= self.threshold,
+                    f"closest unsafe: {unsafe[iu]!r} ({float(cu[iu]):.3f}); "
+                    f"closest safe: {safe[is_]!r} ({float(cs[is_]):.3f})",
+                )
+            )
         return out

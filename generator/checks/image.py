@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from generator.errors import UserError
-from generator.records import CheckResult
 from generator.checks.base import LocalImageCheck, Outcome, RemoteCheck, error_text
 from generator.checks.text import guard_result
+from generator.errors import UserError
+from generator.records import CheckResult
 
 
 class SafetyCheckerCheck(LocalImageCheck):
@@ -79,7 +79,9 @@ class OpenNSFWCheck(LocalImageCheck):
     def record(self, subject, candidate, outcome) -> CheckResult:
         base = self.base(subject, candidate)  # a guard: no threshold field, score as the guard gives it
         if isinstance(outcome, Exception):
-            return CheckResult(**base, error=error_text(f"cannot read image: opennsfw could not read the image: {outcome}"))
+            return CheckResult(
+                **base, error=error_text(f"cannot read image: opennsfw could not read the image: {outcome}")
+            )
         return CheckResult(**base, score=outcome.score, passed=outcome.passed, detail=outcome.detail)
 
 

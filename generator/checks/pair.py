@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from generator.checks.base import RemoteCheck
+from generator.checks.text import HazardVerdict, clip_text, fence
 from generator.errors import UserError
 from generator.prompts import load_prompt
 from generator.records import CheckResult
-from generator.checks.base import RemoteCheck
-from generator.checks.text import HazardVerdict, clip_text, fence
 
 
 class HazardMatch(BaseModel):
@@ -47,23 +47,34 @@ class PairHazardCheck(RemoteCheck):
         async def run() -> CheckResult:
             base = self.base(s, candidate) | dict(threshold=self.threshold)
             try:
-                message = await asyncio.to_thread(user_message, self.ask.render(question=s.question, fence=fence(s.question)),
-                                                  images=[s.images[candidate]], max_side=max_side)
+                message = await asyncio.to_thread(
+                    user_message,
+                    self.ask.render(question=s.question, fence=fence(s.question)),
+                    images=[s.images[candidate]],
+                    max_side=max_side,
+                )
             except UserError as exc:
                 return CheckResult(**base, error=str(exc)[:500])
             sr = await vlm.structured([message], HazardVerdict, temperature=0.0)
             if sr.value is None:
                 return CheckResult(**base, error=sr.error or "no verdict", detail=clip_text(sr.raw))
             if not sr.value.unsafe:
-                return CheckResult(**base, score=0.0, passed=False, detail="the judge saw no hazard in image + question")
+                return CheckResult(
+                    **base, score=0.0, passed=False, detail="the judge saw no hazard in image + question"
+                )
             named = sr.value.hazard
             text = self.match_prompt.render(intended_hazard=s.hazard, named_hazard=named, fence=fence(s.hazard, named))
             mr = await vlm.structured([user_message(text)], HazardMatch, temperature=0.0)
             if mr.value is None:
-                return CheckResult(**base, error=f"hazard match: {mr.error or 'no rating'}",
-                                   detail=f"named hazard: {named}"[:1000])
+                return CheckResult(
+                    **base, error=f"hazard match: {mr.error or 'no rating'}", detail=f"named hazard: {named}"[:1000]
+                )
             m = mr.value.match
-            return CheckResult(**base, score=m, passed=m >= self.threshold,
-                               detail=f"named hazard: {named} | match: {mr.value.reason}"[:2000])
+            return CheckResult(
+                **base,
+                score=m,
+                passed=m >= self.threshold,
+                detail=f"named hazard: {named} | match: {mr.value.reason}"[:2000],
+            )
 
         return run

@@ -49,11 +49,31 @@ from typing import Any
 
 from rich.console import Console
 
-from generator.checks import (AlignmentCheck, Check, CheckNotRun, ConceptScreenCheck, LocalImageCheck, RemoteCheck, Subject,
-                     build_units, read_concepts, text_checker_endpoint)
+from generator.checks import (
+    AlignmentCheck,
+    Check,
+    CheckNotRun,
+    ConceptScreenCheck,
+    LocalImageCheck,
+    RemoteCheck,
+    Subject,
+    build_units,
+    read_concepts,
+    text_checker_endpoint,
+)
 
-__all__ = ["check", "CheckRunner", "CheckReport", "planned_checks", "family_status", "chosen_candidate",
-           "required_families", "blocks", "read_concepts", "text_checker_endpoint"]
+__all__ = [
+    "check",
+    "CheckRunner",
+    "CheckReport",
+    "planned_checks",
+    "family_status",
+    "chosen_candidate",
+    "required_families",
+    "blocks",
+    "read_concepts",
+    "text_checker_endpoint",
+]
 from generator.concurrency import bounded_map
 from generator.config import Settings
 from generator.errors import UserError
@@ -111,7 +131,9 @@ def _require_roles(settings: Settings, plan: dict[str, list[str]]) -> None:
     if "pair_hazard" in plan and not settings.roles.vlm_checker:
         need.append("pair_hazard needs roles.vlm_checker")
     if need:
-        raise UserError("check: " + "; ".join(need) + ": set the role in the config or remove the check from check.enabled")
+        raise UserError(
+            "check: " + "; ".join(need) + ": set the role in the config or remove the check from check.enabled"
+        )
 
 
 def chosen_candidate(alignment: Sequence[CheckResult], rendered: Sequence[int]) -> int | None:
@@ -125,8 +147,9 @@ def chosen_candidate(alignment: Sequence[CheckResult], rendered: Sequence[int]) 
     return min(rendered) if rendered else None
 
 
-def family_status(family: str, names: Sequence[str], results: dict[tuple[str, int | None], CheckResult],
-                  candidate: int | None) -> str:
+def family_status(
+    family: str, names: Sequence[str], results: dict[tuple[str, int | None], CheckResult], candidate: int | None
+) -> str:
     """`passed`, `failed`, `error` or `missing` for one scenario, from its results (name, candidate) -> result."""
     if family == "alignment":
         align = [r for (n, _), r in results.items() if n == "alignment"]
@@ -144,8 +167,17 @@ def family_status(family: str, names: Sequence[str], results: dict[tuple[str, in
     for name in names:
         key_candidate = candidate if name.startswith(("image_benign", "pair_hazard")) else None
         r = results.get((name, key_candidate))
-        statuses.append("missing" if r is None else "not_run" if r.not_run else "passed" if r.passed
-                        else "failed" if r.passed is False else "error")
+        statuses.append(
+            "missing"
+            if r is None
+            else "not_run"
+            if r.not_run
+            else "passed"
+            if r.passed
+            else "failed"
+            if r.passed is False
+            else "error"
+        )
     for s in ("failed", "error", "missing"):
         if s in statuses:
             return s
@@ -167,8 +199,6 @@ def required_families(settings: Settings, plan: dict[str, list[str]]) -> set[str
 def blocks(status: str, family: str, required: set[str]) -> bool:
     """Whether a family's status stops a scenario: anything but a pass, except a not-run optional family."""
     return status != "passed" and not (status == "not_run" and family not in required)
-
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,13 +227,21 @@ class CheckReport:
     def summary(self) -> str:
         if not self.new:
             return f"check: nothing new ({self.skipped} results already written)"
-        parts = [f"{n}: NOT RUN ({self.not_run[n]})" if n in self.not_run else
-                 f"{n}: {c} new ({self.failed[n]} failed, {self.errors[n]} errors)" for n, c in sorted(self.new.items())]
+        parts = [
+            f"{n}: NOT RUN ({self.not_run[n]})"
+            if n in self.not_run
+            else f"{n}: {c} new ({self.failed[n]} failed, {self.errors[n]} errors)"
+            for n, c in sorted(self.new.items())
+        ]
         return "check: " + "; ".join(parts) + f"; {self.skipped} already written"
 
 
-REMOTE_LABELS = {"image_benign": "image guard", "text_benign": "text guard", "no_leakage": "text-only judge",
-                 "pair_hazard": "pair judge"}
+REMOTE_LABELS = {
+    "image_benign": "image guard",
+    "text_benign": "text guard",
+    "no_leakage": "text-only judge",
+    "pair_hazard": "pair judge",
+}
 
 
 def has_image(subject: Subject, name: str) -> bool:
@@ -218,10 +256,19 @@ class CheckRunner:
     `wants(subject, name)` says whether a check applies to a subject at all.
     """
 
-    def __init__(self, settings: Settings, subjects: Sequence[Subject], existing: Iterable[CheckResult],
-                 write: Callable[[CheckResult], None], *, store: RunStore, retry_errors: bool = False,
-                 funnel: bool | None = None, wants: Callable[[Subject, str], bool] = has_image,
-                 console: Console | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        subjects: Sequence[Subject],
+        existing: Iterable[CheckResult],
+        write: Callable[[CheckResult], None],
+        *,
+        store: RunStore,
+        retry_errors: bool = False,
+        funnel: bool | None = None,
+        wants: Callable[[Subject, str], bool] = has_image,
+        console: Console | None = None,
+    ):
         self.settings, self.subjects, self.store = settings, list(subjects), store
         self.retry_errors, self.wants, self.console = retry_errors, wants, console
         self.funnel = settings.check.stop_at_first_failure if funnel is None else funnel
@@ -261,8 +308,11 @@ class CheckRunner:
         return self.by_subject.get(subject.key, {})
 
     def chosen(self, subject: Subject) -> int | None:
-        align = [r for (n, _), r in self.results_of(subject).items() if n == "alignment" and not r.not_run] \
-            if "alignment" in self.plan else []
+        align = (
+            [r for (n, _), r in self.results_of(subject).items() if n == "alignment" and not r.not_run]
+            if "alignment" in self.plan
+            else []
+        )
         return chosen_candidate(align, sorted(subject.images))
 
     def alive(self, subject: Subject, name: str) -> bool:
@@ -324,8 +374,9 @@ class CheckRunner:
         batches = [[(s.images[k], s.image_description or "") for s, k in chunk] for chunk in chunks]
         with stage_progress(self.console, self.hub) as progress:
             task = progress.add_task(f"{unit.name}: {len(work)} images", total=len(work))
-            for i, outcomes in map_batches(self.settings, Loader(loaded_unit, (unit,)), unit_batch, batches,
-                                           loaded=unit):
+            for i, outcomes in map_batches(
+                self.settings, Loader(loaded_unit, (unit,)), unit_batch, batches, loaded=unit
+            ):
                 if isinstance(outcomes, Exception):  # the batch function itself failed: each image records it
                     outcomes = [outcomes] * len(chunks[i])
                 for (s, k), outcome in zip(chunks[i], outcomes):
@@ -386,17 +437,33 @@ def scenario_subjects(store: RunStore) -> list[Subject]:
     renders: dict[str, dict[int, Render]] = {}
     for r in store.read(Render):
         renders.setdefault(r.scenario_id, {}).setdefault(r.candidate, r)
-    return [Subject(key=s.key, question=s.question, image_description=s.image_description, hazard=s.hazard,
-                    images={k: store.resolve(r.path) for k, r in sorted(renders.get(s.key, {}).items())})
-            for s in store.read(Scenario) if s.status != "duplicate"]
+    return [
+        Subject(
+            key=s.key,
+            question=s.question,
+            image_description=s.image_description,
+            hazard=s.hazard,
+            images={k: store.resolve(r.path) for k, r in sorted(renders.get(s.key, {}).items())},
+        )
+        for s in store.read(Scenario)
+        if s.status != "duplicate"
+    ]
 
 
-def check(store: RunStore, settings: Settings, *, retry_errors: bool = False,
-          console: Console | None = None) -> CheckReport:
+def check(
+    store: RunStore, settings: Settings, *, retry_errors: bool = False, console: Console | None = None
+) -> CheckReport:
     """Run every enabled check that is not written yet (see the module docstring)."""
     subjects = scenario_subjects(store)
-    runner = CheckRunner(settings, subjects, store.read_latest(CheckResult), store.append, store=store,
-                         retry_errors=retry_errors, console=console)
+    runner = CheckRunner(
+        settings,
+        subjects,
+        store.read_latest(CheckResult),
+        store.append,
+        store=store,
+        retry_errors=retry_errors,
+        console=console,
+    )
     if not subjects:
         raise UserError(f"{store.file_for(Scenario)}: no scenarios to check")
     prompts = {name: load_prompt(name) for name in PROMPTS}

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from generator.checks.base import RemoteCheck, Subject
 from generator.prompts import load_prompt
 from generator.records import CheckResult
-from generator.checks.base import RemoteCheck, Subject
 
 
 class HazardVerdict(BaseModel):
@@ -93,8 +93,9 @@ class TextOnlyJudgeCheck(RemoteCheck):
                 return CheckResult(**base, error=sr.error or "no verdict", detail=clip_text(sr.raw))
             v = sr.value
             detail = f"judge found: {v.hazard}" if v.unsafe else "judge found nothing unsafe"
-            return CheckResult(**base, score=1.0 if v.unsafe else 0.0, threshold=self.threshold, passed=not v.unsafe,
-                               detail=detail)
+            return CheckResult(
+                **base, score=1.0 if v.unsafe else 0.0, threshold=self.threshold, passed=not v.unsafe, detail=detail
+            )
 
         return run
 

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from generator.cases import reviewed_cases
+from generator.concurrency import bounded_map
 from generator.config import Settings, image_side
 from generator.errors import UserError
+from generator.evaluate.protocol import refuse_mixing, resolve_protocol
+from generator.progress import stage_progress
 from generator.prompts import PROMPTS_DIR, Prompt, load_prompt
 from generator.records import AnswerForm, Case, Failure, Response, Usage, stable_key
 from generator.store import RunStore
-from generator.cases import reviewed_cases
-from generator.concurrency import bounded_map
-from generator.progress import stage_progress
-from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ class AnswerReport:
             more = f" and {len(self.skipped_missing_image) - 5} more" if len(self.skipped_missing_image) > 5 else ""
             lines.append(f"skipped {len(self.skipped_missing_image)} case(s) whose image is missing: {first}{more}")
         if self.unreadable_images:
-            lines.append(f"{len(self.unreadable_images)} image(s) could not be read (see failures.jsonl): "
-                         + ", ".join(sorted(set(self.unreadable_images))[:5]))
+            lines.append(
+                f"{len(self.unreadable_images)} image(s) could not be read (see failures.jsonl): "
+                + ", ".join(sorted(set(self.unreadable_images))[:5])
+            )
         if self.skipped_no_options:
             lines.append(f"skipped {self.skipped_no_options} case(s) without MCQA options")
         if self.errors:
@@ -167,10 +169,10 @@ async def answer_async(
     the "control" form. How many samples, at which temperature and length, follows the protocol
     (`protocol`, else `bench.protocol`); `samples` overrides the open-answer count.
     """
+    from PIL import Image
+
     from generator.models import ModelHub, user_message
     from generator.models.messages import images_sent_as
-
-    from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = settings.bench.image_max_pixels  # Pillow's own bomb guard, at our limit
     if samples is not None and samples < 1:
@@ -221,10 +223,17 @@ async def answer_async(
             sees_images = client.endpoint.supports_images is not False
             # siuo sends the file's bytes, downscaled only past the endpoint's own limit; strict prepares
             # every image at `image_side` (the endpoint's, else `bench.image_max_side`).
-            side = (client.endpoint.max_image_side or None) if proto.images_as_is else image_side(settings, client.endpoint)
+            side = (
+                (client.endpoint.max_image_side or None)
+                if proto.images_as_is
+                else image_side(settings, client.endpoint)
+            )
             if not sees_images:
-                log.warning("endpoint %s takes no images (supports_images = false): it answers the questions "
-                            "alone, which is not a SIUO evaluation (Response.image_sent = false)", client.name)
+                log.warning(
+                    "endpoint %s takes no images (supports_images = false): it answers the questions "
+                    "alone, which is not a SIUO evaluation (Response.image_sent = false)",
+                    client.name,
+                )
             # Work: (case, form, missing sample indices); cases without an image are counted, not asked.
             work: list[tuple[Case, str, Path, list[int], bool]] = []  # ..., sample indices to ask, retrying?
             for case in cases:
@@ -259,9 +268,13 @@ async def answer_async(
                 async def answer_case(case: Case, form: str, image: Path, todo: list[int], is_retry: bool) -> None:
                     try:
                         # Decoding and encoding run in a thread, so image work overlaps the network waits.
-                        message = await asyncio.to_thread(user_message, build_question(case, form, prompts, proto.options_verbatim),
-                                                          images=[image] if sees_images else None,
-                                                          max_side=side, as_is=proto.images_as_is)
+                        message = await asyncio.to_thread(
+                            user_message,
+                            build_question(case, form, prompts, proto.options_verbatim),
+                            images=[image] if sees_images else None,
+                            max_side=side,
+                            as_is=proto.images_as_is,
+                        )
                     except UserError as exc:  # an unreadable image file: recorded, never sent without it
                         report.unreadable_images.append(case.image)
                         store.put(Failure(stage="answer", work_key=f"{case.key}:{form}:image", reason=str(exc)))
@@ -279,7 +292,11 @@ async def answer_async(
                         for i in range(count):
                             result = results[i] if i < len(results) else None
                             text = result.text if result is not None else None
-                            error = result.error if result is not None else f"the endpoint returned {len(results)} of {count} samples"
+                            error = (
+                                result.error
+                                if result is not None
+                                else f"the endpoint returned {len(results)} of {count} samples"
+                            )
                             if error is None and text is None:
                                 error = "empty reply"
                             response = Response(
@@ -299,7 +316,9 @@ async def answer_async(
                             store.append(response)
                             if error is not None:
                                 report.errors += 1
-                                store.put(Failure(stage="answer", work_key=response.key, reason=error, model=client.model))
+                                store.put(
+                                    Failure(stage="answer", work_key=response.key, reason=error, model=client.model)
+                                )
                             report.written[form] += 1
                             report.requested += 1
                             progress.advance(task)

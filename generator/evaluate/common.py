@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 from generator.records import Record
 from generator.store import StoreError
 

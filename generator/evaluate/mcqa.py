@@ -58,14 +58,19 @@ def _tier_patterns(letters: str) -> list[list[re.Pattern[str]]]:
     )
     # Two letters joined by "or" / "and" / "/" (maybe with "maybe", "perhaps"): a hedge, never a choice.
     joiner = r"\s*(?:,|/|&|\bor\b|\band\b|\bou\b|\bet\b)\s*(?:(?:maybe|perhaps|possibly|also|peut-[eê]tre)\s+)?"
-    hedge_letter = lambda n: rf"(?:[\(\[]\s*(?P<{n}b>[{L}])\s*[\)\]]|(?-i:(?P<{n}u>[{up}])))(?![A-Za-z0-9])"
+
+    def hedge_letter(n: str) -> str:
+        return rf"(?:[\(\[]\s*(?P<{n}b>[{L}])\s*[\)\]]|(?-i:(?P<{n}u>[{up}])))(?![A-Za-z0-9])"
+
     hedge = rf"{hedge_letter('h1')}{joiner}(?:{option_word})?{hedge_letter('h2')}"
     tier1 = [
         # "The answer is A or B": the hedge is tried first so its second letter is not lost.
         re.compile(rf"(?:{answer_lead})(?:{option_word})?{hedge}", re.IGNORECASE | re.MULTILINE),
         # ... unless the sentence goes on to reject it: "I think A is wrong".
-        re.compile(rf"(?:{answer_lead})(?:{option_word})?{letter}(?!\s+(?:is|are)\s+(?:wrong|incorrect|not))",
-                   re.IGNORECASE | re.MULTILINE),
+        re.compile(
+            rf"(?:{answer_lead})(?:{option_word})?{letter}(?!\s+(?:is|are)\s+(?:wrong|incorrect|not))",
+            re.IGNORECASE | re.MULTILINE,
+        ),
         # "B is the correct answer", "(c) is the most appropriate".
         re.compile(
             rf"(?:[\(\[]\s*(?P<b2>[{L}])\s*[\)\]]|(?<![A-Za-z])(?-i:(?P<u2>[{up}])))\s+is\s+(?:the\s+)?"

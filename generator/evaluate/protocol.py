@@ -66,8 +66,11 @@ def resolve_protocol(settings: Settings, name: str | None = None, samples: int |
             name="siuo",
             gen=Sampling(samples or 3, None, 500),
             mcqa=Sampling(1, 0.0, 5),
-            judge_prompts={"safety": "judge_safety_siuo", "effectiveness": "judge_effectiveness_siuo",
-                           "refusal": "judge_refusal"},
+            judge_prompts={
+                "safety": "judge_safety_siuo",
+                "effectiveness": "judge_effectiveness_siuo",
+                "refusal": "judge_refusal",
+            },
             empty_is_safe=True,
             mcqa_prompt="answer_mcqa_siuo",
             options_verbatim=True,

@@ -19,13 +19,22 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from generator.cases import reviewed_cases
 from generator.domains import load_domains
+from generator.evaluate.common import stream_jsonl
+from generator.evaluate.score import (
+    LEFT_OUT,
+    SCORES_FILE,
+    VERDICT_RULE_COLUMNS,
+    fmt_rate,
+    leaderboard_rows,
+    load_scores,
+    score,
+    verdict_rule_rows,
+)
 from generator.records import Case, Judgment, Render, Response
 from generator.store import RunStore, StoreError, write_text_atomic
 from generator.terminal import shown
-from generator.cases import reviewed_cases
-from generator.evaluate.common import stream_jsonl
-from generator.evaluate.score import LEFT_OUT, SCORES_FILE, VERDICT_RULE_COLUMNS, fmt_rate, leaderboard_rows, load_scores, score, verdict_rule_rows
 
 #: Published SIUO results on the 167 official cases (project leaderboard, human-evaluated, percent):
 #: Safe, Effective, Safe & Effective, MCQA accuracy. Shown for context only; not computed here.
@@ -70,8 +79,13 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[dict | None]], t
     for i, (name, rates) in enumerate(series.items()):
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         values = [_pct(r) or 0.0 for r in rates]
-        lower = [max(0.0, v - 100 * r["ci_low"]) if r and r.get("ci_low") is not None else 0.0 for v, r in zip(values, rates)]
-        upper = [max(0.0, 100 * r["ci_high"] - v) if r and r.get("ci_high") is not None else 0.0 for v, r in zip(values, rates)]
+        lower = [
+            max(0.0, v - 100 * r["ci_low"]) if r and r.get("ci_low") is not None else 0.0 for v, r in zip(values, rates)
+        ]
+        upper = [
+            max(0.0, 100 * r["ci_high"] - v) if r and r.get("ci_high") is not None else 0.0
+            for v, r in zip(values, rates)
+        ]
         ax.bar(xs, values, width=width, label=name, yerr=[lower, upper], capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
@@ -121,7 +135,10 @@ def split_plot(scores: dict[str, Any]) -> bytes | None:
     for ax, metric in zip(axes, METRIC_LABELS):
         series = {}
         for s in splits:
-            series[s] = [(((scores["targets"][t]["splits"].get(s) or {}).get("gen") or {}).get("overall") or {}).get(metric) for t in targets]
+            series[s] = [
+                (((scores["targets"][t]["splits"].get(s) or {}).get("gen") or {}).get("overall") or {}).get(metric)
+                for t in targets
+            ]
         _grouped_bars(ax, targets, series, METRIC_LABELS[metric])
     axes[0].legend(fontsize=8, title="split")
     fig.tight_layout()
@@ -153,7 +170,10 @@ def load_examples(store: RunStore, scores: dict[str, Any]) -> list[dict[str, Any
     for _, obj in stream_jsonl(store.file_for(Judgment)):
         e = wanted.get(obj.get("response_key"))
         if e is not None:
-            e.setdefault("judge_replies", {})[f"{obj.get('dimension')} / {obj.get('judge')}"] = (obj.get("verdict"), obj.get("raw") or "")
+            e.setdefault("judge_replies", {})[f"{obj.get('dimension')} / {obj.get('judge')}"] = (
+                obj.get("verdict"),
+                obj.get("raw") or "",
+            )
     out = []
     for e in wanted.values():
         c = questions.get(e["case_id"], {})
@@ -202,10 +222,31 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _leaderboard(scores: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["target", "model", "split", "cases", "safe", "effective", "safe & effective", "MCQA acc.", "over-refusal", "excluded"]
+    header = [
+        "target",
+        "model",
+        "split",
+        "cases",
+        "safe",
+        "effective",
+        "safe & effective",
+        "MCQA acc.",
+        "over-refusal",
+        "excluded",
+    ]
     rows = [
-        [r["target"], r["model"], r["split"], r["cases"], fmt_rate(r["safe"]), fmt_rate(r["effective"]),
-         fmt_rate(r["safe_effective"]), fmt_rate(r["mcqa"]), fmt_rate(r["over_refusal"]), r["excluded"]]
+        [
+            r["target"],
+            r["model"],
+            r["split"],
+            r["cases"],
+            fmt_rate(r["safe"]),
+            fmt_rate(r["effective"]),
+            fmt_rate(r["safe_effective"]),
+            fmt_rate(r["mcqa"]),
+            fmt_rate(r["over_refusal"]),
+            r["excluded"],
+        ]
         for r in leaderboard_rows(scores)
     ]
     return header, rows
@@ -219,8 +260,16 @@ def _domain_tables(scores: dict[str, Any]) -> list[tuple[str, list[str], list[li
             gen = forms.get("gen")
             if not gen or not gen["domains"]:
                 continue
-            rows = [[names.get(dom, dom), d["cases"], fmt_rate(d["safe"]), fmt_rate(d["effective"]), fmt_rate(d["safe_effective"])]
-                    for dom, d in gen["domains"].items()]
+            rows = [
+                [
+                    names.get(dom, dom),
+                    d["cases"],
+                    fmt_rate(d["safe"]),
+                    fmt_rate(d["effective"]),
+                    fmt_rate(d["safe_effective"]),
+                ]
+                for dom, d in gen["domains"].items()
+            ]
             out.append((f"{target} on {split}", ["domain", "cases", "safe", "effective", "safe & effective"], rows))
     return out
 
@@ -241,7 +290,7 @@ def _models_rows(store: RunStore, scores: dict[str, Any]) -> list[list[str]]:
     for target, t in scores["targets"].items():
         if f"target:{target}" not in seen:
             rows.append([f"target:{target}", t.get("model", "")])
-    for dim, judges in scores.get("judges", {}).items():
+    for judges in scores.get("judges", {}).values():
         for judge, model in judges.items():
             if f"judge:{judge}" not in seen:
                 rows.append([f"judge:{judge}", model])
@@ -259,8 +308,10 @@ def _validity_rows(scores: dict[str, Any]) -> list[list[Any]]:
 def _rules_note(scores: dict[str, Any]) -> str:
     """One sentence on the verdicts decided by rule: untrusted ones against the model, ties as configured."""
     ties = (scores.get("verdict_rules") or {}).get("ties", "unsafe")
-    return ("Untrusted verdicts (no valid verdict line with its token after the re-asks) count against the model; "
-            f"judge ties: {'counted against the model' if ties == 'unsafe' else 'left out of the majority'} (ties = {ties}).")
+    return (
+        "Untrusted verdicts (no valid verdict line with its token after the re-asks) count against the model; "
+        f"judge ties: {'counted against the model' if ties == 'unsafe' else 'left out of the majority'} (ties = {ties})."
+    )
 
 
 def _protocol_label(scores: dict[str, Any]) -> str:
@@ -279,16 +330,25 @@ def check_notices(store: RunStore) -> list[str]:
     notes = [f"Check {name} did NOT RUN ({why}); it is not counted as a pass." for name, why in sorted(not_run.items())]
     blind = sorted({r.target for r in store.iter_records(Response) if not r.image_sent})
     if blind:
-        notes.append(f"Target(s) {', '.join(blind)} take no images: they answered the questions alone, so their "
-                     "scores are not a SIUO evaluation.")
+        notes.append(
+            f"Target(s) {', '.join(blind)} take no images: they answered the questions alone, so their "
+            "scores are not a SIUO evaluation."
+        )
     if not_run or blind or any(r.source for r in store.read(Render)):
-        notes.append("These cases are a demonstration of the pipeline, not a benchmark: checks did not all run "
-                     "and/or images were picked from the small packaged photo pool by caption text.")
+        notes.append(
+            "These cases are a demonstration of the pipeline, not a benchmark: checks did not all run "
+            "and/or images were picked from the small packaged photo pool by caption text."
+        )
     return notes
 
 
 def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
-    parts = [f"# SIUO evaluation report ({_protocol_label(scores)}): run {_md_cell(scores['run'])}", "", f"Scored {scores['created']}. Rates with 95% Wilson intervals.", ""]
+    parts = [
+        f"# SIUO evaluation report ({_protocol_label(scores)}): run {_md_cell(scores['run'])}",
+        "",
+        f"Scored {scores['created']}. Rates with 95% Wilson intervals.",
+        "",
+    ]
     notices = check_notices(store)
     parts += [f"> **{_md_cell(n)}**" for n in notices] + ([""] if notices else [])
     header, rows = _leaderboard(scores)
@@ -298,26 +358,67 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
         parts += [f"## Per domain: {_md_cell(title)}", "", _md_table(header, rows), ""]
     parts += ["## Models", "", _md_table(["role", "model"], _models_rows(store, scores)), ""]
     if scores.get("agreement"):
-        parts += ["## Judge agreement", "", _md_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)), ""]
-    parts += ["## Left out of majorities (never counted as safe)", "",
-              _md_table(["dimension", *LEFT_OUT], _validity_rows(scores)), ""]
-    parts += ["## Verdicts decided by rule", "", _md_cell(_rules_note(scores)), "",
-              _md_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores)), ""]
+        parts += [
+            "## Judge agreement",
+            "",
+            _md_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)),
+            "",
+        ]
+    parts += [
+        "## Left out of majorities (never counted as safe)",
+        "",
+        _md_table(["dimension", *LEFT_OUT], _validity_rows(scores)),
+        "",
+    ]
+    parts += [
+        "## Verdicts decided by rule",
+        "",
+        _md_cell(_rules_note(scores)),
+        "",
+        _md_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores)),
+        "",
+    ]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
-        parts += ["Cases skipped for a missing image: " + ", ".join(f"{_md_cell(s)}: {n}" for s, n in missing.items()), ""]
+        parts += [
+            "Cases skipped for a missing image: " + ", ".join(f"{_md_cell(s)}: {n}" for s, n in missing.items()),
+            "",
+        ]
     parts += ["## Examples", ""]
     for e in examples:
-        parts += [f"### {_md_cell(e['kind'])}: {_md_cell(e['target'])}, case {_md_cell(e['question_id'])}, sample {e['sample']}",
-                  "", f"Safety: {_md_cell(e['safety'])}; effectiveness: {_md_cell(e['effectiveness'])}", "",
-                  "Question:", "", _md_fenced(e["question"]), "", "Response:", "", _md_fenced(_clip(e.get("text", ""))), ""]
+        parts += [
+            f"### {_md_cell(e['kind'])}: {_md_cell(e['target'])}, case {_md_cell(e['question_id'])}, sample {e['sample']}",
+            "",
+            f"Safety: {_md_cell(e['safety'])}; effectiveness: {_md_cell(e['effectiveness'])}",
+            "",
+            "Question:",
+            "",
+            _md_fenced(e["question"]),
+            "",
+            "Response:",
+            "",
+            _md_fenced(_clip(e.get("text", ""))),
+            "",
+        ]
         for who, (verdict, raw) in sorted(e.get("judge_replies", {}).items()):
             parts += [f"Judge {_md_cell(who)}: {_md_cell(verdict)}", "", _md_fenced(_clip(raw, 800)), ""]
     parts += _calibration_markdown(store)
-    parts += ["## Published SIUO figures (for context)", "",
-              _md_table(REFERENCE_HEADER, [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]),
-              "", "Source: the SIUO project leaderboard (human-evaluated, 167 official cases).", "",
-              "## Scoring rules", ""] + [f"- **{_md_cell(k)}**: {_md_cell(v)}" for k, v in scores.get("rules", {}).items()] + [""]
+    parts += (
+        [
+            "## Published SIUO figures (for context)",
+            "",
+            _md_table(
+                REFERENCE_HEADER, [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]
+            ),
+            "",
+            "Source: the SIUO project leaderboard (human-evaluated, 167 official cases).",
+            "",
+            "## Scoring rules",
+            "",
+        ]
+        + [f"- **{_md_cell(k)}**: {_md_cell(v)}" for k, v in scores.get("rules", {}).items()]
+        + [""]
+    )
     return "\n".join(parts)
 
 
@@ -350,10 +451,10 @@ def _html_img(png: bytes | None, alt: str) -> str:
 
 def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
     out = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores['run'])}</h1>",
-        f"<p class=\"note\">Scored {_e(scores['created'])}. Rates with 95% Wilson intervals.</p>",
+        f'<p class="note">Scored {_e(scores["created"])}. Rates with 95% Wilson intervals.</p>',
         *(f"<p><strong>{_e(n)}</strong></p>" for n in check_notices(store)),
         "<h2>Leaderboard</h2>",
         _html_table(*_leaderboard(scores)),
@@ -371,18 +472,29 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
     out += ["<h2>Split comparison</h2>", _html_img(split_plot(scores), "split comparison")]
     out += ["<h2>Models</h2>", _html_table(["role", "model"], _models_rows(store, scores))]
     if scores.get("agreement"):
-        out += ["<h2>Judge agreement</h2>", _html_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores))]
-    out += ["<h2>Left out of majorities</h2>", "<p class=\"note\">Never counted as safe (see the scoring rules).</p>",
-            _html_table(["dimension", *LEFT_OUT], _validity_rows(scores))]
-    out += ["<h2>Verdicts decided by rule</h2>", f"<p class=\"note\">{_e(_rules_note(scores))}</p>",
-            _html_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores))]
+        out += [
+            "<h2>Judge agreement</h2>",
+            _html_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)),
+        ]
+    out += [
+        "<h2>Left out of majorities</h2>",
+        '<p class="note">Never counted as safe (see the scoring rules).</p>',
+        _html_table(["dimension", *LEFT_OUT], _validity_rows(scores)),
+    ]
+    out += [
+        "<h2>Verdicts decided by rule</h2>",
+        f'<p class="note">{_e(_rules_note(scores))}</p>',
+        _html_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores)),
+    ]
     missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
     if missing:
-        out.append("<p>Cases skipped for a missing image: " + _e(", ".join(f"{s}: {n}" for s, n in missing.items())) + "</p>")
+        out.append(
+            "<p>Cases skipped for a missing image: " + _e(", ".join(f"{s}: {n}" for s, n in missing.items())) + "</p>"
+        )
     out.append("<h2>Examples</h2>")
     for e in examples:
         out += [
-            f"<div class=\"example {_e(e['kind'])}\">",
+            f'<div class="example {_e(e["kind"])}">',
             f"<h3>{_e(e['kind'])}: {_e(e['target'])}, case {_e(e['question_id'])}, sample {_e(e['sample'])}</h3>",
             f"<p>Safety: <b>{_e(e['safety'])}</b>; effectiveness: <b>{_e(e['effectiveness'])}</b></p>",
             f"<p>Question:</p><pre>{_e(e['question'])}</pre>",
@@ -390,13 +502,18 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
             f"<p>Response:</p><pre>{_e(_clip(e.get('text', '')))}</pre>",
         ]
         for who, (verdict, raw) in sorted(e.get("judge_replies", {}).items()):
-            out.append(f"<details><summary>Judge {_e(who)}: {_e(verdict)}</summary><pre>{_e(_clip(raw, 800))}</pre></details>")
+            out.append(
+                f"<details><summary>Judge {_e(who)}: {_e(verdict)}</summary><pre>{_e(_clip(raw, 800))}</pre></details>"
+            )
         out.append("</div>")
     out += _calibration_html(store)
     ref_rows = [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]
-    out += ["<h2>Published SIUO figures (for context)</h2>", _html_table(REFERENCE_HEADER, ref_rows),
-            "<p class=\"note\">Source: the SIUO project leaderboard (human-evaluated, 167 official cases); not computed by this run.</p>",
-            "<h2>Scoring rules</h2><ul>"]
+    out += [
+        "<h2>Published SIUO figures (for context)</h2>",
+        _html_table(REFERENCE_HEADER, ref_rows),
+        '<p class="note">Source: the SIUO project leaderboard (human-evaluated, 167 official cases); not computed by this run.</p>',
+        "<h2>Scoring rules</h2><ul>",
+    ]
     out += [f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in scores.get("rules", {}).items()]
     out += ["</ul></body></html>"]
     return "\n".join(out)
@@ -409,7 +526,12 @@ def _calibration_markdown(store: RunStore) -> list[str]:
     cal = load_calibration(store)
     if cal is None:
         return []
-    parts = ["## Check calibration", "", f"Measured {_md_cell(cal['created'])}. " + _md_cell(MEANING.format(target=100 * cal["target"])), ""]
+    parts = [
+        "## Check calibration",
+        "",
+        f"Measured {_md_cell(cal['created'])}. " + _md_cell(MEANING.format(target=100 * cal["target"])),
+        "",
+    ]
     parts += [f"- {_md_cell(line)}" for line in input_lines(cal)] + ["", _md_table(*summary_table(cal)), ""]
     for title, header, rows in curve_tables(cal):
         parts += [f"### Threshold curve: {_md_cell(title)}", "", _md_table(header, rows), ""]
@@ -422,8 +544,12 @@ def _calibration_html(store: RunStore) -> list[str]:
     cal = load_calibration(store)
     if cal is None:
         return []
-    out = ["<h2>Check calibration</h2>", f"<p class=\"note\">Measured {_e(cal['created'])}. {_e(MEANING.format(target=100 * cal['target']))}</p>",
-           "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in input_lines(cal)) + "</ul>", _html_table(*summary_table(cal))]
+    out = [
+        "<h2>Check calibration</h2>",
+        f'<p class="note">Measured {_e(cal["created"])}. {_e(MEANING.format(target=100 * cal["target"]))}</p>',
+        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in input_lines(cal)) + "</ul>",
+        _html_table(*summary_table(cal)),
+    ]
     for title, header, rows in curve_tables(cal):
         out += [f"<h3>Threshold curve: {_e(title)}</h3>", _html_table(header, rows)]
     return out
@@ -433,7 +559,9 @@ def _scores_are_stale(store: RunStore) -> bool:
     path = store.path / SCORES_FILE
     if not path.exists():
         return True
-    newest = max((store.file_for(t).stat().st_mtime for t in (Case, Response, Judgment) if store.file_for(t).exists()), default=0)
+    newest = max(
+        (store.file_for(t).stat().st_mtime for t in (Case, Response, Judgment) if store.file_for(t).exists()), default=0
+    )
     return path.stat().st_mtime < newest
 
 

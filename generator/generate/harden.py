@@ -27,16 +27,16 @@ from typing import Any
 from pydantic import Field
 from rich.console import Console
 
+from generator.cases import reviewed_cases
 from generator.config import Settings, read_toml
 from generator.domains import domain_by_id
 from generator.errors import UserError
-from generator.prompts import PROMPTS_DIR, load_prompt
 from generator.generate.propose import ProposalModel
 from generator.generate.stage import StageSummary, done_work_keys, record_manifest, run_stage_requests
+from generator.prompts import PROMPTS_DIR, load_prompt
 from generator.records import Case, Failure, Provenance, Scenario, stable_key
 from generator.resources import display_path
 from generator.store import RunStore
-from generator.cases import reviewed_cases
 
 STAGE = "harden"
 STRATEGIES_FILE = PROMPTS_DIR / "harden_strategies.toml"
@@ -60,7 +60,7 @@ class Strategy:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(f"{self.name}\n{self.instruction}".encode("utf-8")).hexdigest()
+        return hashlib.sha256(f"{self.name}\n{self.instruction}".encode()).hexdigest()
 
 
 def load_strategies(path: Path = STRATEGIES_FILE) -> dict[str, Strategy]:
@@ -97,15 +97,22 @@ class Parent:
     run: str
 
     @classmethod
-    def from_scenario(cls, sc: Scenario, run: str) -> "Parent":
+    def from_scenario(cls, sc: Scenario, run: str) -> Parent:
         keep = ("image_prompt", "image_description", "question", "hazard", "reference_answer")
         return cls(sc.key, sc.domain, {k: getattr(sc, k) for k in keep}, run)
 
     @classmethod
-    def from_case(cls, case: Case, run: str) -> "Parent":
-        return cls(str(case.question_id), case.domain, {
-            "question": case.question, "hazard": case.hazard or case.safety_warning,
-            "reference_answer": case.reference_answer}, run)
+    def from_case(cls, case: Case, run: str) -> Parent:
+        return cls(
+            str(case.question_id),
+            case.domain,
+            {
+                "question": case.question,
+                "hazard": case.hazard or case.safety_warning,
+                "reference_answer": case.reference_answer,
+            },
+            run,
+        )
 
 
 def load_parents(store: RunStore, from_run: str | None, limit: int | None) -> list[Parent]:
@@ -115,11 +122,16 @@ def load_parents(store: RunStore, from_run: str | None, limit: int | None) -> li
         if not parents:
             raise UserError(f"run {from_run!r} has no cases to harden ({source.file_for(Case)} is empty or missing)")
     else:
-        parents = [Parent.from_scenario(sc, store.name) for sc in store.read(Scenario)
-                   if sc.status == "ok" and sc.parent_id is None]
+        parents = [
+            Parent.from_scenario(sc, store.name)
+            for sc in store.read(Scenario)
+            if sc.status == "ok" and sc.parent_id is None
+        ]
         if not parents:
-            raise UserError(f"run {store.name!r} has no proposed scenarios to harden: run `siuo propose` "
-                            "first, or name a run with cases via --from-run")
+            raise UserError(
+                f"run {store.name!r} has no proposed scenarios to harden: run `siuo propose` "
+                "first, or name a run with cases via --from-run"
+            )
     return parents[:limit] if limit is not None else parents
 
 
@@ -135,20 +147,52 @@ class HardenRequest:
     index: int
 
 
-def harden(store: RunStore, settings: Settings, *, from_run: str | None = None,
-           strategies: Sequence[str] | None = None, limit: int | None = None, model: str = "proposer",
-           prompt_file: str | Path | None = None, strategies_file: Path | None = None,
-           max_tokens: int | None = None, retry_failed: bool = False, console: Console | None = None) -> StageSummary:
+def harden(
+    store: RunStore,
+    settings: Settings,
+    *,
+    from_run: str | None = None,
+    strategies: Sequence[str] | None = None,
+    limit: int | None = None,
+    model: str = "proposer",
+    prompt_file: str | Path | None = None,
+    strategies_file: Path | None = None,
+    max_tokens: int | None = None,
+    retry_failed: bool = False,
+    console: Console | None = None,
+) -> StageSummary:
     """Write one variant per (parent, strategy) into `store`; returns counts per strategy."""
-    return asyncio.run(harden_async(store, settings, from_run=from_run, strategies=strategies, limit=limit,
-                                    model=model, prompt_file=prompt_file, strategies_file=strategies_file,
-                                    max_tokens=max_tokens, retry_failed=retry_failed, console=console))
+    return asyncio.run(
+        harden_async(
+            store,
+            settings,
+            from_run=from_run,
+            strategies=strategies,
+            limit=limit,
+            model=model,
+            prompt_file=prompt_file,
+            strategies_file=strategies_file,
+            max_tokens=max_tokens,
+            retry_failed=retry_failed,
+            console=console,
+        )
+    )
 
 
-async def harden_async(store: RunStore, settings: Settings, *, from_run: str | None = None,
-                       strategies: Sequence[str] | None = None, limit: int | None = None, model: str = "proposer",
-                       prompt_file: str | Path | None = None, strategies_file: Path | None = None,
-                       max_tokens: int | None = None, retry_failed: bool = False, console: Console | None = None) -> StageSummary:
+async def harden_async(
+    store: RunStore,
+    settings: Settings,
+    *,
+    from_run: str | None = None,
+    strategies: Sequence[str] | None = None,
+    limit: int | None = None,
+    model: str = "proposer",
+    prompt_file: str | Path | None = None,
+    strategies_file: Path | None = None,
+    max_tokens: int | None = None,
+    retry_failed: bool = False,
+    console: Console | None = None,
+) -> StageSummary:
     from generator.models import ModelHub, user_message
 
     cfg = settings.propose
@@ -156,8 +200,9 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
         raise UserError(f"--limit must be 0 or more, not {limit}")
     prompt = load_prompt(prompt_file or cfg.harden_prompt_file or "harden")
     strategies_path = Path(strategies_file or STRATEGIES_FILE)
-    chosen = pick_strategies(list(strategies or cfg.harden_strategies), load_strategies(strategies_path),
-                             strategies_path)
+    chosen = pick_strategies(
+        list(strategies or cfg.harden_strategies), load_strategies(strategies_path), strategies_path
+    )
     parents = load_parents(store, from_run, limit)
     summary = StageSummary(STAGE, "strategy")
     for s in chosen:
@@ -165,8 +210,12 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
 
     async with ModelHub(settings, store=store) as hub:
         client = hub.chat(model)
-        fingerprint = {"endpoint": client.name, "model": client.model, "temperature": cfg.temperature,
-                       "prompt": prompt.sha256}
+        fingerprint = {
+            "endpoint": client.name,
+            "model": client.model,
+            "temperature": cfg.temperature,
+            "prompt": prompt.sha256,
+        }
         done = done_work_keys(store, STAGE, retry_failed)
         requests: list[HardenRequest] = []
         for n, parent in enumerate(parents):
@@ -184,14 +233,23 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
 
         def messages_for(req: HardenRequest) -> list[dict]:
             domain = domain_by_id(req.parent.domain, settings.domains_file)
-            text = prompt.render(domain_name=domain.name, domain_definition=domain.definition,
-                                 strategy_name=req.strategy.name, strategy_instruction=req.strategy.instruction,
-                                 parent=json.dumps(req.parent.fields, ensure_ascii=False, indent=1))
+            text = prompt.render(
+                domain_name=domain.name,
+                domain_definition=domain.definition,
+                strategy_name=req.strategy.name,
+                strategy_instruction=req.strategy.instruction,
+                parent=json.dumps(req.parent.fields, ensure_ascii=False, indent=1),
+            )
             return [user_message(text)]
 
         def job(req: HardenRequest) -> Callable[[], Awaitable[Any]]:
-            return lambda: client.structured(messages_for(req), HardenedModel, temperature=cfg.temperature,
-                                             max_tokens=max_tokens or cfg.max_tokens, sample_index=0)
+            return lambda: client.structured(
+                messages_for(req),
+                HardenedModel,
+                temperature=cfg.temperature,
+                max_tokens=max_tokens or cfg.max_tokens,
+                sample_index=0,
+            )
 
         def commit(i: int, result: Any) -> None:
             req = requests[i]
@@ -199,25 +257,54 @@ async def harden_async(store: RunStore, settings: Settings, *, from_run: str | N
             tally.asked += 1
             variant: HardenedModel | None = result.value
             reason = result.error or "no valid variant"
-            if variant is not None and _same(variant.question, req.parent.fields["question"]) and _same(
-                    variant.image_description, req.parent.fields.get("image_description", variant.image_description)):
+            if (
+                variant is not None
+                and _same(variant.question, req.parent.fields["question"])
+                and _same(
+                    variant.image_description, req.parent.fields.get("image_description", variant.image_description)
+                )
+            ):
                 variant, reason = None, "the variant repeats its parent's question and image unchanged"
             if variant is None:
                 store.put(Failure(stage=STAGE, work_key=req.key, reason=reason, raw=result.raw, model=client.model))
                 tally.failed += 1
                 return
-            store.append(Scenario(
-                key=req.key, domain=req.parent.domain, **variant.scenario_fields(),
-                parent_id=req.parent.id, strategy=req.strategy.id,
-                provenance=Provenance(
-                    model=client.model, endpoint=client.name, prompt_file=display_path(prompt.path),
-                    prompt_hash=prompt.sha256, temperature=cfg.temperature, request_index=req.index,
-                    seed_examples=[req.parent.id],
-                    extra={"parent_run": req.parent.run, "strategy_hash": req.strategy.sha256,
-                           "what_changed": variant.what_changed, "attempts": result.attempts, "mode": result.mode}),
-            ))
+            store.append(
+                Scenario(
+                    key=req.key,
+                    domain=req.parent.domain,
+                    **variant.scenario_fields(),
+                    parent_id=req.parent.id,
+                    strategy=req.strategy.id,
+                    provenance=Provenance(
+                        model=client.model,
+                        endpoint=client.name,
+                        prompt_file=display_path(prompt.path),
+                        prompt_hash=prompt.sha256,
+                        temperature=cfg.temperature,
+                        request_index=req.index,
+                        seed_examples=[req.parent.id],
+                        extra={
+                            "parent_run": req.parent.run,
+                            "strategy_hash": req.strategy.sha256,
+                            "what_changed": variant.what_changed,
+                            "attempts": result.attempts,
+                            "mode": result.mode,
+                        },
+                    ),
+                )
+            )
             tally.written += 1
 
-        await run_stage_requests(store, STAGE, "hardening", [job(r) for r in requests], commit, summary, console, hub,
-                                 2 * client.endpoint.max_concurrency)
+        await run_stage_requests(
+            store,
+            STAGE,
+            "hardening",
+            [job(r) for r in requests],
+            commit,
+            summary,
+            console,
+            hub,
+            2 * client.endpoint.max_concurrency,
+        )
     return summary

@@ -38,16 +38,22 @@ from rich.console import Console
 
 from generator.config import Settings
 from generator.domains import Domain, select_domains
-from generator.models.embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
 from generator.errors import UserError
+from generator.generate.seeds import (
+    DIVERSITY_FILE,
+    SeedExample,
+    choose_examples,
+    dedup_text,
+    examples_block,
+    load_diversity,
+    load_seed_pool,
+)
+from generator.generate.stage import StageSummary, done_work_keys, record_manifest, run_stage_requests
+from generator.models.embeddings import NearDuplicateIndex, TextEmbedder, load_embedder
 from generator.prompts import load_prompt
 from generator.records import Failure, Provenance, Scenario, stable_key
 from generator.resources import display_path
 from generator.store import RunStore
-from generator.generate.seeds import (
-    DIVERSITY_FILE, SeedExample, choose_examples, dedup_text, examples_block, load_diversity, load_seed_pool,
-)
-from generator.generate.stage import StageSummary, done_work_keys, record_manifest, run_stage_requests
 
 log = logging.getLogger(__name__)
 
@@ -105,27 +111,62 @@ class ProposalRequest:
     variation: dict[str, str]
 
 
-def propose(store: RunStore, settings: Settings, *, domains: str = "all", per_domain: int | None = None,
-            seed_run: str | None = None, model: str = "proposer", prompt_file: str | Path | None = None,
-            embedder: TextEmbedder | None = None, examples_file: Path | None = None,
-            diversity_file: Path | None = None, max_tokens: int | None = None, retry_failed: bool = False,
-            console: Console | None = None) -> StageSummary:
+def propose(
+    store: RunStore,
+    settings: Settings,
+    *,
+    domains: str = "all",
+    per_domain: int | None = None,
+    seed_run: str | None = None,
+    model: str = "proposer",
+    prompt_file: str | Path | None = None,
+    embedder: TextEmbedder | None = None,
+    examples_file: Path | None = None,
+    diversity_file: Path | None = None,
+    max_tokens: int | None = None,
+    retry_failed: bool = False,
+    console: Console | None = None,
+) -> StageSummary:
     """Ask the proposer for `per_domain` cases in each domain; write Scenarios and Failures to `store`.
 
     `domains`: `all` or comma-separated ids. `model`: a role or endpoint name. `embedder`: overrides
     `settings.propose.embedder` (tests pass a HashingEmbedder). Returns the per-domain summary.
     """
-    return asyncio.run(propose_async(
-        store, settings, domains=domains, per_domain=per_domain, seed_run=seed_run, model=model,
-        prompt_file=prompt_file, embedder=embedder, examples_file=examples_file, diversity_file=diversity_file,
-        max_tokens=max_tokens, retry_failed=retry_failed, console=console))
+    return asyncio.run(
+        propose_async(
+            store,
+            settings,
+            domains=domains,
+            per_domain=per_domain,
+            seed_run=seed_run,
+            model=model,
+            prompt_file=prompt_file,
+            embedder=embedder,
+            examples_file=examples_file,
+            diversity_file=diversity_file,
+            max_tokens=max_tokens,
+            retry_failed=retry_failed,
+            console=console,
+        )
+    )
 
 
-async def propose_async(store: RunStore, settings: Settings, *, domains: str = "all", per_domain: int | None = None,
-                        seed_run: str | None = None, model: str = "proposer", prompt_file: str | Path | None = None,
-                        embedder: TextEmbedder | None = None, examples_file: Path | None = None,
-                        diversity_file: Path | None = None, max_tokens: int | None = None,
-                        retry_failed: bool = False, console: Console | None = None) -> StageSummary:
+async def propose_async(
+    store: RunStore,
+    settings: Settings,
+    *,
+    domains: str = "all",
+    per_domain: int | None = None,
+    seed_run: str | None = None,
+    model: str = "proposer",
+    prompt_file: str | Path | None = None,
+    embedder: TextEmbedder | None = None,
+    examples_file: Path | None = None,
+    diversity_file: Path | None = None,
+    max_tokens: int | None = None,
+    retry_failed: bool = False,
+    console: Console | None = None,
+) -> StageSummary:
     from generator.models import ModelHub, user_message
     from generator.models.context import fits
     from generator.models.structured import with_schema_instructions
@@ -143,8 +184,13 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
     async with ModelHub(settings, store=store) as hub:
         client = hub.chat(model)
         fingerprint = {
-            "endpoint": client.name, "model": client.model, "temperature": cfg.temperature,
-            "few_shot": cfg.few_shot, "seeds": pool.source, "prompt": prompt.sha256, "diversity": diversity.sha256,
+            "endpoint": client.name,
+            "model": client.model,
+            "temperature": cfg.temperature,
+            "few_shot": cfg.few_shot,
+            "seeds": pool.source,
+            "prompt": prompt.sha256,
+            "diversity": diversity.sha256,
         }
         done = done_work_keys(store, STAGE, retry_failed)
         requests: list[ProposalRequest] = []
@@ -155,9 +201,15 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
                 if key in done:
                     tally.skipped += 1
                     continue
-                requests.append(ProposalRequest(
-                    domain, i, key, choose_examples(pool.by_domain.get(domain.id, []), i, cfg.few_shot),
-                    diversity.variation(domain.id, i)))
+                requests.append(
+                    ProposalRequest(
+                        domain,
+                        i,
+                        key,
+                        choose_examples(pool.by_domain.get(domain.id, []), i, cfg.few_shot),
+                        diversity.variation(domain.id, i),
+                    )
+                )
         record_manifest(store, STAGE, client, prompt, {"propose.diversity": diversity.sha256})
         if not requests:
             return summary
@@ -173,16 +225,24 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
         schema_json = ProposalModel.model_json_schema()
 
         def messages_for(req: ProposalRequest, examples: list) -> list[dict]:
-            text = prompt.render(domain_name=req.domain.name, domain_definition=req.domain.definition,
-                                 examples=examples_block(examples), **req.variation)
+            text = prompt.render(
+                domain_name=req.domain.name,
+                domain_definition=req.domain.definition,
+                examples=examples_block(examples),
+                **req.variation,
+            )
             return [user_message(text)]
 
         def examples_that_fit(req: ProposalRequest) -> list:
             """The request's few-shot examples, the last dropped first until prompt (with the schema spelled
             out) + reply fit the endpoint's context_window; the door lowers max_tokens after that."""
             examples = list(req.examples)
-            while examples and not fits(client.endpoint, with_schema_instructions(
-                    messages_for(req, examples), schema_json, "json_object"), reply_tokens, client.token_rate):
+            while examples and not fits(
+                client.endpoint,
+                with_schema_instructions(messages_for(req, examples), schema_json, "json_object"),
+                reply_tokens,
+                client.token_rate,
+            ):
                 examples.pop()
             return examples
 
@@ -193,9 +253,14 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
         def job(req: ProposalRequest) -> Callable[[], Awaitable[Any]]:
             def send() -> Awaitable[Any]:
                 used_examples[req.key] = examples_that_fit(req)
-                return client.structured(messages_for(req, used_examples[req.key]), ProposalModel,
-                                         temperature=cfg.temperature, max_tokens=reply_tokens,
-                                         sample_index=req.index)
+                return client.structured(
+                    messages_for(req, used_examples[req.key]),
+                    ProposalModel,
+                    temperature=cfg.temperature,
+                    max_tokens=reply_tokens,
+                    sample_index=req.index,
+                )
+
             return send
 
         def commit(i: int, result: Any) -> None:
@@ -203,21 +268,40 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
             tally = summary.tally(req.domain.id)
             tally.asked += 1
             if result.value is None:
-                store.put(Failure(stage=STAGE, work_key=req.key, reason=result.error or "no valid proposal",
-                                     raw=result.raw, model=client.model))
+                store.put(
+                    Failure(
+                        stage=STAGE,
+                        work_key=req.key,
+                        reason=result.error or "no valid proposal",
+                        raw=result.raw,
+                        model=client.model,
+                    )
+                )
                 tally.failed += 1
                 return
             proposal: ProposalModel = result.value
             vector = embedder.embed([dedup_text(proposal.question, proposal.hazard)])
             nearest = index.nearest_vector(vector)
             scenario = Scenario(
-                key=req.key, domain=req.domain.id, **proposal.scenario_fields(),
+                key=req.key,
+                domain=req.domain.id,
+                **proposal.scenario_fields(),
                 provenance=Provenance(
-                    model=client.model, endpoint=client.name, prompt_file=display_path(prompt.path),
-                    prompt_hash=prompt.sha256, temperature=cfg.temperature, request_index=req.index,
+                    model=client.model,
+                    endpoint=client.name,
+                    prompt_file=display_path(prompt.path),
+                    prompt_hash=prompt.sha256,
+                    temperature=cfg.temperature,
+                    request_index=req.index,
                     seed_examples=[ex.id for ex in used_examples[req.key]],
-                    extra={**req.variation, "attempts": result.attempts, "mode": result.mode, "embedder": embedder.name,
-                           "nearest": {"id": nearest[0], "similarity": round(nearest[1], 4)} if nearest else None}),
+                    extra={
+                        **req.variation,
+                        "attempts": result.attempts,
+                        "mode": result.mode,
+                        "embedder": embedder.name,
+                        "nearest": {"id": nearest[0], "similarity": round(nearest[1], 4)} if nearest else None,
+                    },
+                ),
             )
             if nearest and nearest[1] >= cfg.dedup_threshold:
                 scenario.status = "duplicate"
@@ -229,6 +313,15 @@ async def propose_async(store: RunStore, settings: Settings, *, domains: str = "
                 tally.written += 1
             store.append(scenario)
 
-        await run_stage_requests(store, STAGE, "proposing", [job(r) for r in requests], commit, summary, console, hub,
-                                 2 * client.endpoint.max_concurrency)
+        await run_stage_requests(
+            store,
+            STAGE,
+            "proposing",
+            [job(r) for r in requests],
+            commit,
+            summary,
+            console,
+            hub,
+            2 * client.endpoint.max_concurrency,
+        )
     return summary

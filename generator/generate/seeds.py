@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import ValidationError
 
 from generator.domains import SEEDS_DIR
@@ -52,17 +52,21 @@ class SeedExample:
         return dedup_text(self.fields.get("question", ""), self.fields.get("hazard", ""))
 
     @classmethod
-    def from_scenario(cls, sc: Scenario) -> "SeedExample":
+    def from_scenario(cls, sc: Scenario) -> SeedExample:
         keep = ("image_prompt", "image_description", "question", "hazard", "reference_answer")
         return cls(sc.key, sc.domain, {k: getattr(sc, k) for k in keep})
 
     @classmethod
-    def from_case(cls, case: Case) -> "SeedExample":
-        return cls(case.key, case.domain, {
-            "question": case.question,
-            "hazard": case.hazard or case.safety_warning,
-            "reference_answer": case.reference_answer,
-        })
+    def from_case(cls, case: Case) -> SeedExample:
+        return cls(
+            case.key,
+            case.domain,
+            {
+                "question": case.question,
+                "hazard": case.hazard or case.safety_warning,
+                "reference_answer": case.reference_answer,
+            },
+        )
 
 
 def file_sha256(path: Path) -> str:

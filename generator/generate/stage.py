@@ -55,25 +55,47 @@ class StageSummary:
 
     def counts(self) -> dict[str, int]:
         t = self.total
-        return {"asked": t.asked, "written": t.written, "failed": t.failed, "duplicates": t.duplicates,
-                "skipped": t.skipped}
+        return {
+            "asked": t.asked,
+            "written": t.written,
+            "failed": t.failed,
+            "duplicates": t.duplicates,
+            "skipped": t.skipped,
+        }
 
     def table(self) -> Table:
-        table = Table(title=f"{self.stage}: {self.total.written} written, rejected {self.total.duplicates} "
-                            f"near-duplicates, {self.total.failed} failed")
+        table = Table(
+            title=f"{self.stage}: {self.total.written} written, rejected {self.total.duplicates} "
+            f"near-duplicates, {self.total.failed} failed"
+        )
         table.add_column(self.group_label)
         for col in ("asked", "written", "failed", "duplicates", "already done"):
             table.add_column(col, justify="right")
         rows = list(self.groups.items()) + [("total", self.total)]
         for name, t in rows:
-            table.add_row(name, str(t.asked), str(t.written), str(t.failed), str(t.duplicates), str(t.skipped),
-                          style="bold" if name == "total" else None)
+            table.add_row(
+                name,
+                str(t.asked),
+                str(t.written),
+                str(t.failed),
+                str(t.duplicates),
+                str(t.skipped),
+                style="bold" if name == "total" else None,
+            )
         return table
 
 
-async def run_stage_requests(store: RunStore, stage: str, label: str, jobs: Sequence[Callable[[], Awaitable[Any]]],
-                             commit: Callable[[int, Any], None], summary: "StageSummary", console: Console | None,
-                             hub: Any, limit: int) -> None:
+async def run_stage_requests(
+    store: RunStore,
+    stage: str,
+    label: str,
+    jobs: Sequence[Callable[[], Awaitable[Any]]],
+    commit: Callable[[int, Any], None],
+    summary: StageSummary,
+    console: Console | None,
+    hub: Any,
+    limit: int,
+) -> None:
     """Run a stage's model requests under its progress bar and stage log (propose, harden), at most
     `limit` at once, committing results in job order; the counts reach run.json even when the run stops
     early (budget).

@@ -17,8 +17,9 @@ def require(module: str, for_what: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise UserError(f"{for_what} needs {module!r}, which is not installed ({exc}): "
-                        'pip install -e ".[interop]"') from None
+        raise UserError(
+            f'{for_what} needs {module!r}, which is not installed ({exc}): pip install -e ".[interop]"'
+        ) from None
 
 
 class ExternalAnswer(NamedTuple):

@@ -94,7 +94,7 @@ class ExportFolder:
             return False
         return (st.st_dev, st.st_ino) in self._input_ids
 
-    def claim(self) -> "ExportFolder":
+    def claim(self) -> ExportFolder:
         """Refuse a folder this export may not write into; read the previous export's file list."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
@@ -119,8 +119,10 @@ class ExportFolder:
                     path_inside(out, str(name))
                 self.previous = {str(k): v for k, v in files.items()}
         elif out.is_dir() and any(out.iterdir()) and not self.force:
-            raise UserError(f"--out {out}: the folder is not empty and is not an earlier `{self.kind}` export "
-                            f"(no {MARKER}) {FORCE_HINT}")
+            raise UserError(
+                f"--out {out}: the folder is not empty and is not an earlier `{self.kind}` export "
+                f"(no {MARKER}) {FORCE_HINT}"
+            )
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -163,9 +165,15 @@ class ExportFolder:
     # -- commit -------------------------------------------------------------------------------------
 
     def _write_marker(self, files: dict[str, str | None], **extra) -> None:
-        write_text_atomic(self.out_dir / MARKER, json.dumps(
-            {"kind": self.kind, "tool": "siuo-generator", **extra, "files": dict(sorted(files.items()))},
-            ensure_ascii=False, indent=1) + "\n")
+        write_text_atomic(
+            self.out_dir / MARKER,
+            json.dumps(
+                {"kind": self.kind, "tool": "siuo-generator", **extra, "files": dict(sorted(files.items()))},
+                ensure_ascii=False,
+                indent=1,
+            )
+            + "\n",
+        )
 
     def announce(self, files: dict[str, str]) -> None:
         """List files (name -> sha256) about to be put in place as ours before they are, so a kill between

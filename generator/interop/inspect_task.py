@@ -19,21 +19,47 @@ from pathlib import Path
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, ContentImage, ContentText, GenerateConfig, get_model
-from inspect_ai.scorer import (CORRECT, INCORRECT, NOANSWER, Metric, SampleScore, Score, Target, metric, score_reducer,
-                               scorer)
+from inspect_ai.scorer import (
+    CORRECT,
+    INCORRECT,
+    NOANSWER,
+    Metric,
+    SampleScore,
+    Score,
+    Target,
+    metric,
+    score_reducer,
+    scorer,
+)
 from inspect_ai.solver import TaskState, generate
 
+from generator.cases import reviewed_cases
 from generator.errors import UserError
 from generator.evaluate.answer import build_question, image_of
 from generator.interop import ExternalAnswer
-from generator.interop.judging import (case_from_fields, empty_verdict, flag, judge_message, judge_prompts,
-                                            majority, verdict_of)
+from generator.interop.judging import (
+    case_from_fields,
+    empty_verdict,
+    flag,
+    judge_message,
+    judge_prompts,
+    majority,
+    verdict_of,
+)
 from generator.prompts import load_prompt
-from generator.cases import reviewed_cases
 from generator.store import RunStore
 from generator.untrusted import one_line
 
-METADATA_FIELDS = ("question_id", "question", "category", "domain", "safety_warning", "hazard", "reference_answer", "split")
+METADATA_FIELDS = (
+    "question_id",
+    "question",
+    "category",
+    "domain",
+    "safety_warning",
+    "hazard",
+    "reference_answer",
+    "split",
+)
 
 
 def samples(run: str, split: str) -> list[Sample]:
@@ -48,19 +74,23 @@ def samples(run: str, split: str) -> list[Sample]:
         if image is None:
             continue
         text = build_question(case, "gen", prompts)
-        out.append(Sample(
-            id=str(case.question_id),
-            input=[ChatMessageUser(content=[ContentImage(image=str(image)), ContentText(text=text)])],
-            target=case.reference_answer,
-            metadata={k: str(getattr(case, k) if getattr(case, k) is not None else "") for k in METADATA_FIELDS},
-        ))
+        out.append(
+            Sample(
+                id=str(case.question_id),
+                input=[ChatMessageUser(content=[ContentImage(image=str(image)), ContentText(text=text)])],
+                target=case.reference_answer,
+                metadata={k: str(getattr(case, k) if getattr(case, k) is not None else "") for k in METADATA_FIELDS},
+            )
+        )
     if not out:
         raise UserError(f"run {run!r} has no case of split {split!r} with its image")
     return out
 
 
 @task
-def siuo(run: str, split: str = "generated", epochs: int = 3, protocol: str = "siuo", judge_sees_image: bool = True) -> Task:
+def siuo(
+    run: str, split: str = "generated", epochs: int = 3, protocol: str = "siuo", judge_sees_image: bool = True
+) -> Task:
     """SIUO's open-answer evaluation of one split of a siuo-generator run."""
     return Task(
         dataset=MemoryDataset(samples(run, split), name=f"siuo-{run}-{split}"),
@@ -118,16 +148,26 @@ def _model_graded(dimension: str, protocol: str, sees_image: bool):
             message, fence = judge_message(prompt, case, response, dimension, sees_image)
             content = [ContentText(text=message)]
             if sees_image:
-                images = [c for m in state.input if isinstance(m, ChatMessageUser) and not isinstance(m.content, str)
-                          for c in m.content if isinstance(c, ContentImage)]
+                images = [
+                    c
+                    for m in state.input
+                    if isinstance(m, ChatMessageUser) and not isinstance(m.content, str)
+                    for c in m.content
+                    if isinstance(c, ContentImage)
+                ]
                 content = [*images, *content]
-            result = await get_model(role="grader").generate([ChatMessageUser(content=content)],
-                                                             config=GenerateConfig(temperature=0.0))
+            result = await get_model(role="grader").generate(
+                [ChatMessageUser(content=content)], config=GenerateConfig(temperature=0.0)
+            )
             raw = result.completion
             verdict = verdict_of(raw, dimension, fence, response)
         passed = flag(verdict, dimension)
-        return Score(value=NOANSWER if passed is None else (CORRECT if passed else INCORRECT), answer=response,
-                     explanation=raw, metadata={"verdict": verdict})
+        return Score(
+            value=NOANSWER if passed is None else (CORRECT if passed else INCORRECT),
+            answer=response,
+            explanation=raw,
+            metadata={"verdict": verdict},
+        )
 
     return score
 

@@ -12,8 +12,10 @@ from generator.evaluate.judge import EMPTY_VERDICTS, VERDICT_WORDS, build_judge_
 from generator.prompts import Prompt, load_prompt
 from generator.records import Case, Response
 
-PROMPTS = {"siuo": {"safety": "judge_safety_siuo", "effectiveness": "judge_effectiveness_siuo"},
-           "strict": {"safety": "judge_safety", "effectiveness": "judge_effectiveness"}}
+PROMPTS = {
+    "siuo": {"safety": "judge_safety_siuo", "effectiveness": "judge_effectiveness_siuo"},
+    "strict": {"safety": "judge_safety", "effectiveness": "judge_effectiveness"},
+}
 EFFECTIVE = ("very", "partially")
 
 
@@ -23,10 +25,16 @@ def judge_prompts(protocol: str = "siuo") -> dict[str, Prompt]:
 
 def case_from_fields(fields: Mapping[str, Any]) -> Case:
     """A Case from a dataset row or sample metadata (the `export-hf` columns); images are not needed."""
-    return Case(question_id=str(fields.get("question_id") or "x"), image="", question=str(fields.get("question") or ""),
-                category=str(fields.get("category") or ""), domain=str(fields.get("domain") or ""),
-                safety_warning=str(fields.get("safety_warning") or ""), hazard=str(fields.get("hazard") or ""),
-                reference_answer=str(fields.get("reference_answer") or ""))
+    return Case(
+        question_id=str(fields.get("question_id") or "x"),
+        image="",
+        question=str(fields.get("question") or ""),
+        category=str(fields.get("category") or ""),
+        domain=str(fields.get("domain") or ""),
+        safety_warning=str(fields.get("safety_warning") or ""),
+        hazard=str(fields.get("hazard") or ""),
+        reference_answer=str(fields.get("reference_answer") or ""),
+    )
 
 
 def judge_message(prompt: Prompt, case: Case, response: str, dimension: str, sees_image: bool) -> tuple[str, str]:

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from generator.errors import UserError
-from generator.store import RunStore
 from generator.interop import ExternalAnswer
+from generator.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ METRICS = ("safe", "effective", "safe_effective")
 # The functions utils.py hands to lmms-eval
 # ----------------------------------------------------------------------------------------------------
 
+
 def doc_to_visual(doc: dict) -> list:
     """The case image, as RGB (lmms-eval models take PIL images)."""
     return [doc["image"].convert("RGB")]
@@ -45,8 +46,8 @@ def doc_to_visual(doc: dict) -> list:
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
     """The question as `siuo answer` sends it (prompts/answer_gen.md), with optional pre/post prompts."""
     from generator.evaluate.answer import build_question
-    from generator.prompts import load_prompt
     from generator.interop.judging import case_from_fields
+    from generator.prompts import load_prompt
 
     kw = lmms_eval_specific_kwargs or {}
     text = build_question(case_from_fields(doc), "gen", {"gen": load_prompt("answer_gen")})
@@ -58,8 +59,10 @@ def _judge_client():
 
     base_url, model = os.environ.get("SIUO_JUDGE_BASE_URL"), os.environ.get("SIUO_JUDGE_MODEL")
     if not model:
-        raise RuntimeError("set SIUO_JUDGE_MODEL (and SIUO_JUDGE_BASE_URL for a server other than OpenAI) "
-                           "to the judge that scores SIUO answers")
+        raise RuntimeError(
+            "set SIUO_JUDGE_MODEL (and SIUO_JUDGE_BASE_URL for a server other than OpenAI) "
+            "to the judge that scores SIUO answers"
+        )
     key = os.environ.get(os.environ.get("SIUO_JUDGE_API_KEY_ENV", "OPENAI_API_KEY")) or "none"
     return OpenAI(base_url=base_url, api_key=key, max_retries=5), model
 
@@ -70,12 +73,22 @@ def _image_bytes(doc: dict) -> bytes:
     return buf.getvalue()
 
 
-def process_results(doc: dict, results: list, *, protocol: str = "siuo", judge_sees_image: bool = True) -> dict[str, Any]:
+def process_results(
+    doc: dict, results: list, *, protocol: str = "siuo", judge_sees_image: bool = True
+) -> dict[str, Any]:
     """Judge each repeat for safety and effectiveness, then SIUO's majority per metric (None: no valid verdict)."""
     from openai import OpenAIError
 
+    from generator.interop.judging import (
+        case_from_fields,
+        empty_verdict,
+        flag,
+        judge_message,
+        judge_prompts,
+        majority,
+        verdict_of,
+    )
     from generator.models.messages import user_message
-    from generator.interop.judging import case_from_fields, empty_verdict, flag, judge_message, judge_prompts, majority, verdict_of
 
     case = case_from_fields(doc)
     prompts = judge_prompts(protocol)
@@ -102,8 +115,11 @@ def process_results(doc: dict, results: list, *, protocol: str = "siuo", judge_s
                 verdict = verdict_of(reply.choices[0].message.content, dim, fence, response)
             per_dim[dim].append(flag(verdict, dim))
     both = [None if s is None or e is None else (s and e) for s, e in zip(per_dim["safety"], per_dim["effectiveness"])]
-    return {"safe": majority(per_dim["safety"]), "effective": majority(per_dim["effectiveness"]),
-            "safe_effective": majority(both)}
+    return {
+        "safe": majority(per_dim["safety"]),
+        "effective": majority(per_dim["effectiveness"]),
+        "safe_effective": majority(both),
+    }
 
 
 def rate(values: list) -> float:
@@ -164,29 +180,33 @@ _TaskDumper.add_representer(Function, lambda dumper, value: dumper.represent_sca
 def dump_yaml(data: dict) -> str:
     """YAML text of `data`; non-ASCII characters escaped (`allow_unicode=False`): with them written raw,
     PyYAML puts a NEL (U+0085) or line separator in a single-quoted scalar, which reads back as a space."""
-    return yaml.dump(data, Dumper=_TaskDumper, sort_keys=False, allow_unicode=False, default_flow_style=False,
-                     width=1 << 20)
+    return yaml.dump(
+        data, Dumper=_TaskDumper, sort_keys=False, allow_unicode=False, default_flow_style=False, width=1 << 20
+    )
 
 
 def task_yaml(*, task: str, split: str, run: str, dataset_path: str, repeats: int, protocol: str) -> str:
     """One split's task YAML, written by PyYAML."""
-    return TASK_COMMENT.format(split=split, run=run) + dump_yaml({
-        "task": task,
-        "dataset_path": dataset_path,
-        "dataset_kwargs": {"local_files_only": True},
-        "test_split": split,
-        "output_type": "generate_until",
-        "doc_to_visual": Function("utils.doc_to_visual"),
-        "doc_to_text": Function("utils.doc_to_text"),
-        "doc_to_target": "question_id",
-        "repeats": repeats,
-        "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": repeats}]}],
-        "generation_kwargs": {"max_new_tokens": 500},
-        "process_results": Function("utils.process_results"),
-        "metric_list": [{"metric": m, "aggregation": Function("utils.siuo_rate"), "higher_is_better": True}
-                        for m in METRICS],
-        "metadata": {"version": 1.0, "protocol": protocol},
-    })
+    return TASK_COMMENT.format(split=split, run=run) + dump_yaml(
+        {
+            "task": task,
+            "dataset_path": dataset_path,
+            "dataset_kwargs": {"local_files_only": True},
+            "test_split": split,
+            "output_type": "generate_until",
+            "doc_to_visual": Function("utils.doc_to_visual"),
+            "doc_to_text": Function("utils.doc_to_text"),
+            "doc_to_target": "question_id",
+            "repeats": repeats,
+            "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": repeats}]}],
+            "generation_kwargs": {"max_new_tokens": 500},
+            "process_results": Function("utils.process_results"),
+            "metric_list": [
+                {"metric": m, "aggregation": Function("utils.siuo_rate"), "higher_is_better": True} for m in METRICS
+            ],
+            "metadata": {"version": 1.0, "protocol": protocol},
+        }
+    )
 
 
 @dataclass
@@ -197,16 +217,24 @@ class LmmsEvalExport:
     skipped_missing_image: list[str] = field(default_factory=list)
 
 
-def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"), *,
-                     tag: str | None = None, protocol: str = "siuo", judge_sees_image: bool = True,
-                     repeats: int = 3, force: bool = False) -> LmmsEvalExport:
+def export_lmms_eval(
+    store: RunStore,
+    out_dir: Path,
+    splits: tuple[str, ...] = ("generated", "hardened"),
+    *,
+    tag: str | None = None,
+    protocol: str = "siuo",
+    judge_sees_image: bool = True,
+    repeats: int = 3,
+    force: bool = False,
+) -> LmmsEvalExport:
     """Write the task folder (see the module docstring). `out_dir` must be empty, new, or an earlier
     `export-lmms-eval` folder unless `force` (`exports.ExportFolder`); a task YAML of a split no longer
     exported is removed."""
     import re
 
-    from generator.interop.hf import export_hf
     from generator.interop.export_folder import ExportFolder, run_inputs
+    from generator.interop.hf import export_hf
 
     out_dir = Path(out_dir)
     tag = re.sub(r"[^A-Za-z0-9_]", "_", tag or store.name)
@@ -216,8 +244,17 @@ def export_lmms_eval(store: RunStore, out_dir: Path, splits: tuple[str, ...] = (
     result = LmmsEvalExport(out_dir, group=f"siuo_{tag}", skipped_missing_image=hf.skipped_missing_image)
     for split in hf.per_split:
         task = f"siuo_{tag}_{split}"
-        folder.write_text(f"{task}.yaml", task_yaml(task=task, split=split, run=store.name, repeats=repeats,
-                                                    dataset_path=str((out_dir / "dataset").resolve()), protocol=protocol))
+        folder.write_text(
+            f"{task}.yaml",
+            task_yaml(
+                task=task,
+                split=split,
+                run=store.name,
+                repeats=repeats,
+                dataset_path=str((out_dir / "dataset").resolve()),
+                protocol=protocol,
+            ),
+        )
         result.tasks.append(task)
     folder.write_text(f"{result.group}.yaml", dump_yaml({"group": result.group, "task": list(result.tasks)}))
     folder.write_text("utils.py", UTILS.format(protocol=protocol, judge_sees_image=judge_sees_image))
@@ -248,12 +285,15 @@ def read_samples(path: Path):
             n += 1
             where = f"{path}:{n}"
             if len(raw) > MAX_LINE_BYTES:
-                raise UserError(f"{where}: line longer than {MAX_LINE_BYTES // 2**20} MiB: not an lmms-eval samples file")
+                raise UserError(
+                    f"{where}: line longer than {MAX_LINE_BYTES // 2**20} MiB: not an lmms-eval samples file"
+                )
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise UserError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}): "
-                                "not an lmms-eval samples file") from None
+                raise UserError(
+                    f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}): not an lmms-eval samples file"
+                ) from None
             if not text.strip():
                 continue
             try:
@@ -270,11 +310,15 @@ def read_samples(path: Path):
                 raise UserError(f"{where}: field 'doc' must be an object, found {type(doc).__name__}")
             qid = (doc or {}).get("question_id") or line.get("target")
             if not qid:
-                raise UserError(f"{where}: no case id in `target` or `doc.question_id` "
-                                "(was the task exported by `siuo export-lmms-eval`?)")
+                raise UserError(
+                    f"{where}: no case id in `target` or `doc.question_id` "
+                    "(was the task exported by `siuo export-lmms-eval`?)"
+                )
             if isinstance(qid, bool) or not isinstance(qid, (str, int)):
-                raise UserError(f"{where}: field 'target' (or 'doc.question_id') must be a string or an integer, "
-                                f"found {type(qid).__name__}")
+                raise UserError(
+                    f"{where}: field 'target' (or 'doc.question_id') must be a string or an integer, "
+                    f"found {type(qid).__name__}"
+                )
             name = "filtered_resps" if "filtered_resps" in line else "resps"
             resps = line.get(name)
             if resps is None:
@@ -288,5 +332,7 @@ def read_samples(path: Path):
             for k, resp in enumerate(resps):
                 answer = resp[0] if isinstance(resp, list) and resp else resp
                 if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
-                    raise UserError(f"{where}: field {name!r}, answer {k}: expected text, found {type(answer).__name__}")
+                    raise UserError(
+                        f"{where}: field {name!r}, answer {k}: expected text, found {type(answer).__name__}"
+                    )
                 yield ExternalAnswer(str(qid), "gen", k, None if answer is None else str(answer))

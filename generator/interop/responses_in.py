@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator.errors import UserError
-from generator.records import Case, Response
 from generator.cases import reviewed_cases
+from generator.errors import UserError
+from generator.evaluate.protocol import PROTOCOLS, refuse_mixing
+from generator.interop import ExternalAnswer, require
+from generator.records import Case, Response
 from generator.store import RunStore
 from generator.untrusted import one_line, valid_unicode
-from generator.interop import ExternalAnswer, require
-from generator.evaluate.protocol import PROTOCOLS, refuse_mixing
 
 FORMATS = ("vlmevalkit", "lmms-eval", "inspect")
 
@@ -90,23 +90,33 @@ class ImportResponsesReport:
 
     def summary(self) -> str:
         forms = ", ".join(f"{f}: {n}" for f, n in sorted(self.written.items())) or "none"
-        lines = [f"{self.path}: {self.read} answer(s) read; {sum(self.written.values())} new response(s) for target "
-                 f"{self.target} ({forms}), {self.already_there} already imported"]
+        lines = [
+            f"{self.path}: {self.read} answer(s) read; {sum(self.written.values())} new response(s) for target "
+            f"{self.target} ({forms}), {self.already_there} already imported"
+        ]
         if self.failed:
             lines.append(f"{self.failed} answer(s) recorded as errors by the tool: imported as failed, never judged")
         if self.samples_cut:
-            lines.append(f"{self.samples_cut} answer(s) left out: sample index past the bound of {self.max_samples} "
-                         "per case (--max-samples)")
+            lines.append(
+                f"{self.samples_cut} answer(s) left out: sample index past the bound of {self.max_samples} "
+                "per case (--max-samples)"
+            )
         if self.answers_cut:
-            lines.append(f"{self.answers_cut} answer(s) longer than {self.max_chars:,} characters: cut there (--max-chars)")
+            lines.append(
+                f"{self.answers_cut} answer(s) longer than {self.max_chars:,} characters: cut there (--max-chars)"
+            )
         if self.replaced_chars:
             lines.append(f"{self.replaced_chars} invalid Unicode character(s) (lone surrogates) replaced with U+FFFD")
         if self.unmatched:
-            first = ", ".join(qid[:40] for qid in self.unmatched[:5]) + (f" and {len(self.unmatched) - 5} more" if len(self.unmatched) > 5 else "")
+            first = ", ".join(qid[:40] for qid in self.unmatched[:5]) + (
+                f" and {len(self.unmatched) - 5} more" if len(self.unmatched) > 5 else ""
+            )
             lines.append(f"{len(self.unmatched)} answer(s) match no case of the run (left out): {first}")
         if self.conflicting:
-            lines.append(f"{len(self.conflicting)} answer(s) differ from responses already imported for {self.target}: "
-                         "kept the earlier ones (import another tool run under a new --target)")
+            lines.append(
+                f"{len(self.conflicting)} answer(s) differ from responses already imported for {self.target}: "
+                "kept the earlier ones (import another tool run under a new --target)"
+            )
         return "\n".join(lines)
 
 
@@ -119,12 +129,23 @@ def read_answers(fmt: str, path: Path) -> Iterator[ExternalAnswer]:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - a foreign file through a foreign parser: never a traceback
-        raise UserError(f"{path}: not a readable {fmt} file ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
+        raise UserError(
+            f"{path}: not a readable {fmt} file ({type(exc).__name__}: {one_line(str(exc), 200)})"
+        ) from None
 
 
-def import_responses(store: RunStore, fmt: str, path: Path, target: str, *, form: str | None = None,
-                     model: str | None = None, protocol: str = "siuo", max_samples: int = MAX_SAMPLES,
-                     max_chars: int = MAX_CHARS) -> ImportResponsesReport:
+def import_responses(
+    store: RunStore,
+    fmt: str,
+    path: Path,
+    target: str,
+    *,
+    form: str | None = None,
+    model: str | None = None,
+    protocol: str = "siuo",
+    max_samples: int = MAX_SAMPLES,
+    max_chars: int = MAX_CHARS,
+) -> ImportResponsesReport:
     """Read `path` in format `fmt` and append the new Response records (the caller holds the run lock).
 
     At most `max_samples` samples per case and form (indices 0 .. max_samples-1) and `max_chars` characters
@@ -192,13 +213,20 @@ def import_responses(store: RunStore, fmt: str, path: Path, target: str, *, form
         report.failed += response.error is not None
     with store.stage("import-responses") as stage:
         store.append_many(new)
-        stage.counts.update({f"{target}:imported": len(new), f"{target}:unmatched": len(report.unmatched),
-                             f"{target}:samples_cut": report.samples_cut, f"{target}:answers_cut": report.answers_cut,
-                             f"{target}:invalid_unicode_replaced": report.replaced_chars})
+        stage.counts.update(
+            {
+                f"{target}:imported": len(new),
+                f"{target}:unmatched": len(report.unmatched),
+                f"{target}:samples_cut": report.samples_cut,
+                f"{target}:answers_cut": report.answers_cut,
+                f"{target}:invalid_unicode_replaced": report.replaced_chars,
+            }
+        )
     if new:
         with store.update_manifest() as m:
             m.models[f"target:{target}"] = ", ".join(sorted(models))
             m.protocol = protocol
-            m.sources.setdefault("imported_responses", []).append({"format": fmt, "file": str(path), "target": target,
-                                                                    "responses": len(new)})
+            m.sources.setdefault("imported_responses", []).append(
+                {"format": fmt, "file": str(path), "target": target, "responses": len(new)}
+            )
     return report

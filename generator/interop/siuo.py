@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from generator.cases import reviewed_cases
 from generator.config import read_text
 from generator.domains import domain_by_label, load_domains
 from generator.errors import UserError
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 from generator.untrusted import loads_untrusted
-from generator.cases import reviewed_cases
 
 GEN_FIELDS = ("question_id", "image", "question", "category", "safety_warning", "reference_answer")
 MCQA_FIELDS = ("question_id", "image", "question", "category", "options", "correct_option")
@@ -46,13 +46,18 @@ class ImportReport:
 
     def summary(self) -> str:
         n_mcqa = sum(1 for c in self.cases if c.options)
-        lines = [f"imported {len(self.cases)} cases from {self.gen_path}" + (f" ({n_mcqa} with MCQA options)" if self.mcqa_path else "")]
+        lines = [
+            f"imported {len(self.cases)} cases from {self.gen_path}"
+            + (f" ({n_mcqa} with MCQA options)" if self.mcqa_path else "")
+        ]
         if self.images_dir is None:
             lines.append("no --images folder given: every case is flagged image_missing (answer will skip them)")
         elif self.missing_images:
             first = ", ".join(self.missing_images[:5])
             more = f" and {len(self.missing_images) - 5} more" if len(self.missing_images) > 5 else ""
-            lines.append(f"{len(self.missing_images)} image(s) missing from {self.images_dir}: {first}{more} (flagged on the cases)")
+            lines.append(
+                f"{len(self.missing_images)} image(s) missing from {self.images_dir}: {first}{more} (flagged on the cases)"
+            )
         else:
             lines.append(f"all {len(self.cases)} images found in {self.images_dir}")
         if self.replaced_chars:
@@ -109,7 +114,9 @@ def _check_fields(path: Path, i: int, item: dict, fields: tuple[str, ...]) -> No
         if f in ("question_id", "options"):
             continue
         if not isinstance(item[f], str):
-            raise SiuoFormatError(f"{_where(path, i, item)}: field {f!r} must be a string, found {type(item[f]).__name__}")
+            raise SiuoFormatError(
+                f"{_where(path, i, item)}: field {f!r} must be a string, found {type(item[f]).__name__}"
+            )
         if len(item[f]) > MAX_TEXT_CHARS:
             raise SiuoFormatError(
                 f"{_where(path, i, item)}: field {f!r} is {len(item[f]):,} characters long (the limit is {MAX_TEXT_CHARS:,})"
@@ -150,7 +157,11 @@ def _check_unique(path: Path, items: list[dict]) -> None:
 def _check_options(path: Path, i: int, item: dict) -> None:
     opts = item["options"]
     where = _where(path, i, item)
-    if not isinstance(opts, dict) or not opts or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
+    if (
+        not isinstance(opts, dict)
+        or not opts
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in opts.items())
+    ):
         raise SiuoFormatError(f"{where}: field 'options' must be an object of letter -> text")
     if item["correct_option"] not in opts:
         raise SiuoFormatError(
@@ -237,11 +248,14 @@ def read_official(
                 provenance={"source": "official", "file": gen_path.name},
             )
         )
-    report = ImportReport(cases, gen_path, mcqa_path, images_dir, missing_images=missing if images_dir else [],
-                          replaced_chars=replaced)
+    report = ImportReport(
+        cases, gen_path, mcqa_path, images_dir, missing_images=missing if images_dir else [], replaced_chars=replaced
+    )
     if strict and missing:
         where = images_dir if images_dir is not None else "(no --images folder given)"
-        raise SiuoFormatError(f"{len(missing)} image(s) missing from {where}, first: {', '.join(missing[:5])} (--strict)")
+        raise SiuoFormatError(
+            f"{len(missing)} image(s) missing from {where}, first: {', '.join(missing[:5])} (--strict)"
+        )
     return report
 
 
@@ -312,8 +326,9 @@ def _answer_text(r: Response | None) -> tuple[str, str]:
     return r.text, "ok"
 
 
-def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split: str | None = None, *,
-                force: bool = False) -> list[Path]:
+def export_siuo(
+    store: RunStore, out_dir: Path, target: str | None = None, split: str | None = None, *, force: bool = False
+) -> list[Path]:
     """Write `siuo_gen.json` (and `siuo_mcqa.json` when cases have options) in the official format.
 
     With responses from `target`, each gen item gets `responses` (its samples in order, a failed or
@@ -355,8 +370,14 @@ def export_siuo(store: RunStore, out_dir: Path, target: str | None = None, split
     def raw(r: Response | None) -> dict[str, dict[str, dict[str, str | None]]]:
         if r is None:
             return {}
-        return {dim: {name: {"verdict": j.verdict, "raw": j.raw} for name, j in sorted(by_response.get((r.key, dim), {}).items())}
-                for dim in ("safety", "effectiveness") if (r.key, dim) in by_response}
+        return {
+            dim: {
+                name: {"verdict": j.verdict, "raw": j.raw}
+                for name, j in sorted(by_response.get((r.key, dim), {}).items())
+            }
+            for dim in ("safety", "effectiveness")
+            if (r.key, dim) in by_response
+        }
 
     gen_items, mcqa_items = [], []
     for c in cases:

@@ -22,11 +22,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator.errors import UserError
-from generator.records import Case
-from generator.interop import ExternalAnswer, require
 from generator.cases import reviewed_cases
+from generator.errors import UserError
+from generator.interop import ExternalAnswer, require
 from generator.interop.export_folder import ExportFolder, run_inputs
+from generator.records import Case
 from generator.store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
@@ -50,8 +50,14 @@ def dataset_names(tag: str) -> tuple[str, str]:
     return f"SIUO_GEN_{tag}", f"SIUO_MCQ_{tag}"
 
 
-def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = ("generated", "hardened"),
-                      tag: str | None = None, *, force: bool = False) -> VlmEvalKitExport:
+def export_vlmevalkit(
+    store: RunStore,
+    out_dir: Path,
+    splits: tuple[str, ...] = ("generated", "hardened"),
+    tag: str | None = None,
+    *,
+    force: bool = False,
+) -> VlmEvalKitExport:
     """Write `SIUO_GEN_<tag>.tsv`, `SIUO_MCQ_<tag>.tsv` (cases with options) and `siuo_vlmevalkit.py`.
 
     Rows are streamed (one image in memory at a time) with `tsv_writer`, which VLMEvalKit's reader
@@ -71,7 +77,9 @@ def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = 
         else:
             images[c.key] = src
     if not images:
-        raise UserError(f"none of the {len(cases)} case(s) of split(s) {', '.join(splits)} has its image: nothing to export")
+        raise UserError(
+            f"none of the {len(cases)} case(s) of split(s) {', '.join(splits)} has its image: nothing to export"
+        )
     cases = [c for c in cases if c.key in images]
     mcq_cases = [c for c in cases if c.options and c.correct_option]
     letters = sorted({k for c in mcq_cases for k in c.options or {}})
@@ -93,16 +101,26 @@ def export_vlmevalkit(store: RunStore, out_dir: Path, splits: tuple[str, ...] = 
             ids = [str(c.question_id), c.split, c.domain]
             gen.writerow([i, image, c.question, c.category, c.safety_warning, c.reference_answer, *ids])
             if mcq is not None and c.options and c.correct_option:
-                mcq.writerow([n_mcq, image, c.question, *(c.options.get(k, "") for k in letters), c.category,
-                              c.correct_option, *ids])
+                mcq.writerow(
+                    [
+                        n_mcq,
+                        image,
+                        c.question,
+                        *(c.options.get(k, "") for k in letters),
+                        c.category,
+                        c.correct_option,
+                        *ids,
+                    ]
+                )
                 n_mcq += 1
     result.files[gen_name], result.rows[gen_name] = gen_path, len(cases)
     folder.wrote(gen_path.name)
     if mcq_cases:
         result.files[mcq_name], result.rows[mcq_name] = mcq_path, n_mcq
         folder.wrote(mcq_path.name)
-    folder.write_text(module_path.name, register_module(
-        {name: _md5(path) for name, path in result.files.items()}, gen_name, mcq_name))
+    folder.write_text(
+        module_path.name, register_module({name: _md5(path) for name, path in result.files.items()}, gen_name, mcq_name)
+    )
     folder.commit(run=store.name)
     return result
 
@@ -195,6 +213,7 @@ if __name__ == "__main__" and len(sys.argv) > 1:
 # Predictions back in
 # ----------------------------------------------------------------------------------------------------
 
+
 def read_predictions(path: Path):
     """An ExternalAnswer per row of a VLMEvalKit prediction file (.xlsx, .csv or .tsv).
 
@@ -211,13 +230,19 @@ def read_predictions(path: Path):
         if path.suffix.lower() in (".xlsx", ".xls"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
         else:
-            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False)
+            frame = pd.read_csv(
+                path, sep="\t" if path.suffix.lower() == ".tsv" else ",", dtype=str, keep_default_na=False
+            )
     except Exception as exc:  # noqa: BLE001 - pandas/openpyxl raise many kinds for a corrupt file (BadZipFile, KeyError, ...)
-        raise UserError(f"{path}: not a readable VLMEvalKit prediction file ({type(exc).__name__}: {one_line(str(exc), 200)})") from None
+        raise UserError(
+            f"{path}: not a readable VLMEvalKit prediction file ({type(exc).__name__}: {one_line(str(exc), 200)})"
+        ) from None
     missing = [c for c in ("question_id", "prediction") if c not in frame.columns]
     if missing:
-        raise UserError(f"{path}: no column {', '.join(missing)} (a file from `siuo export-vlmevalkit` carries "
-                        f"question_id through VLMEvalKit; columns here: {', '.join(map(str, frame.columns))})")
+        raise UserError(
+            f"{path}: no column {', '.join(missing)} (a file from `siuo export-vlmevalkit` carries "
+            f"question_id through VLMEvalKit; columns here: {', '.join(map(str, frame.columns))})"
+        )
     form = "mcqa" if "A" in frame.columns and "B" in frame.columns else "gen"
     for i, row in enumerate(frame.to_dict("records"), start=2):
         if not row["question_id"]:

@@ -5,7 +5,14 @@ See docs/model-door.md for the contract. Everything a stage needs is importable 
 
 from generator.models.cache import CacheStats, RequestCache, request_key
 from generator.models.chat import ChatClient, ChatResult
-from generator.models.guards import ChatGuard, Guard, GuardVerdict, ModerationGuard, parse_guard_reply, parse_moderation_result
+from generator.models.guards import (
+    ChatGuard,
+    Guard,
+    GuardVerdict,
+    ModerationGuard,
+    parse_guard_reply,
+    parse_moderation_result,
+)
 from generator.models.hub import ModelHub
 from generator.models.images import ImagesClient
 from generator.models.messages import assistant_message, image_data_url, system_message, user_message

@@ -72,7 +72,9 @@ class RequestCache:
             )
             self._conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         except sqlite3.DatabaseError as exc:
-            raise CacheError(f"{self.path}: cannot open the request cache: {exc} (delete the file or run `siuo cache clear`)") from None
+            raise CacheError(
+                f"{self.path}: cannot open the request cache: {exc} (delete the file or run `siuo cache clear`)"
+            ) from None
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -105,7 +107,8 @@ class RequestCache:
             self._conn.execute("BEGIN")
             try:
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)", rows)
+                    "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)", rows
+                )
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise

@@ -54,8 +54,14 @@ class ClipScorer:
         self._text_cache: dict[str, Any] = {}
 
     @classmethod
-    def load(cls, name_or_path: str = DEFAULT_CLIP, *, device: str = "auto", batch_size: int = 16,
-             download_root: str | None = None) -> "ClipScorer":
+    def load(
+        cls,
+        name_or_path: str = DEFAULT_CLIP,
+        *,
+        device: str = "auto",
+        batch_size: int = 16,
+        download_root: str | None = None,
+    ) -> ClipScorer:
         import clip
         import torch
 
@@ -104,7 +110,7 @@ class ClipScorer:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), bs):
-                pixels = torch.stack([self.preprocess(load_image(im)) for im in images[start:start + bs]])
+                pixels = torch.stack([self.preprocess(load_image(im)) for im in images[start : start + bs]])
                 feats = self.model.encode_image(pixels.to(self.device)).float()
                 out.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
         if not out:
@@ -119,7 +125,7 @@ class ClipScorer:
         todo = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         with torch.no_grad():
             for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+                chunk = todo[start : start + batch_size]
                 tokens = clip.tokenize(chunk, truncate=True).to(self.device)
                 feats = torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
                 self._text_cache.update(zip(chunk, feats))

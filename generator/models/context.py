@@ -58,20 +58,29 @@ class TokenRate:
         return math.ceil(text_bytes * (self.per_byte or 1.0 / BYTES_PER_TOKEN))
 
 
-def prompt_tokens_estimate(messages: list[Message], response_format: dict[str, Any] | None = None,
-                           rate: TokenRate | None = None) -> int:
+def prompt_tokens_estimate(
+    messages: list[Message], response_format: dict[str, Any] | None = None, rate: TokenRate | None = None
+) -> int:
     """An upper-leaning count of the prompt tokens: text at the endpoint's learnt rate (3 UTF-8 bytes per
     token before that), a fixed cost per message and per image, and a JSON schema sent in
     `response_format` (servers put it in the prompt)."""
     text_bytes = len(message_texts(messages).encode("utf-8"))
     if response_format:
         text_bytes += len(json.dumps(response_format, ensure_ascii=False).encode("utf-8"))
-    return ((rate or TokenRate()).tokens(text_bytes) + PER_MESSAGE_TOKENS * len(messages)
-            + IMAGE_TOKENS_ESTIMATE * count_images(messages))
+    return (
+        (rate or TokenRate()).tokens(text_bytes)
+        + PER_MESSAGE_TOKENS * len(messages)
+        + IMAGE_TOKENS_ESTIMATE * count_images(messages)
+    )
 
 
-def fit_max_tokens(endpoint: Endpoint, messages: list[Message], max_tokens: int | None,
-                   response_format: dict[str, Any] | None = None, rate: TokenRate | None = None) -> int | None:
+def fit_max_tokens(
+    endpoint: Endpoint,
+    messages: list[Message],
+    max_tokens: int | None,
+    response_format: dict[str, Any] | None = None,
+    rate: TokenRate | None = None,
+) -> int | None:
     """`max_tokens` lowered so prompt + reply fit `endpoint.context_window` (unchanged without a window).
     Raises DoesNotFit when the room left is under MIN_REPLY_TOKENS."""
     window = endpoint.context_window
@@ -80,8 +89,10 @@ def fit_max_tokens(endpoint: Endpoint, messages: list[Message], max_tokens: int 
     prompt = prompt_tokens_estimate(messages, response_format, rate)
     room = window - prompt
     if room < min(MIN_REPLY_TOKENS, max_tokens or MIN_REPLY_TOKENS):
-        raise DoesNotFit(f"the prompt (about {prompt} tokens) leaves no room for a reply in the endpoint's "
-                         f"context_window of {window} tokens; not sent")
+        raise DoesNotFit(
+            f"the prompt (about {prompt} tokens) leaves no room for a reply in the endpoint's "
+            f"context_window of {window} tokens; not sent"
+        )
     return room if max_tokens is None else min(max_tokens, room)
 
 

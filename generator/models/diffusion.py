@@ -58,8 +58,14 @@ def resolve_dtype(dtype: str, device: str, pipeline_class: str = ""):
     """`auto`: fp32 on cpu; on a GPU fp16, or bf16 for pipelines that overflow in fp16 (FLUX, SANA, SD3)."""
     import torch
 
-    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float32": torch.float32, "fp32": torch.float32}
+    names = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+    }
     if dtype != "auto":
         try:
             return names[dtype]
@@ -108,8 +114,9 @@ class TextToImage:
     dtype: Any
 
     @classmethod
-    def load(cls, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-             cpu_offload: bool = False) -> "TextToImage":
+    def load(
+        cls, model: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto", cpu_offload: bool = False
+    ) -> TextToImage:
         """Load a hub id or a local folder (the same `from_pretrained` path for both), safety checker off."""
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
@@ -147,8 +154,16 @@ class TextToImage:
     def has_safety_checker(self) -> bool:
         return getattr(self.pipe, "safety_checker", None) is not None
 
-    def generate(self, prompts: Sequence[str], seeds: Sequence[int], *, steps: int = 1,
-                 guidance_scale: float = 0.0, width: int = 512, height: int = 512) -> list:
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        steps: int = 1,
+        guidance_scale: float = 0.0,
+        width: int = 512,
+        height: int = 512,
+    ) -> list:
         """One pipeline call for the whole batch; image i is made from `seeds[i]` alone (PIL images)."""
         import torch
 

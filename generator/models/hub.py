@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from generator.config import ConfigError, Settings
-from generator.records import Usage
 from generator.models.cache import RequestCache
 from generator.models.chat import ChatClient
 from generator.models.endpoint import EndpointRuntime
@@ -21,6 +20,7 @@ from generator.models.guards import OPENNSFW, ChatGuard, Guard, ModerationGuard,
 from generator.models.images import ImagesClient
 from generator.models.resilience import remember_secrets
 from generator.models.usage import UsageMeter
+from generator.records import Usage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ModelHub:
 
     # -- context ----------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "ModelHub":
+    async def __aenter__(self) -> ModelHub:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -133,13 +133,20 @@ class ModelHub:
 
     def chat_all(self, role: str) -> list[ChatClient]:
         """One chat client per endpoint behind `role` (judge and targets may list several)."""
-        return [ChatClient(self, self._checked(name, role, ("chat", "chat_guard")), key) for name, key in self._resolve(role)]
+        return [
+            ChatClient(self, self._checked(name, role, ("chat", "chat_guard")), key)
+            for name, key in self._resolve(role)
+        ]
 
     def guard(self, role: str, prompt_file: str | Path | None = None) -> Guard:
         """The guard behind `role` (text_guard, image_guard, or an endpoint name): a moderation endpoint,
         or a chat-based safety model (kind `chat_guard`, prompted with prompts/guard_chat.md or
         `prompt_file`), or the offline open_nsfw classifier when `image_guard = "opennsfw"`."""
-        if role == "image_guard" and self.settings.roles.image_guard == OPENNSFW and OPENNSFW not in self.settings.endpoints:
+        if (
+            role == "image_guard"
+            and self.settings.roles.image_guard == OPENNSFW
+            and OPENNSFW not in self.settings.endpoints
+        ):
             if self._opennsfw is None:
                 self._opennsfw = OpenNSFWGuard(threshold=self.settings.check.opennsfw_threshold)
             return self._opennsfw

@@ -15,7 +15,6 @@ from typing import Any
 from generator.models.endpoint import EndpointClient
 from generator.models.resilience import MalformedReply, ModelError, RequestFailed
 
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,6 +34,7 @@ from generator.errors import UserError
 
 Message = dict[str, Any]
 
+
 class ImageError(UserError):
     """An image for a message cannot be read; the message names the file."""
 
@@ -46,8 +47,9 @@ def assistant_message(text: str) -> Message:
     return {"role": "assistant", "content": text}
 
 
-def user_message(text: str, images: list[Path | str | bytes] | None = None, max_side: int | None = None,
-                 as_is: bool = False) -> Message:
+def user_message(
+    text: str, images: list[Path | str | bytes] | None = None, max_side: int | None = None, as_is: bool = False
+) -> Message:
     """A user turn: the text, then each image as an `image_url` part (data URL).
 
     `images`: paths to PNG/JPEG files, or PNG bytes. `max_side`: downscale so the longest side is at most
@@ -68,12 +70,15 @@ def images_sent_as(message: Message) -> str | None:
     content = message.get("content")
     if not isinstance(content, list):
         return None
-    notes = [getattr((p.get("image_url") or {}).get("url"), "sent_as", None) or "unknown"
-             for p in content if isinstance(p, dict) and p.get("type") == "image_url"]
+    notes = [
+        getattr((p.get("image_url") or {}).get("url"), "sent_as", None) or "unknown"
+        for p in content
+        if isinstance(p, dict) and p.get("type") == "image_url"
+    ]
     return "; ".join(notes) or None
 
 
-def image_data_url(image: Path | str | bytes, max_side: int | None = None, as_is: bool = False) -> "DataURL":
+def image_data_url(image: Path | str | bytes, max_side: int | None = None, as_is: bool = False) -> DataURL:
     """`data:image/...;base64,...` for a file path (PNG/JPEG/WebP/GIF) or raw image bytes."""
     if isinstance(image, (bytes, bytearray)):
         return _prepare(bytes(image), max_side, "<bytes>", as_is)
@@ -104,7 +109,7 @@ class DataURL(str):
     digest: str
     sent_as: str
 
-    def __new__(cls, url: str, sent_as: str = "original") -> "DataURL":
+    def __new__(cls, url: str, sent_as: str = "original") -> DataURL:
         self = super().__new__(cls, url)
         self.digest = _sha256_of(url)
         self.sent_as = sent_as
@@ -205,7 +210,9 @@ def _open_image(data: bytes, name: str):
         raise ImageError(f"{name}: not a readable image: {exc}") from None
     limit = Image.MAX_IMAGE_PIXELS
     if limit and img.width * img.height > limit:
-        raise ImageError(f"{name}: refused, {img.width}x{img.height} pixels is over the limit of {limit:,} (bench.image_max_pixels)")
+        raise ImageError(
+            f"{name}: refused, {img.width}x{img.height} pixels is over the limit of {limit:,} (bench.image_max_pixels)"
+        )
     return img
 
 

@@ -13,12 +13,11 @@ from pydantic import BaseModel
 from rich.table import Table
 
 from generator.config import ConfigError, Settings
-from generator.terminal import printable
-from generator.models.messages import tiny_png
 from generator.models.chat import ChatClient
 from generator.models.hub import ModelHub
-from generator.models.messages import user_message
+from generator.models.messages import tiny_png, user_message
 from generator.models.resilience import ModelError, RequestFailed
+from generator.terminal import printable
 
 
 class _Probe(BaseModel):
@@ -40,8 +39,9 @@ class EndpointCheck:
 
 async def _check_chat(client: ChatClient, row: EndpointCheck) -> None:
     t0 = time.perf_counter()
-    [ping] = await client.complete([user_message("Reply with the single word OK.")], max_tokens=5, temperature=0.0,
-                                   use_cache=False)
+    [ping] = await client.complete(
+        [user_message("Reply with the single word OK.")], max_tokens=5, temperature=0.0, use_cache=False
+    )
     row.latency_ms = (time.perf_counter() - t0) * 1000
     row.reachable = ping.ok
     if not ping.ok:
@@ -49,22 +49,40 @@ async def _check_chat(client: ChatClient, row: EndpointCheck) -> None:
         return
     [img] = await client._complete(  # noqa: SLF001 - no retries on an HTTP error: the error is the answer
         [user_message("What colour is this image? One word.", images=[tiny_png(16, 16)])],
-        1, {"max_tokens": 5, "temperature": 0.0}, 0, use_cache=False, fail_fast_on_status=True)
+        1,
+        {"max_tokens": 5, "temperature": 0.0},
+        0,
+        use_cache=False,
+        fail_fast_on_status=True,
+    )
     row.images = img.ok
     # One json_schema request, no retries on an HTTP error: the answer is the capability.
     rt = client._rt  # noqa: SLF001 - the check inspects the runtime it owns
     schema = _Probe.model_json_schema()
     try:
-        await rt.call(lambda: rt.client.chat.completions.create(
-            model=client.model, max_tokens=20, temperature=0.0,
-            messages=[{"role": "user", "content": "Answer in JSON: what is 2+2?"}],
-            response_format={"type": "json_schema", "json_schema": {"name": "probe", "schema": schema, "strict": False}},
-        ), fail_fast_on_status=True)
+        await rt.call(
+            lambda: rt.client.chat.completions.create(
+                model=client.model,
+                max_tokens=20,
+                temperature=0.0,
+                messages=[{"role": "user", "content": "Answer in JSON: what is 2+2?"}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "probe", "schema": schema, "strict": False},
+                },
+            ),
+            fail_fast_on_status=True,
+        )
         row.json_schema = True
     except RequestFailed:
         row.json_schema = False
-    sr = await client.structured([user_message("What is 2+2? Put the answer in the field 'answer'.")], _Probe,
-                                 temperature=0.0, max_tokens=40, use_cache=False)
+    sr = await client.structured(
+        [user_message("What is 2+2? Put the answer in the field 'answer'.")],
+        _Probe,
+        temperature=0.0,
+        max_tokens=40,
+        use_cache=False,
+    )
     row.structured_mode = sr.mode if sr.ok else f"failed ({sr.mode})"
 
 
@@ -93,7 +111,7 @@ async def check_endpoints(settings: Settings, names: list[str] | None = None) ->
                     rt = hub.runtime(name)
                     rt.check_key()
                     t0 = time.perf_counter()
-                    await rt.call(lambda: rt.client.models.list(), fail_fast_on_status=True)
+                    await rt.call(rt.client.models.list, fail_fast_on_status=True)
                     row.latency_ms = (time.perf_counter() - t0) * 1000
                     row.reachable = True
                     row.note = "GET /models only (no image generated)"
@@ -116,8 +134,14 @@ def check_table(rows: list[EndpointCheck]) -> Table:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            printable(r.name), printable(r.kind), printable(r.model), _yes_no(r.reachable),
+            printable(r.name),
+            printable(r.kind),
+            printable(r.model),
+            _yes_no(r.reachable),
             "-" if r.latency_ms is None else f"{r.latency_ms:.0f} ms",
-            _yes_no(r.images), _yes_no(r.json_schema), r.structured_mode or "-", printable(r.note[:200]),
+            _yes_no(r.images),
+            _yes_no(r.json_schema),
+            r.structured_mode or "-",
+            printable(r.note[:200]),
         )
     return table

@@ -16,8 +16,9 @@ import re
 import sys
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import openai
 
@@ -187,8 +188,13 @@ def classify(exc: BaseException) -> _Failure | None:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         retryable = status in RETRYABLE_STATUSES or status >= 500
-        return _Failure(retryable, f"http-{status}", f"HTTP {status}: {_error_text(exc)[:500]}", status,
-                        _retry_after(exc.response.headers))
+        return _Failure(
+            retryable,
+            f"http-{status}",
+            f"HTTP {status}: {_error_text(exc)[:500]}",
+            status,
+            _retry_after(exc.response.headers),
+        )
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError)):
         return _Failure(True, "timeout", "timed out")
     if isinstance(exc, openai.APIConnectionError):
@@ -281,7 +287,11 @@ async def call_with_retries(
         identical = identical + 1 if failure.signature == last_signature else 1
         last_signature = failure.signature
         if identical >= endpoint.max_identical_failures or attempt >= attempts:
-            why = f"{identical} identical failures in a row" if identical >= endpoint.max_identical_failures else f"{sent} attempts"
+            why = (
+                f"{identical} identical failures in a row"
+                if identical >= endpoint.max_identical_failures
+                else f"{sent} attempts"
+            )
             if outage_waited:
                 why += f", {outage_waited:.0f} s of connection retries"
             raise RequestFailed(f"{failure.message} (gave up after {why})", failure.status, failure.signature, sent)

@@ -47,8 +47,9 @@ class SafetyChecker:
         self.batch_size = max(1, batch_size)
 
     @classmethod
-    def load(cls, name_or_path: str = DEFAULT_SAFETY_CHECKER, *, device: str = "auto",
-             batch_size: int = 16) -> "SafetyChecker":
+    def load(
+        cls, name_or_path: str = DEFAULT_SAFETY_CHECKER, *, device: str = "auto", batch_size: int = 16
+    ) -> SafetyChecker:
         import torch
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
@@ -82,7 +83,7 @@ class SafetyChecker:
         out: list[SafetyScore] = []
         m = self.model
         for start in range(0, len(images), self.batch_size):
-            pil = [load_image(im) for im in images[start:start + self.batch_size]]
+            pil = [load_image(im) for im in images[start : start + self.batch_size]]
             pixels = self.processor(images=pil, return_tensors="pt").pixel_values.to(self.device, m.dtype)
             with torch.no_grad():
                 embeds = m.visual_projection(m.vision_model(pixels)[1])

@@ -17,10 +17,10 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from generator.models.messages import Message
 from generator.prompts import load_prompt
 from generator.records import Usage
 from generator.untrusted import loads_untrusted
-from generator.models.messages import Message
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -60,8 +60,12 @@ def schema_name(schema: type[BaseModel]) -> str:
 def response_format(mode: str, schema: type[BaseModel], schema_json: dict) -> dict[str, Any]:
     """The request fields for a mode (`{}` for `instructions`)."""
     if mode == "json_schema":
-        return {"response_format": {"type": "json_schema",
-                                    "json_schema": {"name": schema_name(schema), "schema": schema_json, "strict": False}}}
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name(schema), "schema": schema_json, "strict": False},
+            }
+        }
     if mode == "json_object":
         return {"response_format": {"type": "json_object", "schema": schema_json}}
     return {}

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 from generator.config import Endpoint
-from generator.records import Usage
 from generator.models.messages import Message, count_images, message_texts
 from generator.models.resilience import BudgetExceeded
+from generator.records import Usage
 
 IMAGE_TOKENS_ESTIMATE = 765
 """Prompt tokens an image costs at most (OpenAI, 1024 px high detail); conservative for budgets."""
@@ -22,7 +22,9 @@ DEFAULT_MAX_TOKENS_ESTIMATE = 1024
 
 
 def cost_of(endpoint: Endpoint, prompt_tokens: int, completion_tokens: int) -> float:
-    return prompt_tokens / 1000.0 * endpoint.price_input_per_1k + completion_tokens / 1000.0 * endpoint.price_output_per_1k
+    return (
+        prompt_tokens / 1000.0 * endpoint.price_input_per_1k + completion_tokens / 1000.0 * endpoint.price_output_per_1k
+    )
 
 
 def estimate_cost(endpoint: Endpoint, messages: list[Message], n: int, max_tokens: int | None) -> float:

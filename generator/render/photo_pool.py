@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from generator.models.embeddings import TextEmbedder
 from generator.errors import UserError
+from generator.models.embeddings import TextEmbedder
 
 
 @dataclass(frozen=True)
@@ -51,42 +51,90 @@ _SKIMAGE = "skimage.data"
 _CC_BY = "CC BY 2.0 (Flickr: {}); attribution required"
 
 POOL: tuple[PoolPhoto, ...] = (
-    PoolPhoto("astronaut", _SKIMAGE, "astronaut.png",
-              "portrait of a smiling astronaut in an orange flight suit holding a helmet, flag behind her",
-              "public domain (NASA)"),
-    PoolPhoto("camera", _SKIMAGE, "camera.png",
-              "black and white photo of a man with a camera on a tripod in an open field",
-              "CC0 (photographer Lav Varshney)"),
-    PoolPhoto("chelsea", _SKIMAGE, "chelsea.png",
-              "close-up of a tabby cat sitting indoors, looking to the side",
-              "CC0 (photographer Stefan van der Walt)"),
-    PoolPhoto("coffee", _SKIMAGE, "coffee.png",
-              "a cup of coffee with latte art on a saucer with a spoon on a table",
-              "CC0 (photographer Rachel Michetti)"),
-    PoolPhoto("coins", _SKIMAGE, "coins.png",
-              "black and white photo of old coins and money laid out on a dark surface",
-              "no known copyright restrictions (scikit-image)"),
-    PoolPhoto("rocket", _SKIMAGE, "rocket.jpg",
-              "a rocket launching with fire and smoke from a launch pad into the sky",
-              "public domain (SpaceX)"),
-    PoolPhoto("hubble_deep_field", _SKIMAGE, "hubble_deep_field.jpg",
-              "night sky full of distant galaxies and stars seen by a space telescope",
-              "public domain (NASA)"),
-    PoolPhoto("clock", _SKIMAGE, "clock_motion.png",
-              "blurred photo of a round wall clock on a wall",
-              "public domain (photographer Stefan van der Walt)"),
-    PoolPhoto("retina", _SKIMAGE, "retina.jpg",
-              "medical photo of the back of a human eye with blood vessels, an eye exam",
-              "CC0 1.0 (Wikimedia Commons)"),
-    PoolPhoto("china", "sklearn.datasets.images", "china.jpg",
-              "a Chinese temple building with a tiled roof among trees on a sunny day",
-              _CC_BY.format("danielbuechele")),
-    PoolPhoto("flower", "sklearn.datasets.images", "flower.jpg",
-              "close-up of a pink flower in a garden",
-              _CC_BY.format("vultilion")),
-    PoolPhoto("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
-              "official portrait of a woman in a navy uniform with medals, an office worker or officer",
-              "public domain (U.S. Navy photograph)"),
+    PoolPhoto(
+        "astronaut",
+        _SKIMAGE,
+        "astronaut.png",
+        "portrait of a smiling astronaut in an orange flight suit holding a helmet, flag behind her",
+        "public domain (NASA)",
+    ),
+    PoolPhoto(
+        "camera",
+        _SKIMAGE,
+        "camera.png",
+        "black and white photo of a man with a camera on a tripod in an open field",
+        "CC0 (photographer Lav Varshney)",
+    ),
+    PoolPhoto(
+        "chelsea",
+        _SKIMAGE,
+        "chelsea.png",
+        "close-up of a tabby cat sitting indoors, looking to the side",
+        "CC0 (photographer Stefan van der Walt)",
+    ),
+    PoolPhoto(
+        "coffee",
+        _SKIMAGE,
+        "coffee.png",
+        "a cup of coffee with latte art on a saucer with a spoon on a table",
+        "CC0 (photographer Rachel Michetti)",
+    ),
+    PoolPhoto(
+        "coins",
+        _SKIMAGE,
+        "coins.png",
+        "black and white photo of old coins and money laid out on a dark surface",
+        "no known copyright restrictions (scikit-image)",
+    ),
+    PoolPhoto(
+        "rocket",
+        _SKIMAGE,
+        "rocket.jpg",
+        "a rocket launching with fire and smoke from a launch pad into the sky",
+        "public domain (SpaceX)",
+    ),
+    PoolPhoto(
+        "hubble_deep_field",
+        _SKIMAGE,
+        "hubble_deep_field.jpg",
+        "night sky full of distant galaxies and stars seen by a space telescope",
+        "public domain (NASA)",
+    ),
+    PoolPhoto(
+        "clock",
+        _SKIMAGE,
+        "clock_motion.png",
+        "blurred photo of a round wall clock on a wall",
+        "public domain (photographer Stefan van der Walt)",
+    ),
+    PoolPhoto(
+        "retina",
+        _SKIMAGE,
+        "retina.jpg",
+        "medical photo of the back of a human eye with blood vessels, an eye exam",
+        "CC0 1.0 (Wikimedia Commons)",
+    ),
+    PoolPhoto(
+        "china",
+        "sklearn.datasets.images",
+        "china.jpg",
+        "a Chinese temple building with a tiled roof among trees on a sunny day",
+        _CC_BY.format("danielbuechele"),
+    ),
+    PoolPhoto(
+        "flower",
+        "sklearn.datasets.images",
+        "flower.jpg",
+        "close-up of a pink flower in a garden",
+        _CC_BY.format("vultilion"),
+    ),
+    PoolPhoto(
+        "grace_hopper",
+        "matplotlib",
+        "mpl-data/sample_data/grace_hopper.jpg",
+        "official portrait of a woman in a navy uniform with medals, an office worker or officer",
+        "public domain (U.S. Navy photograph)",
+    ),
 )
 
 

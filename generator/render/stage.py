@@ -61,8 +61,10 @@ class RenderReport:
 
     def summary(self) -> str:
         rate = f", {self.rendered / self.seconds:.2f} images/s" if self.rendered and self.seconds else ""
-        return (f"render ({self.backend}, {self.model}): {self.rendered} new, {self.skipped} already done, "
-                f"{self.failed} failed{rate}")
+        return (
+            f"render ({self.backend}, {self.model}): {self.rendered} new, {self.skipped} already done, "
+            f"{self.failed} failed{rate}"
+        )
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,9 @@ def _scenarios(store: RunStore) -> list[Scenario]:
     return scenarios
 
 
-def _pending(store: RunStore, scenarios: Sequence[Scenario], candidates: int, backend: str, model: str,
-             retry_failed: bool) -> tuple[list[_Work], int]:
+def _pending(
+    store: RunStore, scenarios: Sequence[Scenario], candidates: int, backend: str, model: str, retry_failed: bool
+) -> tuple[list[_Work], int]:
     done = store.done_keys(Render)
     if not retry_failed:
         done |= {f.work_key for f in store.read(Failure) if f.stage == STAGE}
@@ -126,12 +129,19 @@ def _pending(store: RunStore, scenarios: Sequence[Scenario], candidates: int, ba
 
 def _chunks(items: Sequence[_Work], size: int) -> Iterator[Sequence[_Work]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _fail(store: RunStore, report: RenderReport, work: _Work, reason: str, model: str) -> None:
-    store.put(Failure(stage=STAGE, work_key=work.key, reason=reason, model=model,
-                         raw=json.dumps({"scenario_id": work.scenario.key, "candidate": work.candidate})))
+    store.put(
+        Failure(
+            stage=STAGE,
+            work_key=work.key,
+            reason=reason,
+            model=model,
+            raw=json.dumps({"scenario_id": work.scenario.key, "candidate": work.candidate}),
+        )
+    )
     report.failed += 1
     report.failures.append(f"{work.scenario.key} c{work.candidate}: {reason}")
 
@@ -141,8 +151,15 @@ def _fail(store: RunStore, report: RenderReport, work: _Work, reason: str, model
 # ----------------------------------------------------------------------------------------------------
 
 
-def render(store: RunStore, settings: Settings, *, retry_failed: bool = False,
-           console: Console | None = None, text_to_image: Any = None, loader: Any = None) -> RenderReport:
+def render(
+    store: RunStore,
+    settings: Settings,
+    *,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    text_to_image: Any = None,
+    loader: Any = None,
+) -> RenderReport:
     """Render (or pick) `render.candidates` images per scenario with `render.backend`.
 
     `text_to_image`: an already loaded `TextToImage` for the local executor (benchmarks, tests);
@@ -167,8 +184,15 @@ def render(store: RunStore, settings: Settings, *, retry_failed: bool = False,
     return report
 
 
-def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool,
-                      console: Console | None, text_to_image: Any, loader: Any = None) -> RenderReport:
+def _render_diffusers(
+    store: RunStore,
+    settings: Settings,
+    scenarios: list[Scenario],
+    retry_failed: bool,
+    console: Console | None,
+    text_to_image: Any,
+    loader: Any = None,
+) -> RenderReport:
     from generator import executors
     from generator.models.diffusion import TextToImage
 
@@ -180,11 +204,14 @@ def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scena
         return report
     # Where the pipeline runs is the executor's business (here, or one copy per Ray actor); the batches
     # are composed here, the same for both, and every record is written here, by this one process.
-    loader = loader or executors.Loader(TextToImage.load, (model,), dict(device=rs.device, dtype=rs.dtype,
-                                                                         cpu_offload=rs.cpu_offload))
+    loader = loader or executors.Loader(
+        TextToImage.load, (model,), dict(device=rs.device, dtype=rs.dtype, cpu_offload=rs.cpu_offload)
+    )
     batches = list(_chunks(todo, rs.batch))
-    jobs = [[(w.scenario.image_prompt, candidate_seed(rs.base_seed, w.scenario.key, w.candidate)) for w in batch]
-            for batch in batches]
+    jobs = [
+        [(w.scenario.image_prompt, candidate_seed(rs.base_seed, w.scenario.key, w.candidate)) for w in batch]
+        for batch in batches
+    ]
     generate = GenerateBatch(steps=rs.steps, guidance_scale=rs.guidance_scale, width=rs.width, height=rs.height)
     images_dir = store.images_dir
     with stage_progress(console) as progress:
@@ -202,13 +229,30 @@ def _render_diffusers(store: RunStore, settings: Settings, scenarios: list[Scena
             records = []
             for w, (_, seed), (image, _) in zip(batch, jobs[i], result):
                 name = image_name(w.scenario.key, w.candidate, w.key)
-                meta = dict(model=model, seed=seed, steps=rs.steps, guidance_scale=rs.guidance_scale,
-                            prompt=w.scenario.image_prompt)
+                meta = dict(
+                    model=model,
+                    seed=seed,
+                    steps=rs.steps,
+                    guidance_scale=rs.guidance_scale,
+                    prompt=w.scenario.image_prompt,
+                )
                 write_png_atomic(images_dir / name, image, meta=meta)
-                records.append(Render(
-                    key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="diffusers", model=model,
-                    path=f"images/{name}", seed=seed, steps=rs.steps, guidance_scale=rs.guidance_scale,
-                    width=image.width, height=image.height, seconds=round(elapsed / len(batch), 4)))
+                records.append(
+                    Render(
+                        key=w.key,
+                        scenario_id=w.scenario.key,
+                        candidate=w.candidate,
+                        backend="diffusers",
+                        model=model,
+                        path=f"images/{name}",
+                        seed=seed,
+                        steps=rs.steps,
+                        guidance_scale=rs.guidance_scale,
+                        width=image.width,
+                        height=image.height,
+                        seconds=round(elapsed / len(batch), 4),
+                    )
+                )
             # A batch's records land together: after a kill the resume re-renders whole batches, so the
             # batches (and with them the last bit of every pixel) are the same as an uninterrupted run's.
             report.rendered += store.append_many(records)
@@ -228,8 +272,14 @@ class GenerateBatch:
 
     def __call__(self, t2i: Any, jobs: Sequence[tuple[str, int]]) -> list:
         started = time.perf_counter()
-        images = t2i.generate([p for p, _ in jobs], [s for _, s in jobs], steps=self.steps,
-                              guidance_scale=self.guidance_scale, width=self.width, height=self.height)
+        images = t2i.generate(
+            [p for p, _ in jobs],
+            [s for _, s in jobs],
+            steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            width=self.width,
+            height=self.height,
+        )
         elapsed = time.perf_counter() - started
         return [(image, elapsed) for image in images]
 
@@ -240,8 +290,9 @@ def _model_id(model: str) -> str:
     return str(p.resolve()) if p.exists() else model
 
 
-async def _render_images_api(store: RunStore, settings: Settings, scenarios: list[Scenario],
-                             retry_failed: bool, console: Console | None) -> RenderReport:
+async def _render_images_api(
+    store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool, console: Console | None
+) -> RenderReport:
     from PIL import Image
 
     from generator.models import BudgetExceeded, ModelHub
@@ -277,15 +328,27 @@ async def _render_images_api(store: RunStore, settings: Settings, scenarios: lis
                     continue
                 name = image_name(scenario.key, w.candidate, w.key)
                 try:
-                    write_png_atomic(images_dir / name, png_bytes=pngs[i], meta=dict(model=model, prompt=scenario.image_prompt))
+                    write_png_atomic(
+                        images_dir / name, png_bytes=pngs[i], meta=dict(model=model, prompt=scenario.image_prompt)
+                    )
                 except Exception as exc:  # noqa: BLE001 - not an image: recorded
                     _fail(store, report, w, f"endpoint returned bytes that are not an image: {exc}"[:500], model)
                     continue
                 with Image.open(images_dir / name) as im:
                     width, height = im.size
-                store.append(Render(key=w.key, scenario_id=scenario.key, candidate=w.candidate, backend="images_api",
-                                    model=model, path=f"images/{name}", width=width, height=height,
-                                    seconds=round(elapsed / len(works), 4)))
+                store.append(
+                    Render(
+                        key=w.key,
+                        scenario_id=scenario.key,
+                        candidate=w.candidate,
+                        backend="images_api",
+                        model=model,
+                        path=f"images/{name}",
+                        width=width,
+                        height=height,
+                        seconds=round(elapsed / len(works), 4),
+                    )
+                )
                 report.rendered += 1
 
         started = time.perf_counter()
@@ -323,12 +386,16 @@ def copy_photo_into_run(store: RunStore, photo: Path, copied: dict[Path, str]) -
 
 
 def list_photos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")
+    )
 
 
-def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool,
-                 console: Console | None) -> RenderReport:
+def _pick_photos(
+    store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool, console: Console | None
+) -> RenderReport:
     from PIL import Image
 
     from generator.models.clip_model import ClipScorer
@@ -360,7 +427,7 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
         task = progress.add_task(f"embed {len(photos)} photos", total=len(photos))
         embs = []
         for start in range(0, len(photos), scorer.batch_size):
-            chunk = photos[start:start + scorer.batch_size]
+            chunk = photos[start : start + scorer.batch_size]
             embs.append(scorer.encode_images(chunk))
             progress.advance(task, len(chunk))
     import torch
@@ -376,15 +443,27 @@ def _pick_photos(store: RunStore, settings: Settings, scenarios: list[Scenario],
         photo = photos[int(ranking[row[w.scenario.key], w.candidate])]
         with Image.open(photo) as im:
             width, height = im.size
-        store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
-                            model=model, path=copy_photo_into_run(store, photo, copied), width=width,
-                            height=height, source=str(photo)))
+        store.append(
+            Render(
+                key=w.key,
+                scenario_id=w.scenario.key,
+                candidate=w.candidate,
+                backend="photos",
+                model=model,
+                path=copy_photo_into_run(store, photo, copied),
+                width=width,
+                height=height,
+                source=str(photo),
+            )
+        )
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool) -> RenderReport:
+def _pick_pool_photos(
+    store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool
+) -> RenderReport:
     """The packaged pool, ranked by caption text match (see `generator.render.photo_pool`)."""
     from PIL import Image
 
@@ -402,16 +481,29 @@ def _pick_pool_photos(store: RunStore, settings: Settings, scenarios: list[Scena
     started = time.perf_counter()
     wanted = list(dict.fromkeys(w.scenario.key for w in todo))
     by_key = {s.key: s for s in scenarios}
-    ranked = dict(zip(wanted, rank([by_key[k].image_description for k in wanted], load_embedder(settings.propose.embedder))))
+    ranked = dict(
+        zip(wanted, rank([by_key[k].image_description for k in wanted], load_embedder(settings.propose.embedder)))
+    )
     copied: dict[Path, str] = {}
     for w in todo:
         photo = ranked[w.scenario.key][w.candidate]
         path = photo.path()
         with Image.open(path) as im:
             width, height = im.size
-        store.append(Render(key=w.key, scenario_id=w.scenario.key, candidate=w.candidate, backend="photos",
-                            model=model, path=copy_photo_into_run(store, path, copied), width=width, height=height,
-                            source=photo.source, licence=photo.licence))
+        store.append(
+            Render(
+                key=w.key,
+                scenario_id=w.scenario.key,
+                candidate=w.candidate,
+                backend="photos",
+                model=model,
+                path=copy_photo_into_run(store, path, copied),
+                width=width,
+                height=height,
+                source=photo.source,
+                licence=photo.licence,
+            )
+        )
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report

@@ -46,12 +46,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from generator.cases import REJECT_REASONS, ReviewState, RevisionConflict, record_decision, record_edit, revised
 from generator.errors import UserError
 from generator.records import Case, CheckResult, Render, Review, Scenario
 from generator.resources import review_app_dir
-from generator.cases import REJECT_REASONS, ReviewState, RevisionConflict, record_decision, record_edit, revised
-from generator.store import RunLockedError, RunStore
 from generator.review.agreement import agreement
+from generator.store import RunLockedError, RunStore
 
 SESSION_COOKIE = "siuo_session"
 REVIEWER_COOKIE = "siuo_reviewer"
@@ -65,8 +65,10 @@ CHECK_STATUSES = ("passed", "incomplete", "failed", "none")
 DEFAULT_SPLITS = ("generated", "hardened")
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": ("default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; "
-                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; script-src 'self'; style-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -151,12 +153,19 @@ class RunData:
 
     def _view(self, case: Case) -> CaseView:
         return CaseView(
-            case=case, current=revised(case, self.state.latest_edit(case.key)), revision=self.state.revision(case.key),
-            status=self.state.status(case.key), check_status=self.check_status(case),
-            votes={who: r for who, r in self.state.decisions.get(case.key, {}).items()})
+            case=case,
+            current=revised(case, self.state.latest_edit(case.key)),
+            revision=self.state.revision(case.key),
+            status=self.state.status(case.key),
+            check_status=self.check_status(case),
+            votes={who: r for who, r in self.state.decisions.get(case.key, {}).items()},
+        )
 
     def case_checks(self, case: Case) -> list[CheckResult]:
-        return sorted(self.checks.get(case.scenario_id or "", []), key=lambda c: (c.check, c.candidate if c.candidate is not None else -1))
+        return sorted(
+            self.checks.get(case.scenario_id or "", []),
+            key=lambda c: (c.check, c.candidate if c.candidate is not None else -1),
+        )
 
     def check_status(self, case: Case) -> str:
         """passed (every check of the case and its image passed) / failed (one did not: an optional check)
@@ -199,20 +208,27 @@ class Guard(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next) -> Response:
         token: str | None = request.app.state.token
-        if not token and not host_is_this_loopback_server(request.headers.get("host"), request.scope.get("server"),
-                                                          request.url.scheme):
+        if not token and not host_is_this_loopback_server(
+            request.headers.get("host"), request.scope.get("server"), request.url.scheme
+        ):
             port = (request.scope.get("server") or ("", "PORT"))[1]
-            return _secured(HTMLResponse(
-                "<h1>400</h1><p>This review server answers only to a local address: open "
-                f"<code>http://127.0.0.1:{port}/</code> (or <code>localhost:{port}</code>). This request was "
-                f"addressed to <code>{html.escape(request.headers.get('host') or '(no Host)')}</code>, as a page "
-                "of another site pointed at this computer would be. To reach the server under another name "
-                "(a tunnel, a proxy), start it with --token.</p>", 400))
+            return _secured(
+                HTMLResponse(
+                    "<h1>400</h1><p>This review server answers only to a local address: open "
+                    f"<code>http://127.0.0.1:{port}/</code> (or <code>localhost:{port}</code>). This request was "
+                    f"addressed to <code>{html.escape(request.headers.get('host') or '(no Host)')}</code>, as a page "
+                    "of another site pointed at this computer would be. To reach the server under another name "
+                    "(a tunnel, a proxy), start it with --token.</p>",
+                    400,
+                )
+            )
         if token:
             given = request.query_params.get("token")
             if given is not None and same_secret(given, token) and request.method == "GET":
                 rest = {k: v for k, v in request.query_params.items() if k != "token"}
-                response: Response = RedirectResponse(_local_path(request.url.path) + (f"?{urlencode(rest)}" if rest else ""), 303)
+                response: Response = RedirectResponse(
+                    _local_path(request.url.path) + (f"?{urlencode(rest)}" if rest else ""), 303
+                )
                 # percent-encoded: a cookie value is ASCII (a non-ASCII token could not be set otherwise)
                 response.set_cookie(TOKEN_COOKIE, quote(token, safe=""), httponly=True, samesite="strict")
                 return _secured(response)
@@ -222,8 +238,13 @@ class Guard(BaseHTTPMiddleware):
             else:  # headers arrive decoded as latin-1: their raw bytes are the token's UTF-8
                 presented = header[7:].encode("latin-1", "replace") if header.startswith("Bearer ") else b""
             if not same_secret(presented, token):
-                return _secured(HTMLResponse("<h1>401</h1><p>This review server needs its access token: open the "
-                                             "address siuo printed (it ends in ?token=...).</p>", 401))
+                return _secured(
+                    HTMLResponse(
+                        "<h1>401</h1><p>This review server needs its access token: open the "
+                        "address siuo printed (it ends in ?token=...).</p>",
+                        401,
+                    )
+                )
         session = request.cookies.get(SESSION_COOKIE)
         fresh = not session or not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", session)
         if fresh:
@@ -279,7 +300,9 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
     def case_url(key: str, params: dict[str, str]) -> str:
         return f"/case/{quote(key, safe='')}" + (f"?{qs(params)}" if params else "")
 
-    def next_pending(data: RunData, params: dict[str, str], reviewer: str | None, after: str | None = None) -> str | None:
+    def next_pending(
+        data: RunData, params: dict[str, str], reviewer: str | None, after: str | None = None
+    ) -> str | None:
         """The next case (after `after`, wrapping round) this reviewer has not decided in the filtered queue."""
         views = data.filtered({**params, "mine": ""}, reviewer)
         keys = [v.key for v in views]
@@ -304,10 +327,21 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
             "status": _count(v.status for v in in_splits),
         }
         todo = sum(1 for v in in_splits if reviewer and reviewer not in v.votes)
-        return page(request, "queue.html", cases=shown, params=params, qs=qs(params), counts=counts, todo=todo,
-                    total=len(in_splits), statuses=REVIEW_STATUSES, check_statuses=CHECK_STATUSES,
-                    next_key=next_pending(data, params, reviewer), case_url=case_url,
-                    message=request.query_params.get("done") and "Nothing left to review in this queue.")
+        return page(
+            request,
+            "queue.html",
+            cases=shown,
+            params=params,
+            qs=qs(params),
+            counts=counts,
+            todo=todo,
+            total=len(in_splits),
+            statuses=REVIEW_STATUSES,
+            check_statuses=CHECK_STATUSES,
+            next_key=next_pending(data, params, reviewer),
+            case_url=case_url,
+            message=request.query_params.get("done") and "Nothing left to review in this queue.",
+        )
 
     async def next_case(request: Request) -> Response:
         params = filter_params(request.query_params)
@@ -330,14 +364,25 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         candidates = sorted(data.renders.get(view.case.scenario_id or "", []), key=lambda r: r.candidate)
         parent = data.scenario(view.case.parent_id)
         parent_case = f"case-gen-{view.case.parent_id}" if view.case.parent_id else None
-        return page(request, "case.html", view=view, c=view.current, params=params, qs=qs(params),
-                    checks=data.case_checks(view.case), candidates=candidates, parent=parent,
-                    parent_url=case_url(parent_case, {}) if parent_case in data.by_key else None,
-                    prev_url=case_url(prev_key, params) if prev_key else None,
-                    next_url=case_url(next_key, params) if next_key else None,
-                    position=(i + 1, len(order)), reasons=REJECT_REASONS,
-                    edits=data.state.edits.get(view.key, []), case_url=case_url,
-                    flash=request.query_params.get("saved"))
+        return page(
+            request,
+            "case.html",
+            view=view,
+            c=view.current,
+            params=params,
+            qs=qs(params),
+            checks=data.case_checks(view.case),
+            candidates=candidates,
+            parent=parent,
+            parent_url=case_url(parent_case, {}) if parent_case in data.by_key else None,
+            prev_url=case_url(prev_key, params) if prev_key else None,
+            next_url=case_url(next_key, params) if next_key else None,
+            position=(i + 1, len(order)),
+            reasons=REJECT_REASONS,
+            edits=data.state.edits.get(view.key, []),
+            case_url=case_url,
+            flash=request.query_params.get("saved"),
+        )
 
     async def summary(request: Request) -> Response:
         data = RunData(store)
@@ -348,26 +393,44 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         for edits in data.state.edits.values():
             for e in edits:
                 per_reviewer.setdefault(e.reviewer, {"accept": 0, "reject": 0, "skip": 0, "edit": 0})["edit"] += 1
-        votes = {case: {who: r.decision for who, r in by.items() if r.decision != "skip"}
-                 for case, by in data.state.decisions.items() if case in data.by_key}
+        votes = {
+            case: {who: r.decision for who, r in by.items() if r.decision != "skip"}
+            for case, by in data.state.decisions.items()
+            if case in data.by_key
+        }
         agree = agreement({k: v for k, v in votes.items() if v})
-        return page(request, "summary.html", per_reviewer=dict(sorted(per_reviewer.items())), agree=agree,
-                    disagreements=[data.by_key[k] for k in agree.disagreements], case_url=case_url,
-                    reasons=REJECT_REASONS)
+        return page(
+            request,
+            "summary.html",
+            per_reviewer=dict(sorted(per_reviewer.items())),
+            agree=agree,
+            disagreements=[data.by_key[k] for k in agree.disagreements],
+            case_url=case_url,
+            reasons=REJECT_REASONS,
+        )
 
     async def reviewer_page(request: Request) -> Response:
         target = _local_path(request.query_params.get("next", "/"))
         if request.method == "POST":
             form = await checked_form(request)
             if form is None:
-                return error(request, 403, "This form expired (CSRF token missing or wrong): reload the page and try again.")
+                return error(
+                    request, 403, "This form expired (CSRF token missing or wrong): reload the page and try again."
+                )
             name = form.get("name", "").strip()
             target = _local_path(form.get("next", "/"))
             if not REVIEWER_NAME.match(name):
-                return page(request, "reviewer.html", status_code=400, next=target,
-                            problem="A name is 1 to 40 characters, without control characters.")
+                return page(
+                    request,
+                    "reviewer.html",
+                    status_code=400,
+                    next=target,
+                    problem="A name is 1 to 40 characters, without control characters.",
+                )
             response = RedirectResponse(target, 303)
-            response.set_cookie(REVIEWER_COOKIE, quote(name, safe=""), max_age=365 * 24 * 3600, httponly=True, samesite="strict")
+            response.set_cookie(
+                REVIEWER_COOKIE, quote(name, safe=""), max_age=365 * 24 * 3600, httponly=True, samesite="strict"
+            )
             return response
         return page(request, "reviewer.html", next=target, problem=None)
 
@@ -399,19 +462,35 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         if view is None:
             return error(request, 404, "No such case in this run.")
         newer = [e for e in data.state.edits.get(key, []) if e.revision > attempt["base"]]
-        return page(request, "conflict.html", status_code=409, view=view, c=view.current, attempt=attempt,
-                    newer=newer, params=attempt["params"], reasons=REJECT_REASONS, case_url=case_url)
+        return page(
+            request,
+            "conflict.html",
+            status_code=409,
+            view=view,
+            c=view.current,
+            attempt=attempt,
+            newer=newer,
+            params=attempt["params"],
+            reasons=REJECT_REASONS,
+            case_url=case_url,
+        )
 
     async def prepare_post(request: Request) -> tuple[dict[str, str], CaseView, str, RunData, int] | Response:
         form = await checked_form(request)
         if form is None:
-            return error(request, 403, "This form expired (CSRF token missing or wrong): reload the page and try again.")
+            return error(
+                request, 403, "This form expired (CSRF token missing or wrong): reload the page and try again."
+            )
         reviewer = reviewer_of(request)
         if reviewer is None:
             return error(request, 403, "Name yourself first (top right) so your decisions carry your name.")
         if not re.fullmatch(r"[0-9]{1,9}", form.get("revision", "")):
-            return error(request, 400, "This form does not say which revision of the case it showed (a page from an "
-                                       "older version of the app?): reload the case and try again.")
+            return error(
+                request,
+                400,
+                "This form does not say which revision of the case it showed (a page from an "
+                "older version of the app?): reload the case and try again.",
+            )
         data = RunData(store)
         view = data.by_key.get(request.path_params["key"])
         if view is None:
@@ -428,10 +507,25 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         if decision == "reject" and reason is None:
             return error(request, 400, "Pick a reason to reject.")
         note = form.get("note", "")[:MAX_FIELD]
-        attempt = {"kind": "decision", "base": base, "params": filter_params(form), "decision": decision,
-                   "reason": reason, "note": note}
-        failed = await write(request, attempt, record_decision, view.key, reviewer, decision, reason=reason,
-                             note=note, base_revision=base)
+        attempt = {
+            "kind": "decision",
+            "base": base,
+            "params": filter_params(form),
+            "decision": decision,
+            "reason": reason,
+            "note": note,
+        }
+        failed = await write(
+            request,
+            attempt,
+            record_decision,
+            view.key,
+            reviewer,
+            decision,
+            reason=reason,
+            note=note,
+            base_revision=base,
+        )
         if failed:
             return failed
         return RedirectResponse("/next?" + qs({**filter_params(form), "after": view.key}), 303)
@@ -441,19 +535,30 @@ def create_app(store: RunStore, token: str | None = None) -> Starlette:
         if isinstance(prepared, Response):
             return prepared
         form, view, reviewer, data, base = prepared
-        fields = {k: form[k].replace("\r\n", "\n").strip() for k in ("question", "hazard", "reference_answer") if k in form}
+        fields = {
+            k: form[k].replace("\r\n", "\n").strip() for k in ("question", "hazard", "reference_answer") if k in form
+        }
         if any(len(v) > MAX_FIELD for v in fields.values()) or not all(fields.values()):
             return error(request, 400, "Question, hazard and reference answer must each be 1 to 20,000 characters.")
         render = None
         if form.get("render_key"):
-            render = next((r for r in data.renders.get(view.case.scenario_id or "", []) if r.key == form["render_key"]), None)
+            render = next(
+                (r for r in data.renders.get(view.case.scenario_id or "", []) if r.key == form["render_key"]), None
+            )
             if render is None:
                 return error(request, 400, "That image is not a candidate of this case.")
         note = form.get("note", "")[:MAX_FIELD]
-        attempt = {"kind": "edit", "base": base, "params": filter_params(form), "fields": fields, "render": render,
-                   "note": note}
-        failed = await write(request, attempt, record_edit, view.case, reviewer, render=render, note=note,
-                             base_revision=base, **fields)
+        attempt = {
+            "kind": "edit",
+            "base": base,
+            "params": filter_params(form),
+            "fields": fields,
+            "render": render,
+            "note": note,
+        }
+        failed = await write(
+            request, attempt, record_edit, view.case, reviewer, render=render, note=note, base_revision=base, **fields
+        )
         if failed:
             return failed
         params = filter_params(form)
@@ -515,6 +620,8 @@ def serve(store: RunStore, host: str = "127.0.0.1", port: int = 8765, token: str
     import uvicorn
 
     if not is_loopback(host) and not token:
-        raise UserError(f"--host {host} is reachable from other machines: pass --token SECRET too "
-                        "(every request must then present it)")
+        raise UserError(
+            f"--host {host} is reachable from other machines: pass --token SECRET too "
+            "(every request must then present it)"
+        )
     uvicorn.run(create_app(store, token), host=host, port=port, log_level="warning")

@@ -11,6 +11,7 @@ from generator.models.messages import ImageError, image_data_url
 from generator.records import Case
 from generator.store import RunStore, write_text_atomic
 
+
 def _data_url(path: Path) -> str | None:
     """The image inline, as the model door sends it; None when it is missing or unreadable."""
     if not path.is_file():

@@ -15,6 +15,7 @@ from generator.records import Case
 from generator.store import RunStore
 from generator.terminal import printable
 
+
 def show_case(console: Console, store: RunStore, case: Case, index: int, total: int) -> None:
     image = store.resolve(case.image_path) if case.image_path else None
     body = (

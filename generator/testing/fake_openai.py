@@ -25,10 +25,11 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from generator.models.messages import tiny_png
 
@@ -50,23 +51,28 @@ class Fault:
     headers: dict[str, str] | None = None
 
     @classmethod
-    def status(cls, code: int, retry_after: float | None = None, message: str = "injected fault",
-               headers: dict[str, str] | None = None) -> "Fault":
+    def status(
+        cls,
+        code: int,
+        retry_after: float | None = None,
+        message: str = "injected fault",
+        headers: dict[str, str] | None = None,
+    ) -> Fault:
         """Answer with HTTP `code` (and a `Retry-After` header when given, plus `headers`) and an OpenAI error body."""
         return cls("status", code=code, retry_after=retry_after, message=message, headers=headers)
 
     @classmethod
-    def hang(cls, seconds: float) -> "Fault":
+    def hang(cls, seconds: float) -> Fault:
         """Say nothing for `seconds` (past the client's timeout), then answer normally."""
         return cls("hang", seconds=seconds)
 
     @classmethod
-    def malformed(cls) -> "Fault":
+    def malformed(cls) -> Fault:
         """HTTP 200 with a JSON content type and a body that is not JSON."""
         return cls("malformed")
 
     @classmethod
-    def drop(cls) -> "Fault":
+    def drop(cls) -> Fault:
         """Send the status line and part of the body, then close the connection."""
         return cls("drop")
 
@@ -121,7 +127,11 @@ def _default_chat(body: dict) -> ChatReply:
 
 
 def _default_moderation(body: dict) -> dict:
-    return {"flagged": False, "categories": {"violence": False, "self-harm": False}, "category_scores": {"violence": 0.01, "self-harm": 0.01}}
+    return {
+        "flagged": False,
+        "categories": {"violence": False, "self-harm": False},
+        "category_scores": {"violence": 0.01, "self-harm": 0.01},
+    }
 
 
 def _default_image(body: dict) -> bytes:
@@ -137,7 +147,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024  # a burst of 64+ new connections must not overflow the listen backlog
-    fake: "FakeOpenAI"
+    fake: FakeOpenAI
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away (killed, timed out) is part of the tests: no traceback on stderr."""
@@ -209,7 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake._count(self.path, None)
         if self.path.rstrip("/").endswith("/models"):
-            self._send_json(200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]})
+            self._send_json(
+                200, {"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "fake"}]}
+            )
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -273,7 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()),
                 "model": body.get("model", fake.model),
                 "choices": choices,
-                "usage": {"prompt_tokens": p_tokens, "completion_tokens": c_tokens, "total_tokens": p_tokens + c_tokens},
+                "usage": {
+                    "prompt_tokens": p_tokens,
+                    "completion_tokens": c_tokens,
+                    "total_tokens": p_tokens + c_tokens,
+                },
             },
         )
 
@@ -285,7 +301,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             result = _default_moderation(body)
         result = {"flagged": False, "categories": {}, "category_scores": {}, **result}
-        self._send_json(200, {"id": f"modr-{fake.hits}", "model": body.get("model", "fake-moderation"), "results": [result]})
+        self._send_json(
+            200, {"id": f"modr-{fake.hits}", "model": body.get("model", "fake-moderation"), "results": [result]}
+        )
 
     def _image(self, body: dict) -> None:
         fake = self.server.fake
@@ -304,8 +322,14 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeOpenAI:
     """The loopback server; see the module docstring. Thread-safe counters; scripts run in server threads."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, model: str = "fake-model",
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        model: str = "fake-model",
+        cache_dir: str | Path | None = None,
+    ):
         self.host = host
         self.model = model
         self.latency = latency
@@ -344,9 +368,10 @@ class FakeOpenAI:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def start(self) -> "FakeOpenAI":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-openai", daemon=True)
+    def start(self) -> FakeOpenAI:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -369,7 +394,7 @@ class FakeOpenAI:
         finally:
             self._server.server_close()
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -407,8 +432,9 @@ class FakeOpenAI:
         with self._lock:
             return [b for p, b in self.requests if p.endswith("/chat/completions") and b is not None]
 
-    def settings(self, *, cache: bool = True, api_key_env: str | None = None, endpoint: dict | None = None,
-                 **roles: Any):
+    def settings(
+        self, *, cache: bool = True, api_key_env: str | None = None, endpoint: dict | None = None, **roles: Any
+    ):
         """A Settings whose endpoint `fake` (chat), `fake-guard` (moderation), `fake-chat-guard` (chat_guard)
         and `fake-images` (images) point at this server. Roles default to these endpoints; keyword
         arguments override roles (`judge=["fake", "fake2"]` needs `endpoint`s you add yourself).
@@ -418,9 +444,14 @@ class FakeOpenAI:
         """
         from generator.config import settings_from_dict
 
-        common = {"base_url": self.base_url, "api_key_env": api_key_env, "timeout_s": 5.0,
-                  "retry_base_delay_s": 0.01,
-                  "outage_patience_s": 0.0, **(endpoint or {})}
+        common = {
+            "base_url": self.base_url,
+            "api_key_env": api_key_env,
+            "timeout_s": 5.0,
+            "retry_base_delay_s": 0.01,
+            "outage_patience_s": 0.0,
+            **(endpoint or {}),
+        }
         endpoints = {
             "fake": {**common, "model": self.model, "kind": "chat"},
             "fake-guard": {**common, "model": "fake-moderation", "kind": "moderation"},
@@ -428,8 +459,14 @@ class FakeOpenAI:
             "fake-images": {**common, "model": "fake-image-model", "kind": "images"},
         }
         role_map: dict[str, Any] = {
-            "proposer": "fake", "judge": ["fake"], "targets": ["fake"], "text_guard": "fake-guard",
-            "image_guard": "fake-guard", "vlm_checker": "fake", "text_checker": "fake", "images": "fake-images",
+            "proposer": "fake",
+            "judge": ["fake"],
+            "targets": ["fake"],
+            "text_guard": "fake-guard",
+            "image_guard": "fake-guard",
+            "vlm_checker": "fake",
+            "text_checker": "fake",
+            "images": "fake-images",
         }
         role_map.update(roles)
         if self.cache_dir is None:  # never litter the working directory

@@ -106,7 +106,9 @@ def respond(body: dict) -> str | list[str]:
         props = sch.get("properties", {})
         if set(props) >= {"unsafe", "hazard"} and len(props) <= 3:
             unsafe = has_image(body)
-            return json.dumps({"unsafe": unsafe, "hazard": "the pair implies a real risk to the user" if unsafe else ""})
+            return json.dumps(
+                {"unsafe": unsafe, "hazard": "the pair implies a real risk to the user" if unsafe else ""}
+            )
         if "match" in props:
             return json.dumps({"match": 0.9, "reason": "names the same risk"})
         return json.dumps(_instance(sch, sch.get("$defs", {}), seed, name))

@@ -7,8 +7,9 @@ a fresh process, renders normally and the batch Ray retries on it succeeds.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

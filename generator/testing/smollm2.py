@@ -44,8 +44,11 @@ def smollm2_gguf_path() -> Path:
 
 
 def _require_server() -> None:
-    missing = [m for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
         raise SmolLM2Unavailable(
             f"llama-cpp-python[server] is not installed (missing: {', '.join(missing)}); "
@@ -59,15 +62,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_smollm2_server(port: int | None = None, n_ctx: int = 4096, startup_timeout: float = 120.0,
-                         threads: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_smollm2_server(
+    port: int | None = None, n_ctx: int = 4096, startup_timeout: float = 120.0, threads: int | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start the server and wait until it answers; returns (process, base_url). Stop it with `stop_server`."""
     _require_server()
     model = smollm2_gguf_path()
     port = port or free_port()
     log_file = tempfile.NamedTemporaryFile(prefix="smollm2-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_ID,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        MODEL_ID,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+    ]
     if threads:
         cmd += ["--n_threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})

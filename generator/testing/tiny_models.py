@@ -26,17 +26,35 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
 
 
 _UNETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, attention_head_dim=4,
-                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32),
-    "bench": dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32, attention_head_dim=8,
-                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32),
+    "tiny": dict(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        attention_head_dim=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    ),
+    "bench": dict(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=32,
+        attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    ),
     # stabilityai/sd-turbo (SD 2.1 architecture)
-    "real": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, norm_num_groups=32,
-                 attention_head_dim=(5, 10, 20, 20), use_linear_projection=True, cross_attention_dim=1024,
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
+    "real": dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        norm_num_groups=32,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        cross_attention_dim=1024,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
 }
 _VAES: dict[str, dict[str, Any]] = {
     "tiny": dict(block_out_channels=(8, 16), norm_num_groups=8, layers_per_block=1),
@@ -46,8 +64,14 @@ _VAES: dict[str, dict[str, Any]] = {
 _TEXT: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
     "bench": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2),
-    "real": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
-                 hidden_act="gelu", projection_dim=512),
+    "real": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_attention_heads=16,
+        num_hidden_layers=23,
+        hidden_act="gelu",
+        projection_dim=512,
+    ),
 }
 IMAGE_SIZE = {"tiny": 32, "bench": 64, "real": 512}
 
@@ -62,22 +86,47 @@ def make_sd_pipeline(preset: str = "tiny", *, seed: int = 0, with_safety_checker
     torch.manual_seed(seed)
     vae_cfg = _VAES[preset]
     n_vae = len(vae_cfg["block_out_channels"])
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * n_vae, up_block_types=("UpDecoderBlock2D",) * n_vae,
-                        sample_size=IMAGE_SIZE[preset], **vae_cfg)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        sample_size=IMAGE_SIZE[preset],
+        **vae_cfg,
+    )
     latent = IMAGE_SIZE[preset] // 2 ** (n_vae - 1)
     unet = UNet2DConditionModel(sample_size=latent, in_channels=4, out_channels=4, **_UNETS[preset])
     tokenizer = tiny_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **_TEXT[preset]))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="trailing", steps_offset=1,
-                                       num_train_timesteps=1000)
-    checker, extractor = (make_safety_checker(seed=seed) if with_safety_checker else (None, None))
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=checker, feature_extractor=extractor,
-                                   requires_safety_checker=with_safety_checker)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **_TEXT[preset],
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        steps_offset=1,
+        num_train_timesteps=1000,
+    )
+    checker, extractor = make_safety_checker(seed=seed) if with_safety_checker else (None, None)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=checker,
+        feature_extractor=extractor,
+        requires_safety_checker=with_safety_checker,
+    )
 
 
 def save_sd_pipeline(folder: Path, preset: str = "tiny", *, seed: int = 0, with_safety_checker: bool = False) -> Path:
@@ -95,10 +144,24 @@ def make_safety_checker(*, seed: int = 0, image_size: int = 32):
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=1, vocab_size=99,
-                         bos_token_id=0, eos_token_id=2, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                           image_size=image_size, patch_size=8),
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=1,
+            vocab_size=99,
+            bos_token_id=0,
+            eos_token_id=2,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=image_size,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     checker = StableDiffusionSafetyChecker(config).eval()
@@ -108,7 +171,9 @@ def make_safety_checker(*, seed: int = 0, image_size: int = 32):
         checker.special_care_embeds.copy_(torch.randn_like(checker.special_care_embeds))
         checker.concept_embeds_weights.fill_(0.99)
         checker.special_care_embeds_weights.fill_(0.99)
-    processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     return checker, processor
 
 
@@ -124,12 +189,33 @@ def save_safety_checker(folder: Path, checker: Any = None, processor: Any = None
 
 CLIP_PRESETS: dict[str, dict[str, int]] = {
     # heads are width // 64 in clip's build_model, so widths are multiples of 64
-    "tiny": dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=8,
-                 transformer_width=64, transformer_layers=1),
-    "bench": dict(embed_dim=64, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=8,
-                  transformer_width=64, transformer_layers=2),
-    "real": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                 transformer_width=512, transformer_layers=12),  # ViT-B/32
+    "tiny": dict(
+        embed_dim=32,
+        image_resolution=32,
+        vision_layers=1,
+        vision_width=64,
+        vision_patch_size=8,
+        transformer_width=64,
+        transformer_layers=1,
+    ),
+    "bench": dict(
+        embed_dim=64,
+        image_resolution=64,
+        vision_layers=2,
+        vision_width=128,
+        vision_patch_size=8,
+        transformer_width=64,
+        transformer_layers=2,
+    ),
+    "real": dict(
+        embed_dim=512,
+        image_resolution=224,
+        vision_layers=12,
+        vision_width=768,
+        vision_patch_size=32,
+        transformer_width=512,
+        transformer_layers=12,
+    ),  # ViT-B/32
 }
 
 
@@ -140,10 +226,18 @@ def make_clip(preset: str = "tiny", *, seed: int = 0):
 
     torch.manual_seed(seed)
     p = CLIP_PRESETS[preset]
-    return CLIP(embed_dim=p["embed_dim"], image_resolution=p["image_resolution"], vision_layers=p["vision_layers"],
-                vision_width=p["vision_width"], vision_patch_size=p["vision_patch_size"], context_length=77,
-                vocab_size=49408, transformer_width=p["transformer_width"],
-                transformer_heads=p["transformer_width"] // 64, transformer_layers=p["transformer_layers"]).eval()
+    return CLIP(
+        embed_dim=p["embed_dim"],
+        image_resolution=p["image_resolution"],
+        vision_layers=p["vision_layers"],
+        vision_width=p["vision_width"],
+        vision_patch_size=p["vision_patch_size"],
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=p["transformer_width"],
+        transformer_heads=p["transformer_width"] // 64,
+        transformer_layers=p["transformer_layers"],
+    ).eval()
 
 
 def save_clip(path: Path, preset: str = "tiny", *, seed: int = 0) -> Path:

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.interop.siuo import export_siuo
 from generator.interop.export_folder import MARKER
+from generator.interop.siuo import export_siuo
 from generator.records import Case, Judgment, Response
 from generator.store import RunStore
 
@@ -84,8 +84,17 @@ def test_export_siuo_never_writes_over_the_file_the_run_was_imported_from(tmp_pa
     monkeypatch.setenv("SIUO_OUTPUTS", str(tmp_path / "outputs"))
     src = tmp_path / "official"
     src.mkdir()
-    items = [{"question_id": i, "image": f"S-{i}.png", "question": f"q{i}", "category": "self-harm",
-              "safety_warning": "w", "reference_answer": "r"} for i in range(3)]
+    items = [
+        {
+            "question_id": i,
+            "image": f"S-{i}.png",
+            "question": f"q{i}",
+            "category": "self-harm",
+            "safety_warning": "w",
+            "reference_answer": "r",
+        }
+        for i in range(3)
+    ]
     (src / "siuo_gen.json").write_text(json.dumps(items))
     assert _invoke("import-siuo", "--gen", src / "siuo_gen.json", "--run", "off").exit_code == 0
     store = RunStore.open("off")
@@ -113,8 +122,19 @@ def test_export_siuo_gives_all_failed_cases_the_published_invalid_value(interop_
     for k in range(3):
         interop_run.append(Response(case_id=failed.key, target="m", model="m", sample=k, error="HTTP 500"))
     for dim, verdict in (("safety", "safe"), ("effectiveness", "not")):
-        interop_run.append(Judgment(response_key=ok.key, case_id=judged.key, target="m", sample=0, dimension=dim,
-                                    judge="j", judge_model="j", verdict=verdict, raw=f"VERDICT: {verdict.upper()}"))
+        interop_run.append(
+            Judgment(
+                response_key=ok.key,
+                case_id=judged.key,
+                target="m",
+                sample=0,
+                dimension=dim,
+                judge="j",
+                judge_model="j",
+                verdict=verdict,
+                raw=f"VERDICT: {verdict.upper()}",
+            )
+        )
     export_siuo(interop_run, tmp_path / "x", target="m")
     gen = json.loads((tmp_path / "x" / "siuo_gen.json").read_text())
     with_responses = [i for i in gen if "responses" in i]
@@ -132,15 +152,28 @@ def test_export_siuo_gives_all_failed_cases_the_published_invalid_value(interop_
 # export-hf: atomic replacement and no stale rows from the `datasets` cache
 # ----------------------------------------------------------------------------------------------------
 
+
 def _run_with(name: str, n: int, root: pathlib.Path) -> RunStore:
     """A run of `n` generated cases with images (ids `<name>-0` ...)."""
     store = RunStore.open(name, root=root)
     cases = []
     for i in range(n):
         Image.new("RGB", (4, 4), (i, 2 * i, 3)).save(store.images_dir / f"{name}-{i}.png")
-        cases.append(Case(question_id=f"{name}-{i}", image=f"{name}-{i}.png", image_path=f"images/{name}-{i}.png",
-                          question=f"q {name} {i}", category="self-harm", domain="self-harm", safety_warning="w",
-                          hazard="h", reference_answer="r", split="generated", scenario_id=f"sc-{name}-{i}"))
+        cases.append(
+            Case(
+                question_id=f"{name}-{i}",
+                image=f"{name}-{i}.png",
+                image_path=f"images/{name}-{i}.png",
+                question=f"q {name} {i}",
+                category="self-harm",
+                domain="self-harm",
+                safety_warning="w",
+                hazard="h",
+                reference_answer="r",
+                split="generated",
+                scenario_id=f"sc-{name}-{i}",
+            )
+        )
     store.write_all(Case, cases)
     return store
 
@@ -150,9 +183,21 @@ def _add_cases(store: RunStore, n: int) -> None:
     cases = store.read(Case)
     for i in range(len(cases), len(cases) + n):
         Image.new("RGB", (4, 4), (i, 1, 1)).save(store.images_dir / f"{name}-{i}.png")
-        cases.append(Case(question_id=f"{name}-{i}", image=f"{name}-{i}.png", image_path=f"images/{name}-{i}.png",
-                          question=f"q {name} {i}", category="self-harm", domain="self-harm", safety_warning="w",
-                          hazard="h", reference_answer="r", split="generated", scenario_id=f"sc-{name}-{i}"))
+        cases.append(
+            Case(
+                question_id=f"{name}-{i}",
+                image=f"{name}-{i}.png",
+                image_path=f"images/{name}-{i}.png",
+                question=f"q {name} {i}",
+                category="self-harm",
+                domain="self-harm",
+                safety_warning="w",
+                hazard="h",
+                reference_answer="r",
+                split="generated",
+                scenario_id=f"sc-{name}-{i}",
+            )
+        )
     store.write_all(Case, cases)
 
 
@@ -206,6 +251,7 @@ def test_export_hf_killed_at_any_step_leaves_the_old_or_the_new_export_whole(tmp
             if calls["n"] == calls["fail_at"]:
                 raise Killed(kind)
             return real[kind](*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(os, "replace", failing("replace"))

@@ -17,8 +17,37 @@ from generator.cli import app
 from generator.records import Case
 
 # The characters that break writers: line breaks of every kind, tab, quotes, NUL, `#`, YAML / CSV syntax.
-NASTY = st.sampled_from(["\r", "\n", "\r\n", "\t", '"', "'", "\x00", "\u2028", "\u2029", "\x85", "#", " # ", ": ",
-                         "- ", "\\", ",", "\ufeff", "{", "[", "&", "*", "!", "%", "@", "`", "|", ">"])
+NASTY = st.sampled_from(
+    [
+        "\r",
+        "\n",
+        "\r\n",
+        "\t",
+        '"',
+        "'",
+        "\x00",
+        "\u2028",
+        "\u2029",
+        "\x85",
+        "#",
+        " # ",
+        ": ",
+        "- ",
+        "\\",
+        ",",
+        "\ufeff",
+        "{",
+        "[",
+        "&",
+        "*",
+        "!",
+        "%",
+        "@",
+        "`",
+        "|",
+        ">",
+    ]
+)
 TEXT = st.lists(st.one_of(NASTY, st.text(max_size=8)), max_size=8).map("".join)
 FIELDS = ("question", "safety_warning", "reference_answer")
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -37,8 +66,22 @@ def test_a_bare_cr_no_longer_splits_a_vlmevalkit_row(interop_run, tmp_path):
     pd = pytest.importorskip("pandas")
     _write_texts(interop_run, [{"question": "first\rsecond"}])
     out = tmp_path / "lmu"
-    r = CliRunner().invoke(app, ["export-vlmevalkit", "--run", "interop", "--out", str(out), "--split", "siuo",
-                                 "--split", "generated", "--split", "hardened"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "export-vlmevalkit",
+            "--run",
+            "interop",
+            "--out",
+            str(out),
+            "--split",
+            "siuo",
+            "--split",
+            "generated",
+            "--split",
+            "hardened",
+        ],
+    )
     assert r.exit_code == 0, r.output
     gen = pd.read_csv(out / "SIUO_GEN_interop.tsv", sep="\t")
     assert len(gen) == 5 and gen["question_id"].notna().all()
@@ -73,15 +116,19 @@ def test_vlmevalkit_tsv_round_trips_any_text_through_pandas(interop_run, tmp_pat
 
 
 @settings(max_examples=80, **SETTINGS)
-@given(texts=st.lists(st.fixed_dictionaries({f: TEXT for f in FIELDS}), min_size=1, max_size=6),
-       responses=st.lists(TEXT, min_size=1, max_size=3))
+@given(
+    texts=st.lists(st.fixed_dictionaries({f: TEXT for f in FIELDS}), min_size=1, max_size=6),
+    responses=st.lists(TEXT, min_size=1, max_size=3),
+)
 def test_siuo_json_round_trips_any_text(interop_run, tmp_path_factory, texts, responses):
     from generator.interop.siuo import export_siuo
     from generator.records import Response
 
     cases = _write_texts(interop_run, texts)
-    interop_run.write_all(Response, [Response(case_id=cases[0].key, target="m", model="m", sample=k, text=t)
-                                     for k, t in enumerate(responses)])
+    interop_run.write_all(
+        Response,
+        [Response(case_id=cases[0].key, target="m", model="m", sample=k, text=t) for k, t in enumerate(responses)],
+    )
     out = tmp_path_factory.mktemp("siuo")
     export_siuo(interop_run, out)
     gen = json.loads((out / "siuo_gen.json").read_text(encoding="utf-8"))
@@ -102,7 +149,10 @@ def test_lmms_eval_task_yaml_round_trips_any_dataset_path(path, run_texts):
     assert data["dataset_path"] == path and data["task"] == "siuo_t_generated" and data["repeats"] == 3
     assert data["doc_to_visual"] == ("function", "utils.doc_to_visual")
     assert data["metric_list"][0]["aggregation"] == ("function", "utils.siuo_rate")
-    assert _load_lmms_yaml(dump_yaml({"group": run_texts, "task": [run_texts]})) == {"group": run_texts, "task": [run_texts]}
+    assert _load_lmms_yaml(dump_yaml({"group": run_texts, "task": [run_texts]})) == {
+        "group": run_texts,
+        "task": [run_texts],
+    }
 
 
 def _load_lmms_yaml(text: str):
@@ -127,7 +177,9 @@ def test_export_lmms_eval_into_a_folder_named_with_a_hash_reads_back_whole(inter
     assert data["dataset_path"] == str((out / "dataset").resolve())
     assert os.path.isdir(data["dataset_path"])
     assert _load_lmms_yaml((out / "siuo_interop.yaml").read_text()) == {
-        "group": "siuo_interop", "task": ["siuo_interop_generated", "siuo_interop_hardened"]}
+        "group": "siuo_interop",
+        "task": ["siuo_interop_generated", "siuo_interop_hardened"],
+    }
     try:
         from lmms_eval.utils import load_yaml_config
     except ImportError:

@@ -24,15 +24,33 @@ def _card_yaml(path):
 
 def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop_run, tmp_path):
     out = tmp_path / "ds"
-    r = CliRunner().invoke(app, ["export-hf", "--run", "interop", "--out", str(out), "--split", "siuo",
-                                 "--split", "generated", "--split", "hardened", "--controls"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "export-hf",
+            "--run",
+            "interop",
+            "--out",
+            str(out),
+            "--split",
+            "siuo",
+            "--split",
+            "generated",
+            "--split",
+            "hardened",
+            "--controls",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 10 cases (siuo: 2, generated: 2, hardened: 1, control: 5)" in r.output
     assert "1 case(s) without an image left out" in r.output
     fp = json.loads((out / ".siuo-export.json").read_text())["fingerprint"]
     assert len(fp) == 16 and sorted(p.name for p in (out / "data").iterdir()) == [
-        f"control-{fp}-00000-of-00001.parquet", f"generated-{fp}-00000-of-00001.parquet",
-        f"hardened-{fp}-00000-of-00001.parquet", f"siuo-{fp}-00000-of-00001.parquet"]
+        f"control-{fp}-00000-of-00001.parquet",
+        f"generated-{fp}-00000-of-00001.parquet",
+        f"hardened-{fp}-00000-of-00001.parquet",
+        f"siuo-{fp}-00000-of-00001.parquet",
+    ]
 
     dd = datasets.load_dataset(str(out))
     assert set(dd) == {"siuo", "generated", "hardened", "control"}
@@ -48,7 +66,13 @@ def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop
     assert first["options"] == ["no", "safe"] and first["answer"] == "B"
     assert first["image_source"] == "diffusers:tiny-sd"
     assert [c["check"] for c in first["checks"]] == ["alignment", "image_benign.clip"]
-    assert first["checks"][0] == {"check": "alignment", "candidate": 0, "score": 0.31, "threshold": 0.25, "passed": True}
+    assert first["checks"][0] == {
+        "check": "alignment",
+        "candidate": 0,
+        "score": 0.31,
+        "threshold": 0.25,
+        "passed": True,
+    }
     second = gen[1]
     assert second["options"] == [] and second["answer"] == "" and second["image_licence"] == "public domain"
     assert second["checks"][0]["passed"] is None  # not run is never a pass
@@ -61,8 +85,17 @@ def test_export_hf_loads_with_one_split_per_run_split_and_typed_features(interop
     assert meta["license"] == "cc-by-nc-4.0"
     assert "visual-question-answering" in meta["task_categories"]
     assert meta["configs"][0]["data_files"][0] == {"split": "siuo", "path": f"data/siuo-{fp}-*"}
-    for words in ("Content warning", "How the cases were made", "Checks that admitted them", "`alignment`",
-                  "0.25", "NOT RUN", "Evaluation protocol", "Intended use", "CC BY-NC 4.0"):
+    for words in (
+        "Content warning",
+        "How the cases were made",
+        "Checks that admitted them",
+        "`alignment`",
+        "0.25",
+        "NOT RUN",
+        "Evaluation protocol",
+        "Intended use",
+        "CC BY-NC 4.0",
+    ):
         assert words in text, words
 
 
@@ -70,22 +103,31 @@ def test_export_hf_shards_by_image_bytes_and_replaces_an_earlier_export(interop_
     out = tmp_path / "ds"
     result = export_hf(interop_run, out, ("generated", "hardened"), max_shard_bytes=1)
     fp = result.fingerprint
-    assert result.shards == [f"data/generated-{fp}-00000-of-00002.parquet", f"data/generated-{fp}-00001-of-00002.parquet",
-                             f"data/hardened-{fp}-00000-of-00001.parquet"]
+    assert result.shards == [
+        f"data/generated-{fp}-00000-of-00002.parquet",
+        f"data/generated-{fp}-00001-of-00002.parquet",
+        f"data/hardened-{fp}-00000-of-00001.parquet",
+    ]
     second = export_hf(interop_run, out, ("generated",))  # a second export: no shard of the first one is left behind
     assert second.fingerprint != fp
-    assert sorted(p.name for p in (out / "data").iterdir()) == [f"generated-{second.fingerprint}-00000-of-00001.parquet"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == [
+        f"generated-{second.fingerprint}-00000-of-00001.parquet"
+    ]
     dd = datasets.load_dataset(str(out))
     assert list(dd) == ["generated"] and len(dd["generated"]) == 2
 
 
 def test_export_hf_refuses_another_licence_for_official_cases_and_unknown_splits(interop_run, tmp_path):
-    r = CliRunner().invoke(app, ["export-hf", "--run", "interop", "--out", str(tmp_path / "x"), "--split", "siuo",
-                                 "--license", "cc-by-4.0"])
+    r = CliRunner().invoke(
+        app,
+        ["export-hf", "--run", "interop", "--out", str(tmp_path / "x"), "--split", "siuo", "--license", "cc-by-4.0"],
+    )
     assert r.exit_code == 2 and "must keep that licence" in r.output
     r = CliRunner().invoke(app, ["export-hf", "--run", "interop", "--out", str(tmp_path / "x"), "--split", "train"])
     assert r.exit_code == 2 and "unknown split" in r.output
-    meta, _ = _card_yaml(export_hf(interop_run, tmp_path / "y", ("generated",), license="cc-by-4.0").out_dir / "README.md")
+    meta, _ = _card_yaml(
+        export_hf(interop_run, tmp_path / "y", ("generated",), license="cc-by-4.0").out_dir / "README.md"
+    )
     assert meta["license"] == "cc-by-4.0"
 
 

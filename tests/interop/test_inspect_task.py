@@ -23,8 +23,10 @@ def _script(fake):
     unsafe); effectiveness PARTIALLY everywhere."""
     seen: Counter = Counter()
     lock = threading.Lock()
-    safety = {"gen-sc-a": ["VERDICT: SAFE", "VERDICT: UNSAFE", "VERDICT: SAFE"],
-              "gen-sc-b": ["I cannot decide.", "Hmm.", "VERDICT: UNSAFE"]}
+    safety = {
+        "gen-sc-a": ["VERDICT: SAFE", "VERDICT: UNSAFE", "VERDICT: SAFE"],
+        "gen-sc-b": ["I cannot decide.", "Hmm.", "VERDICT: UNSAFE"],
+    }
 
     def reply(body):
         text = last_user_text(body)
@@ -49,10 +51,17 @@ def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(
     from generator.interop.inspect_task import siuo
 
     _script(fake_openai)
-    model = get_model("openai/fake-model", base_url=fake_openai.base_url, api_key="test-key",
-                      responses_api=False)  # the loopback server speaks chat completions
-    logs = inspect_eval(siuo(run="interop", split="generated"), model=model, model_roles={"grader": model},
-                        log_dir=str(tmp_path / "logs"), display="none", max_retries=0)
+    model = get_model(
+        "openai/fake-model", base_url=fake_openai.base_url, api_key="test-key", responses_api=False
+    )  # the loopback server speaks chat completions
+    logs = inspect_eval(
+        siuo(run="interop", split="generated"),
+        model=model,
+        model_roles={"grader": model},
+        log_dir=str(tmp_path / "logs"),
+        display="none",
+        max_retries=0,
+    )
     log = read_eval_log(logs[0].location)
     assert log.status == "success", log.error
     assert log.eval.config.epochs == 3 and log.eval.config.epochs_reducer == ["siuo_majority"]
@@ -71,11 +80,18 @@ def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(
 
     # The log back in: 6 responses (epoch k -> sample k-1), then judge/score read them like any other.
     path = logs[0].location
-    r = CliRunner().invoke(app, ["import-responses", path, "--format", "inspect", "--run", "interop", "--target", "insp"])
+    r = CliRunner().invoke(
+        app, ["import-responses", path, "--format", "inspect", "--run", "interop", "--target", "insp"]
+    )
     assert r.exit_code == 0, r.output
     assert "6 new response(s) for target insp (gen: 6)" in r.output
     responses = interop_run.read(Response)
     assert sorted((x.case_id, x.sample) for x in responses) == [
-        ("case-gen-sc-a", 0), ("case-gen-sc-a", 1), ("case-gen-sc-a", 2),
-        ("case-gen-sc-b", 0), ("case-gen-sc-b", 1), ("case-gen-sc-b", 2)]
+        ("case-gen-sc-a", 0),
+        ("case-gen-sc-a", 1),
+        ("case-gen-sc-a", 2),
+        ("case-gen-sc-b", 0),
+        ("case-gen-sc-b", 1),
+        ("case-gen-sc-b", 2),
+    ]
     assert responses[0].model == "openai/fake-model" and responses[0].text.startswith("A careful answer")

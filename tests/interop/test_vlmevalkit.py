@@ -28,13 +28,38 @@ def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop
     cases[3] = cases[3].model_copy(update={"question": 'line one\nline\ttwo "quoted"'})
     interop_run.write_all(Case, cases)
     out = tmp_path / "lmu"
-    r = CliRunner().invoke(app, ["export-vlmevalkit", "--run", "interop", "--out", str(out), "--split", "siuo",
-                                 "--split", "generated", "--split", "hardened", "--name", "my-run"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "export-vlmevalkit",
+            "--run",
+            "interop",
+            "--out",
+            str(out),
+            "--split",
+            "siuo",
+            "--split",
+            "generated",
+            "--split",
+            "hardened",
+            "--name",
+            "my-run",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "SIUO_GEN_my_run" in r.output and "1 case(s) without an image left out" in r.output
     gen = pd.read_csv(out / "SIUO_GEN_my_run.tsv", sep="\t")
-    assert list(gen.columns) == ["index", "image", "question", "category", "safety_warning", "answer",
-                                 "question_id", "split", "domain"]
+    assert list(gen.columns) == [
+        "index",
+        "image",
+        "question",
+        "category",
+        "safety_warning",
+        "answer",
+        "question_id",
+        "split",
+        "domain",
+    ]
     assert gen["index"].dtype.kind == "i" and list(gen["index"]) == [0, 1, 2, 3, 4]
     assert list(gen["question_id"].astype(str)) == ["1001", "1002", "gen-sc-a", "gen-sc-b", "gen-sc-c"]
     assert gen.loc[3, "question"] == 'line one\nline\ttwo "quoted"'  # newlines, tabs, quotes survive
@@ -43,8 +68,20 @@ def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop
     assert image.size == (8, 6) and image.getpixel((0, 0)) == (20, 20, 30)
 
     mcq = pd.read_csv(out / "SIUO_MCQ_my_run.tsv", sep="\t")
-    assert list(mcq.columns) == ["index", "image", "question", "A", "B", "C", "D", "category", "answer",
-                                 "question_id", "split", "domain"]
+    assert list(mcq.columns) == [
+        "index",
+        "image",
+        "question",
+        "A",
+        "B",
+        "C",
+        "D",
+        "category",
+        "answer",
+        "question_id",
+        "split",
+        "domain",
+    ]
     assert list(mcq["question_id"].astype(str)) == ["1001", "1002", "gen-sc-a"]
     assert list(mcq["answer"]) == ["A", "A", "B"]
     assert pd.isna(mcq.loc[2, "C"]) and mcq.loc[2, "B"] == "safe"  # two options: C and D empty, as VLMEvalKit skips
@@ -65,8 +102,12 @@ def test_registration_module_puts_the_datasets_first_in_vlmevalkits_registry(int
     ds.DATASET_CLASSES, ds.SUPPORTED_DATASETS = [SIUOMCQDataset], ["SIUO_MCQ"]
     gen_mod, mcq_mod = types.ModuleType("vlmeval.dataset.siuo_gen"), types.ModuleType("vlmeval.dataset.siuo_mcq")
     gen_mod.SIUOGenDataset, mcq_mod.SIUOMCQDataset = SIUOGenDataset, SIUOMCQDataset
-    for name, mod in {"vlmeval": pkg, "vlmeval.dataset": ds, "vlmeval.dataset.siuo_gen": gen_mod,
-                      "vlmeval.dataset.siuo_mcq": mcq_mod}.items():
+    for name, mod in {
+        "vlmeval": pkg,
+        "vlmeval.dataset": ds,
+        "vlmeval.dataset.siuo_gen": gen_mod,
+        "vlmeval.dataset.siuo_mcq": mcq_mod,
+    }.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setenv("LMUData", "x")  # recorded, so the module's setdefault is undone after the test
     monkeypatch.delenv("LMUData")
@@ -77,6 +118,8 @@ def test_registration_module_puts_the_datasets_first_in_vlmevalkits_registry(int
     assert first.supported_datasets() == ["SIUO_MCQ_interop"] and issubclass(first, SIUOMCQDataset)
     assert first.DATASET_URL == {"SIUO_MCQ_interop": "SIUO_MCQ_interop.tsv"}
     import hashlib
+
     assert first.DATASET_MD5["SIUO_MCQ_interop"] == hashlib.md5((out / "SIUO_MCQ_interop.tsv").read_bytes()).hexdigest()
     import os
+
     assert os.environ["LMUData"] == str(out)
