@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from generator.errors import UserError
-from generator.records import Case, Render, Review
+from generator.records import Case, Decision, Render, Review
 from generator.store import RunStore
 
 REJECT_REASONS: dict[str, str] = {
@@ -184,7 +185,7 @@ def record_decision(
     _check_base(state, case_key, base_revision)
     review = Review(
         case_id=case_key,
-        decision=decision,
+        decision=cast(Decision, decision),  # checked against DECISIONS above
         reviewer=reviewer,
         note=note,
         reason=reason if decision == "reject" else None,
@@ -213,7 +214,7 @@ def record_edit(
     _check_base(state, case.key, base_revision)
     current = revised(case, state.latest_edit(case.key))
     last = state.latest_edit(case.key)
-    new = {
+    new: dict[str, Any] = {
         "question": current.question if question is None else question,
         "hazard": current.hazard if hazard is None else hazard,
         "reference_answer": current.reference_answer if reference_answer is None else reference_answer,

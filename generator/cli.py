@@ -564,7 +564,7 @@ def review_cmd(
     store = RunStore.open(run, create=False)
     if serve:
         try:
-            from generator.review import serve as serve_app
+            from generator.review.app import serve as serve_app
         except ImportError as exc:
             raise UserError(f'the review app needs the `review` extra (pip install -e ".[review]"): {exc}') from None
         shown_host = f"[{host}]" if ":" in host else host

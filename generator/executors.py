@@ -175,7 +175,7 @@ def _ray_map(
     ctx.enable_progress_bars = False  # the stage's own bar counts records; the Ray dashboard shows workers
     ctx.execution_options.preserve_order = False  # write each batch as soon as it is back
     rows = [{"i": i, "batch": cloudpickle.dumps(list(b))} for i, b in enumerate(batches)]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(
         _BatchActor,
         fn_constructor_args=(loader, batch_fn),

@@ -18,6 +18,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -56,8 +57,8 @@ class HubColumn(ProgressColumn):
 class _NoProgress:
     """A silent stand-in with Progress's methods (tests, nested stages)."""
 
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
+    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
+        return TaskID(0)
 
     def advance(self, *args: Any, **kwargs: Any) -> None:
         pass

@@ -25,6 +25,12 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+RenderBackend = Literal["diffusers", "images_api", "photos"]
+Decision = Literal["accept", "reject", "skip", "edit"]
+Dimension = Literal["safety", "effectiveness", "refusal"]
+"""The closed vocabularies of Render.backend, Review.decision and Judgment.dimension."""
+
+
 class Record(BaseModel):
     """Base of every JSONL record. Subclasses name their file and how their key is made."""
 
@@ -128,7 +134,7 @@ class Render(Record):
 
     scenario_id: str
     candidate: int
-    backend: Literal["diffusers", "images_api", "photos"]
+    backend: RenderBackend
     model: str
     path: str
     """Image path relative to the run folder (a picked photo is copied in: `images/photo-<sha256>.<ext>`;
@@ -229,7 +235,7 @@ class Review(Record):
     FILE: ClassVar[str] = "reviews.jsonl"
 
     case_id: str
-    decision: Literal["accept", "reject", "skip", "edit"]
+    decision: Decision
     note: str = ""
     reviewer: str = ""
     reason: str | None = None
@@ -296,7 +302,7 @@ class Judgment(Record):
     case_id: str
     target: str
     sample: int
-    dimension: Literal["safety", "effectiveness", "refusal"]
+    dimension: Dimension
     """`refusal` rates the safe control pairs (over-refusal)."""
     judge: str
     judge_model: str

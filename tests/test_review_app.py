@@ -19,8 +19,8 @@ from generator.errors import UserError  # noqa: E402
 from generator.interop.hf import export_hf  # noqa: E402
 from generator.interop.siuo import export_siuo  # noqa: E402
 from generator.records import Case, Render, Review  # noqa: E402
-from generator.review import create_app, serve  # noqa: E402
 from generator.review.agreement import agreement  # noqa: E402
+from generator.review.app import create_app, serve  # noqa: E402
 from generator.statistics import cohen_kappa, fleiss_kappa  # noqa: E402
 from generator.store import RunStore  # noqa: E402
 from generator.testing.review_run import make_review_run  # noqa: E402

@@ -8,7 +8,7 @@ from generator.checks.clip import AlignmentCheck, ClipEmbedder, ConceptScreenChe
 from generator.checks.image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
 from generator.checks.pair import HazardMatch, PairHazardCheck
 from generator.checks.text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
-from generator.config import Settings
+from generator.config import ConfigError, Settings
 
 __all__ = [
     "Check",
@@ -39,18 +39,30 @@ def text_checker_endpoint(settings: Settings) -> str | None:
     return settings.roles.text_checker or (settings.roles.judge[0] if settings.roles.judge else None)
 
 
+def _configured(value: str | None, setting: str) -> str:
+    """A setting a planned check needs; `planned_checks` plans the check only when it is set."""
+    if value is None:
+        raise ConfigError(f"{setting} is not set, so its check cannot run")
+    return value
+
+
 def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
     """One unit per planned check name, in the plan's order (`generator.checks.stage.planned_checks`)."""
     from generator.models.guards import OPENNSFW
 
     cs = settings.check
+    text_checker = (
+        text_checker_endpoint(settings) or ""
+    )  # never "" when planned: the stage refuses no_leakage without one
     clip = ClipEmbedder(cs.clip_model, cs.batch)
     make = {
         "alignment": lambda: AlignmentCheck(clip, cs.alignment_threshold),
         "image_benign.clip": lambda: ConceptScreenCheck(
             clip, cs.unsafe_concept_margin, cs.unsafe_concepts_file, cs.safe_concepts_file
         ),
-        "image_benign.safety_checker": lambda: SafetyCheckerCheck(cs.safety_checker, cs.batch),
+        "image_benign.safety_checker": lambda: SafetyCheckerCheck(
+            _configured(cs.safety_checker, "check.safety_checker"), cs.batch
+        ),
         "image_benign.guard": lambda: (
             OpenNSFWCheck(cs.opennsfw_threshold)
             if settings.roles.image_guard == OPENNSFW
@@ -58,14 +70,12 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
         ),
         "text_benign": lambda: TextGuardCheck("text_benign", "question"),
         "no_leakage.question": lambda: TextOnlyJudgeCheck(
-            "no_leakage.question", "question", QUESTION_KIND, text_checker_endpoint(settings)
+            "no_leakage.question", "question", QUESTION_KIND, text_checker
         ),
         "no_leakage.description": lambda: (
             TextGuardCheck("no_leakage.description", "image_description")
             if settings.roles.text_guard
-            else TextOnlyJudgeCheck(
-                "no_leakage.description", "image_description", DESCRIPTION_KIND, text_checker_endpoint(settings)
-            )
+            else TextOnlyJudgeCheck("no_leakage.description", "image_description", DESCRIPTION_KIND, text_checker)
         ),
         "pair_hazard": lambda: PairHazardCheck(cs.hazard_match_threshold, settings),
     }

@@ -153,16 +153,16 @@ def accept(store: RunStore, settings: Settings) -> FilterReport:
     for r in store.read(Render):
         renders.setdefault(r.scenario_id, {}).setdefault(r.candidate, r)
     results: dict[str, dict[tuple[str, int | None], CheckResult]] = {}
-    for r in store.read_latest(CheckResult):
-        results.setdefault(r.scenario_id, {})[(r.check, r.candidate)] = r
+    for res in store.read_latest(CheckResult):
+        results.setdefault(res.scenario_id, {})[(res.check, res.candidate)] = res
     done = store.done_keys(Case)
     report = FilterReport(checks=list(plan), required=sorted(required))
     with store.stage(STAGE) as entry:
         for s in scenarios:
             mine = results.get(s.key, {})
-            for (name, _), r in mine.items():
-                if r.not_run and name in {n for names in plan.values() for n in names}:
-                    report.not_run.setdefault(name, r.not_run)
+            for (name, _), res in mine.items():
+                if res.not_run and name in {n for names in plan.values() for n in names}:
+                    report.not_run.setdefault(name, res.not_run)
             rendered = renders.get(s.key, {})
             if not rendered:
                 report.count(s.domain, "not_rendered")

@@ -107,7 +107,8 @@ def derive_inputs(
     not_run: dict[str, str] = {}
     images = {c.key: _image(store, c) for c in cases}
     for c in cases:
-        img = {0: images[c.key]} if images[c.key] else {}
+        path = images[c.key]
+        img = {0: path} if path else {}
         hazard, desc = c.hazard or c.safety_warning, descriptions.get(c.key)
         subjects.append(
             Subject(key=f"known_good:{c.key}", question=c.question, image_description=desc, hazard=hazard, images=img)
@@ -122,6 +123,7 @@ def derive_inputs(
             )
         )
     with_image = [c for c in cases if images[c.key]]
+    image_of = {c.key: path for c in with_image if (path := images[c.key]) is not None}
     for i, c in enumerate(with_image):
         other = next((o for o in with_image[i + 1 :] + with_image[:i] if o.domain != c.domain), None)
         if other is not None:
@@ -131,7 +133,7 @@ def derive_inputs(
                     question=c.question,
                     image_description=descriptions.get(c.key),
                     hazard=c.hazard or c.safety_warning,
-                    images={0: images[other.key]},
+                    images={0: image_of[other.key]},
                 )
             )
     if not with_image:
@@ -242,7 +244,8 @@ def summarise(
         "pair_hazard": settings.check.hazard_match_threshold,
     }
     checks: dict[str, Any] = {}
-    too_strict, too_lax = [], {}
+    too_strict: list[str] = []
+    too_lax: dict[str, Any] = {}
     for name in (n for names in plan.values() for n in names):
         mine = [r for r in results if r.check == name]
         entry: dict[str, Any] = {"threshold": thresholds.get(name)}

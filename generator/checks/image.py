@@ -42,7 +42,7 @@ class SafetyCheckerCheck(LocalImageCheck):
         for (i, _), v in zip(readable, scores):
             detail = f"concepts fired: {list(v.concepts)}" if v.flagged else "no concept fired"
             out[i] = Outcome(v.score, not v.flagged, detail)
-        return out  # type: ignore[return-value]
+        return out
 
 
 class OpenNSFWCheck(LocalImageCheck):

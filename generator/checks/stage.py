@@ -141,7 +141,7 @@ def chosen_candidate(alignment: Sequence[CheckResult], rendered: Sequence[int]) 
     when alignment is not checked). None when no candidate could be scored."""
     scored = [r for r in alignment if r.score is not None and r.candidate is not None]
     if scored:
-        return max(scored, key=lambda r: (r.score, -r.candidate)).candidate
+        return max(scored, key=lambda r: (r.score, -(r.candidate or 0))).candidate
     if alignment:
         return None
     return min(rendered) if rendered else None
@@ -289,11 +289,12 @@ class CheckRunner:
 
     def is_done(self, subject: Subject, name: str, candidate: int | None) -> bool:
         r = self.latest.get(CheckResult(scenario_id=subject.key, check=name, candidate=candidate).key)
-        done = r is not None and not (self.retry_errors and r.passed is None)
-        if done and r.key not in self._counted:
+        if r is None or (self.retry_errors and r.passed is None):
+            return False
+        if r.key not in self._counted:
             self._counted.add(r.key)
             self.report.skipped += 1
-        return done
+        return True
 
     def _remember(self, r: CheckResult) -> None:
         self.latest[r.key] = r

@@ -235,7 +235,7 @@ async def answer_async(
                     client.name,
                 )
             # Work: (case, form, missing sample indices); cases without an image are counted, not asked.
-            work: list[tuple[Case, str, Path, list[int], bool]] = []  # ..., sample indices to ask, retrying?
+            work: list[tuple[Case, AnswerForm, Path, list[int], bool]] = []  # ..., sample indices to ask, retrying?
             for case in cases:
                 image = image_of(store, case)
                 if image is None:
@@ -265,7 +265,9 @@ async def answer_async(
             with store.stage("answer") as stage, stage_progress(hub=hub, enabled=show_progress) as progress:
                 task = progress.add_task(f"answer {client.name}", total=sum(len(w[3]) for w in work))
 
-                async def answer_case(case: Case, form: str, image: Path, todo: list[int], is_retry: bool) -> None:
+                async def answer_case(
+                    case: Case, form: AnswerForm, image: Path, todo: list[int], is_retry: bool
+                ) -> None:
                     try:
                         # Decoding and encoding run in a thread, so image work overlaps the network waits.
                         message = await asyncio.to_thread(

@@ -42,12 +42,12 @@ from generator.evaluate.answer import control_question_for, image_of
 from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 from generator.progress import stage_progress
 from generator.prompts import Prompt, load_prompt
-from generator.records import Case, Failure, Judgment, Response, stable_key
+from generator.records import Case, Dimension, Failure, Judgment, Response, stable_key
 from generator.store import RunStore
 
 log = logging.getLogger(__name__)
 
-DIMENSIONS_BY_FORM: dict[str, tuple[str, ...]] = {
+DIMENSIONS_BY_FORM: dict[str, tuple[Dimension, ...]] = {
     "gen": ("safety", "effectiveness"),
     "control": ("refusal",),
 }
@@ -333,7 +333,7 @@ async def judge_async(
     refuse_mixing("judgments", {protocol for _, protocol in judged.values()}, proto.name)
     response_protocols: set[str] = set()
 
-    def pending(report: JudgeReport) -> Iterator[tuple[Response, str, str, bool]]:
+    def pending(report: JudgeReport) -> Iterator[tuple[Response, Dimension, str, bool]]:
         """(response, dimension, judge endpoint, is_retry) still to do; what is skipped is counted in `report`."""
         for r in store.iter_latest(Response):
             response_protocols.add(r.protocol)
@@ -375,7 +375,7 @@ async def judge_async(
         with store.stage("judge") as stage, stage_progress(hub=hub, enabled=show_progress) as progress:
             task = progress.add_task("judge", total=total)
 
-            async def judge_one(r: Response, dim: str, name: str, is_retry: bool) -> None:
+            async def judge_one(r: Response, dim: Dimension, name: str, is_retry: bool) -> None:
                 client = clients[name]
                 prompt = prompts[dim]
                 case = cases[r.case_id]

@@ -176,10 +176,10 @@ def load_examples(store: RunStore, scores: dict[str, Any]) -> list[dict[str, Any
             )
     out = []
     for e in wanted.values():
-        c = questions.get(e["case_id"], {})
-        e["question"] = c.get("question", "")
-        e["hazard"] = c.get("hazard") or c.get("safety_warning", "")
-        e["question_id"] = c.get("question_id", e["case_id"])
+        q = questions.get(e["case_id"], {})
+        e["question"] = q.get("question", "")
+        e["hazard"] = q.get("hazard") or q.get("safety_warning", "")
+        e["question_id"] = q.get("question_id", e["case_id"])
         out.append(e)
     return out
 

@@ -352,7 +352,7 @@ def compute_scores(store: RunStore, protocol: str | None = None, ties: str = "un
             unknown_cases.add(case_id)
             continue
         overall = tallies[(target, info.split, form, "_overall")]
-        domain = tallies[(target, info.split, form, info.domain)]
+        in_domain = tallies[(target, info.split, form, info.domain)]
         rkeys.sort(key=lambda k: responses[k].sample)
         outcome: dict[str, bool | None]
         sample_status: Counter = Counter()
@@ -397,7 +397,7 @@ def compute_scores(store: RunStore, protocol: str | None = None, ties: str = "un
                 "effective": strict_majority(effective),
                 "safe_effective": strict_majority(both),
             }
-        for tally in (overall, domain):
+        for tally in (overall, in_domain):
             tally.cases += 1
             tally.samples.update(sample_status)
             for metric, value in outcome.items():
@@ -690,14 +690,14 @@ def score_tables(scores: dict[str, Any]) -> list[Table]:
         for dim, c in invalid.items():
             table.add_row(dim, *(str(c.get(label, 0)) for label in LEFT_OUT))
         tables.append(table)
-    rows = verdict_rule_rows(scores)
-    if rows:
+    rule_rows = verdict_rule_rows(scores)
+    if rule_rows:
         table = Table(
             title=f"Verdicts decided by rule (untrusted: against the model; ties: {scores['verdict_rules']['ties']})"
         )
         for col in VERDICT_RULE_COLUMNS:
             table.add_column(col, justify="left" if col == "dimension" else "right")
-        for row in rows:
-            table.add_row(*(str(x) for x in row))
+        for rule_row in rule_rows:
+            table.add_row(*(str(x) for x in rule_row))
         tables.append(table)
     return tables

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 from generator.errors import UserError
+from generator.records import AnswerForm
 
 
 def require(module: str, for_what: str) -> ModuleType:
@@ -26,7 +27,7 @@ class ExternalAnswer(NamedTuple):
     """One answer another tool produced, as its file records it, before it becomes a Response."""
 
     question_id: str
-    form: str
+    form: AnswerForm
     """`gen` (open answer) or `mcqa` (a letter)."""
     sample: int
     text: str | None

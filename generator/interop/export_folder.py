@@ -164,7 +164,7 @@ class ExportFolder:
 
     # -- commit -------------------------------------------------------------------------------------
 
-    def _write_marker(self, files: dict[str, str | None], **extra) -> None:
+    def _write_marker(self, files: dict[str, str | list[str] | None], **extra) -> None:
         write_text_atomic(
             self.out_dir / MARKER,
             json.dumps(
@@ -195,4 +195,4 @@ class ExportFolder:
                 continue  # a folder of an earlier export is left as it is (its content is its own export's)
             if self._ours_unchanged(name, path):
                 path.unlink()
-        self._write_marker(self.written, **extra)
+        self._write_marker(dict(self.written), **extra)

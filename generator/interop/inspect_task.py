@@ -18,7 +18,7 @@ from pathlib import Path
 
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import ChatMessageUser, ContentImage, ContentText, GenerateConfig, get_model
+from inspect_ai.model import ChatMessageUser, Content, ContentImage, ContentText, GenerateConfig, get_model
 from inspect_ai.scorer import (
     CORRECT,
     INCORRECT,
@@ -146,7 +146,7 @@ def _model_graded(dimension: str, protocol: str, sees_image: bool):
         raw = None
         if verdict is None:
             message, fence = judge_message(prompt, case, response, dimension, sees_image)
-            content = [ContentText(text=message)]
+            content: list[Content] = [ContentText(text=message)]
             if sees_image:
                 images = [
                     c

@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from generator.cases import reviewed_cases
 from generator.errors import UserError
 from generator.evaluate.protocol import PROTOCOLS, refuse_mixing
 from generator.interop import ExternalAnswer, require
-from generator.records import Case, Response
+from generator.records import AnswerForm, Case, Response
 from generator.store import RunStore
 from generator.untrusted import one_line, valid_unicode
 
@@ -161,6 +162,7 @@ def import_responses(
         raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if form not in (None, "gen", "mcqa", "control"):
         raise UserError(f"--form: unknown form {form!r} (use gen, mcqa or control)")
+    given_form = cast("AnswerForm | None", form)  # checked just above
     # question id -> the key answers are filed under: a rejected case takes none, an edited one its revision's
     cases = {f"case-{c.question_id}": c.key for c in reviewed_cases(store)}
     if not cases:
@@ -192,7 +194,7 @@ def import_responses(
             case_id=case_id,
             target=target,
             model=model or answer_model or target,
-            form=form or answer.form,
+            form=given_form or answer.form,
             sample=answer.sample,
             text=text,
             error=None if text is not None else f"{fmt}: no answer recorded",

@@ -26,7 +26,7 @@ from generator.cases import reviewed_cases
 from generator.errors import UserError
 from generator.interop import ExternalAnswer, require
 from generator.interop.export_folder import ExportFolder, run_inputs
-from generator.records import Case
+from generator.records import AnswerForm, Case
 from generator.store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
@@ -243,7 +243,7 @@ def read_predictions(path: Path):
             f"{path}: no column {', '.join(missing)} (a file from `siuo export-vlmevalkit` carries "
             f"question_id through VLMEvalKit; columns here: {', '.join(map(str, frame.columns))})"
         )
-    form = "mcqa" if "A" in frame.columns and "B" in frame.columns else "gen"
+    form: AnswerForm = "mcqa" if "A" in frame.columns and "B" in frame.columns else "gen"
     for i, row in enumerate(frame.to_dict("records"), start=2):
         if not row["question_id"]:
             raise UserError(f"{path}: row {i}: empty question_id")

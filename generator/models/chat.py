@@ -138,25 +138,22 @@ class ChatClient(EndpointClient):
 
         usage = Usage()
         attempts = 0
-        mode: str | None = self._rt.first_structured_mode()
+        mode: str = self._rt.first_structured_mode()
         while True:
             request_messages = with_schema_instructions(messages, schema_json, mode)
             request_params = {**base, **response_format(mode, schema, schema_json)}
-            probing = self._rt.structured_mode is None and next_mode(mode) is not None
+            fallback = next_mode(mode)
+            probing = self._rt.structured_mode is None and fallback is not None
             [reply] = await self._complete(
                 request_messages, 1, request_params, sample_index, use_cache, fail_fast_on_status=probing
             )
             attempts += 1
             usage = usage + reply.usage
-            if reply.error and probing and reply.status is not None and reply.status != 429:
+            if reply.error and fallback is not None and probing and reply.status is not None and reply.status != 429:
                 log.info(
-                    "endpoint %s rejected structured mode %s (%s); trying %s",
-                    self.name,
-                    mode,
-                    reply.error,
-                    next_mode(mode),
+                    "endpoint %s rejected structured mode %s (%s); trying %s", self.name, mode, reply.error, fallback
                 )
-                mode = next_mode(mode)
+                mode = fallback
                 continue
             break
         if reply.error is not None:
@@ -168,7 +165,11 @@ class ChatClient(EndpointClient):
         raw = reply.text
         value, problem = parse_structured(raw, schema)
         if value is None:
-            repair = [*request_messages, assistant_message(raw or ""), repair_message(problem, schema_json)]
+            repair = [
+                *request_messages,
+                assistant_message(raw or ""),
+                repair_message(problem or "no JSON object", schema_json),
+            ]
             [fixed] = await self._complete(repair, 1, request_params, sample_index, use_cache)
             attempts += 1
             usage = usage + fixed.usage
@@ -386,7 +387,8 @@ def parse_chat_reply(text: str) -> dict[str, Any]:
     for pos, choice in enumerate(data["choices"]):
         if not isinstance(choice, dict):
             raise MalformedReply(f"a choice is not an object: {choice!r:.200}")
-        msg = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        message = choice.get("message")
+        msg: dict[str, Any] = message if isinstance(message, dict) else {}
         content = msg.get("content")
         if isinstance(content, list):  # some servers answer with content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
@@ -397,7 +399,8 @@ def parse_chat_reply(text: str) -> dict[str, Any]:
             (index if isinstance(index, int) else pos, content, choice.get("finish_reason"), msg.get("refusal"))
         )
     choices.sort(key=lambda c: c[0])
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    reported = data.get("usage")
+    usage: dict[str, Any] = reported if isinstance(reported, dict) else {}
     return {
         "choices": [c[1:] for c in choices],
         "prompt_tokens": _count(usage.get("prompt_tokens")),

@@ -234,7 +234,9 @@ def _compact(data: bytes, mime: str | None, max_side: int, name: str) -> tuple[b
     scaled = max(img.size) > max_side
     if scaled:
         scale = max_side / max(img.size)
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.LANCZOS)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
+        )
     if img.mode in ("RGBA", "LA", "P", "PA"):  # transparency shown over white, as a viewer would
         rgba = img.convert("RGBA")
         img = Image.new("RGB", rgba.size, (255, 255, 255))

@@ -73,7 +73,7 @@ class SafetyChecker:
                 "Download it once (e.g. `huggingface-cli download CompVis/stable-diffusion-safety-checker "
                 "--local-dir models/safety-checker`) and set `check.safety_checker` to that folder"
             ) from None
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers types `.to` as a decorator
         return cls(model, processor, name_or_path, device, batch_size)
 
     def score(self, images: Sequence[Any]) -> list[SafetyScore]:

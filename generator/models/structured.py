@@ -141,7 +141,7 @@ def parse_structured(text: str | None, schema: type[T]) -> tuple[T | None, str |
     if text is None or not text.strip():
         return None, "the reply was empty"
     data: Any = None
-    decode_error = None
+    decode_error: ValueError | str | None = None
     for candidate in _json_candidates(text):
         try:
             data, _ = loads_untrusted(candidate)  # an escaped lone surrogate must not reach a record

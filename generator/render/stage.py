@@ -40,7 +40,7 @@ from rich.console import Console
 from generator.config import Settings
 from generator.errors import UserError
 from generator.progress import stage_progress
-from generator.records import Failure, Render, Scenario, stable_key
+from generator.records import Failure, Render, RenderBackend, Scenario, stable_key
 from generator.store import TMP_SUFFIX, RunStore, atomic_writer
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,12 @@ def _scenarios(store: RunStore) -> list[Scenario]:
 
 
 def _pending(
-    store: RunStore, scenarios: Sequence[Scenario], candidates: int, backend: str, model: str, retry_failed: bool
+    store: RunStore,
+    scenarios: Sequence[Scenario],
+    candidates: int,
+    backend: RenderBackend,
+    model: str,
+    retry_failed: bool,
 ) -> tuple[list[_Work], int]:
     done = store.done_keys(Render)
     if not retry_failed:

@@ -247,7 +247,7 @@ class Guard(BaseHTTPMiddleware):
                 )
         session = request.cookies.get(SESSION_COOKIE)
         fresh = not session or not re.fullmatch(r"[A-Za-z0-9_-]{20,64}", session)
-        if fresh:
+        if fresh or session is None:
             session = secrets.token_urlsafe(24)
         request.state.session = session
         response = await call_next(request)

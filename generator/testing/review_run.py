@@ -27,7 +27,10 @@ def make_review_run(root: Path, name: str = "review", cases: int = 4, hostile_qu
     """A run under `root` with `cases` generated cases (the second a hardened variant of the first)."""
     store = RunStore.open(name, root=root)
     _ = store.images_dir  # the property creates images/
-    scenarios, renders, checks, out = [], [], [], []
+    scenarios: list[Scenario] = []
+    renders: list[Render] = []
+    checks: list[CheckResult] = []
+    out: list[Case] = []
     for i in range(cases):
         domain = DOMAINS[i % len(DOMAINS)]
         parent = scenarios[0].key if i == 1 else None
@@ -126,7 +129,7 @@ def served(store: RunStore, token: str | None = None) -> Iterator[str]:
     """The review app for `store` on 127.0.0.1 in a thread; yields its base URL, stops it after."""
     import uvicorn
 
-    from generator.review import create_app
+    from generator.review.app import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(store, token), host="127.0.0.1", port=port, log_level="warning"))

@@ -22,7 +22,8 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
     merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("i", "n"), ("o", "n</w>"), ("e", "r")]
     tokens = list(SPECIAL) + chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    # transformers 5 takes merges as (a, b) tuples; its annotation still says strings (DESIGN.md).
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 _UNETS: dict[str, dict[str, Any]] = {
