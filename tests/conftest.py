@@ -46,3 +46,11 @@ def smollm2_server():
         yield base_url
     finally:
         stop_server(proc)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a real model server or a browser is slow by nature: it is left out of the fast
+    edit loop (`python -m pytest -m "not slow"`) without each file having to say so twice."""
+    for item in items:
+        if item.get_closest_marker("integration") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -237,6 +237,7 @@ def _expected_gen(items: list[dict]) -> dict[str, dict[str, tuple[int, int]]]:
 # ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_run_answer_judge_score_report(store, settings, fake, outputs):
     script = Script()
     fake.on_chat(script)
@@ -399,6 +400,7 @@ def test_a_stage_with_failed_calls_exits_3_and_says_so_last(store, settings, fak
     assert f"3 of {N_ANSWERED * 3} request(s) failed" in result.output.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_run_stops_before_score_when_failures_pass_the_threshold(store, settings, fake, outputs):
     from generator.pipeline import run_pipeline
 
@@ -788,6 +790,7 @@ def test_prepared_images_held_at_once_stay_bounded_by_concurrency(store, setting
 
 
 @needs_official  # flat memory shows only at scale: the 21-case mini set is too small to tell
+@pytest.mark.slow
 def test_the_judge_streams_responses_rather_than_holding_the_run(store, settings, fake, outputs):
     """Memory is flat in run size: while the judge works, the Response records alive number about its
     window (`max_concurrency`), not the run's ~500 responses, read from the file as they are needed."""

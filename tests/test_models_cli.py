@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from typer.testing import CliRunner
 
 from generator.cli import app
@@ -54,6 +55,7 @@ def test_models_check_prints_a_table_of_capabilities(fake_openai, tmp_path):
     assert not (tmp_path / "c.sqlite").exists(), "the check never writes the cache"
 
 
+@pytest.mark.slow
 def test_models_check_reports_an_unreachable_endpoint_and_fails(fake_openai, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/v1"
     extra = f'\n[endpoints.dead]\nbase_url = "{dead}"\nmodel = "m"\nretry_base_delay_s = 0.01\nmax_retries = 1\n'

@@ -83,6 +83,7 @@ def pipeline_config(path: Path, base_url: str, models: dict[str, Path], siuo: di
     return path
 
 
+@pytest.mark.slow
 def test_whole_pipeline_offline_from_empty_run_to_report(
     tmp_path, fake_openai, tiny_models, official_subset, monkeypatch
 ):

@@ -15,6 +15,8 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
+pytestmark = pytest.mark.slow  # a Ray cluster starts per module (~10 s) and actors are killed on purpose
+
 from generator import executors  # noqa: E402
 from generator.checks.stage import check  # noqa: E402
 from generator.config import Settings  # noqa: E402

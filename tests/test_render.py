@@ -115,6 +115,7 @@ def test_render_writes_one_png_and_record_per_candidate(store, fake_openai, tiny
     assert manifest.models["render"] == str(tiny_sd.resolve()) and manifest.stages["render"].counts["rendered"] == 6
 
 
+@pytest.mark.slow
 def test_every_image_can_be_remade_from_its_record(store, fake_openai, tiny_sd, tiny_t2i):
     render(store, diffusers_settings(fake_openai, tiny_sd))  # batches of 3 mixed prompts
     scenarios = {s.key: s for s in store.read(Scenario)}

@@ -26,7 +26,7 @@ from generator.records import Case, Render, Review  # noqa: E402
 from generator.testing.browser import chromium  # noqa: E402
 from generator.testing.review_run import XSS_QUESTION, make_review_run, served  # noqa: E402
 
-pytestmark = pytest.mark.browser
+pytestmark = pytest.mark.browser  # slow too (conftest)
 
 
 @pytest.fixture(scope="module")

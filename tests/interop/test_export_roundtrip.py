@@ -90,6 +90,7 @@ def test_a_bare_cr_no_longer_splits_a_vlmevalkit_row(interop_run, tmp_path):
 
 @settings(max_examples=60, **SETTINGS)
 @given(texts=st.lists(st.fixed_dictionaries({f: TEXT for f in FIELDS}), min_size=1, max_size=5))
+@pytest.mark.slow
 def test_vlmevalkit_tsv_round_trips_any_text_through_pandas(interop_run, tmp_path_factory, texts):
     pd = pytest.importorskip("pandas")
     from pandas._libs.parsers import STR_NA_VALUES
@@ -140,6 +141,7 @@ def test_siuo_json_round_trips_any_text(interop_run, tmp_path_factory, texts, re
 
 @settings(max_examples=200, **SETTINGS)
 @given(path=TEXT.filter(lambda t: t), run_texts=TEXT)
+@pytest.mark.slow
 def test_lmms_eval_task_yaml_round_trips_any_dataset_path(path, run_texts):
     """Any folder name (a `#`, line breaks, quotes) reads back whole through lmms-eval's own YAML loader."""
     from generator.interop.lmms_eval import dump_yaml, task_yaml

@@ -43,6 +43,7 @@ def _script(fake):
     fake.on_chat(follows_format(reply))
 
 
+@pytest.mark.slow
 def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(interop_run, fake_openai, tmp_path):
     from inspect_ai import eval as inspect_eval
     from inspect_ai.log import read_eval_log
