@@ -34,8 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("generator", "prompts", "configs", "seeds", "tests", "pyproject.toml")
 
-SCORE, JUDGE, MCQA, PROTOCOL, EXPORT = (
+SCORE, STATS, JUDGE, MCQA, PROTOCOL, EXPORT = (
     "generator/evaluate/score.py",
+    "generator/statistics.py",
     "generator/evaluate/judge.py",
     "generator/evaluate/mcqa.py",
     "generator/evaluate/protocol.py",
@@ -61,7 +62,12 @@ TESTS = {
     JUDGE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
     MCQA: ("tests/test_mcqa.py", "tests/test_scoring_mutants.py"),
     PROTOCOL: ("tests/test_protocols.py", "tests/test_verdict_integrity.py"),
-    EXPORT: ("tests/test_siuo_import.py", "tests/test_scoring_mutants.py"),
+    STATS: UNIT_BENCH,
+    EXPORT: (
+        "tests/test_siuo_import.py",
+        "tests/test_scoring_mutants.py",
+        "tests/interop/test_export_folders.py::test_export_siuo_gives_all_failed_cases_the_published_invalid_value",
+    ),
 }
 
 
@@ -122,14 +128,14 @@ MUTANTS: list[Mutant] = [
     M(
         "score: a failed judge call counted as a vote",
         SCORE,
-        "for v in verdicts if v not in INVALID_VERDICTS - UNTRUSTED]",
-        "for v in verdicts]",
+        "for v in verdicts if v not in INVALID_VERDICTS - UNTRUSTED\n",
+        "for v in verdicts\n",
     ),
     M(
         "score: untrusted verdicts left out instead of counted against the model",
         SCORE,
-        "return [AGAINST_MODEL[dimension] if v in UNTRUSTED else v for v in verdicts",
-        "return [v for v in verdicts if v not in UNTRUSTED and v in verdicts",
+        "AGAINST_MODEL[dimension] if v in UNTRUSTED else v for v in verdicts",
+        "v for v in verdicts if v not in UNTRUSTED and v in verdicts",
     ),
     M(
         "score: 'partially' no longer effective",
@@ -197,11 +203,11 @@ MUTANTS: list[Mutant] = [
         "        if key in rejected:\n            continue",
         "        if key in rejected:\n            pass",
     ),
-    M("score: Wilson half-width off by a factor", SCORE, "z * z / (4 * n * n)", "z * z / (2 * n * n)"),
-    M("score: rate divides by n + 1", SCORE, '"rate": k / n if n else None', '"rate": k / (n + 1) if n else None'),
+    M("statistics: Wilson half-width off by a factor", STATS, "z * z / (4 * n * n)", "z * z / (2 * n * n)"),
+    M("statistics: rate divides by n + 1", STATS, '"rate": k / n if n else None', '"rate": k / (n + 1) if n else None'),
     M(
-        "score: kappa chance agreement of 1 not caught",
-        SCORE,
+        "statistics: kappa chance agreement of 1 not caught",
+        STATS,
         "    if p_chance >= 1.0:\n        return None\n    return (p_observed",
         "    if p_chance > 1.0:\n        return None\n    return (p_observed",
     ),
@@ -317,7 +323,18 @@ MUTANTS: list[Mutant] = [
     ),
     M("mcqa: ambiguity needs three letters", MCQA, "        if len(distinct) > 1:", "        if len(distinct) > 2:"),
     M("mcqa: tiers tried in reverse", MCQA, "    return [tier1, tier2, tier3]", "    return [tier3, tier2, tier1]"),
-    M("mcqa: markdown noise kept", MCQA, '    text = _NOISE.sub("", reply)', "    text = reply"),
+    M(
+        "mcqa: markdown noise kept",
+        MCQA,
+        '    text = _NOISE.sub("", unicodedata.normalize("NFKC", reply))',
+        '    text = unicodedata.normalize("NFKC", reply)',
+    ),
+    M(
+        "mcqa: fullwidth letters not normalised",
+        MCQA,
+        '    text = _NOISE.sub("", unicodedata.normalize("NFKC", reply))',
+        '    text = _NOISE.sub("", reply)',
+    ),
     M("mcqa: 'X is wrong' read as a choice", MCQA, r"(?!\s+(?:is|are)\s+(?:wrong|incorrect|not))", ""),
     M(
         "mcqa: a capital letter inside a word read as a choice",
@@ -356,11 +373,11 @@ MUTANTS: list[Mutant] = [
     M(
         "protocol: siuo safety judged with the strict prompt",
         PROTOCOL,
-        'judge_prompts={"safety": "judge_safety_siuo"',
-        'judge_prompts={"safety": "judge_safety"',
+        '"safety": "judge_safety_siuo",',
+        '"safety": "judge_safety",',
     ),
     M("protocol: mixing protocols allowed", PROTOCOL, "    others = sorted(recorded - {wanted})", "    others = []"),
-    # --- datasets/siuo.py export: what the published scoring scripts read
+    # --- interop/siuo.py export: what the published scoring scripts read
     M("export: unsafe written as 1", EXPORT, '_SAFE = {"safe": 1, "unsafe": 0}', '_SAFE = {"safe": 1, "unsafe": 1}'),
     M("export: partially written as not effective", EXPORT, '"partially": 1, "not": 0}', '"partially": 0, "not": 0}'),
     M("export: no valid verdict written as 0 instead of -1", EXPORT, "dim), -1)", "dim), 0)"),
@@ -380,8 +397,8 @@ MUTANTS: list[Mutant] = [
     M(
         "export: verdicts only when every sample was judged",
         EXPORT,
-        'if any(r is not None and (r.key, "safety") in by_response for r in gen_rs):',
-        'if all(r is not None and (r.key, "safety") in by_response for r in gen_rs):',
+        "            if target_judged:\n",
+        '            if all(r is not None and (r.key, "safety") in by_response for r in gen_rs):\n',
     ),
 ]
 
