@@ -252,6 +252,8 @@ def export_lmms_eval_cmd(
     )
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+    if result.environment_problem:
+        console.print(f"[bold yellow]warning:[/] {result.environment_problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("import-responses")
