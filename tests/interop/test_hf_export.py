@@ -185,5 +185,5 @@ def test_the_card_counts_what_the_export_holds_cites_siuo_and_the_toolkit_and_pa
 
     hardened = DatasetCard.load(export_hf(interop_run, tmp_path / "hardened", ("hardened",)).out_dir / "README.md")
     assert "| `hardened` | 1 |" in hardened.text and "`siuo` split" not in hardened.text
-    assert "multiple-choice" not in hardened.text  # the one hardened case has no options
+    assert "The multiple-choice form" not in hardened.text  # the one hardened case has no options
     assert "@article{wang2024siuo," in hardened.text  # SIUO is cited for its design all the same
