@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from inspect_ai import Epochs, Task, task
-from inspect_ai._util.error import PrerequisiteError
 from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessageUser, ContentImage, ContentText, GenerateConfig, get_model
 from inspect_ai.scorer import (
@@ -66,6 +65,12 @@ METADATA_FIELDS = (
     "reference_answer",
     "split",
 )
+
+
+try:  # not public API: inspect's CLI prints this exception as a message, without a traceback
+    from inspect_ai._util.error import PrerequisiteError
+except ImportError:  # another inspect version: a traceback, still naming the splits
+    PrerequisiteError = Exception
 
 
 class TaskError(UserError, PrerequisiteError):

@@ -6,7 +6,6 @@ for 6 cases."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -111,9 +111,7 @@ def _inspect_eval(fake, tmp_path, *args: str, env: dict | None = None):
     inspect = Path(sys.executable).with_name("inspect")
     cmd = [str(inspect), "eval", str(task_file), "-T", "run=interop", *args]
     cmd += ["--log-dir", str(tmp_path / "logs"), "--display", "plain", "--max-retries", "1"]
-    return subprocess.run(
-        cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, cwd=root
-    )
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, cwd=root)
 
 
 @pytest.mark.slow
@@ -174,3 +172,20 @@ def test_inspect_cli_with_a_local_model_name_scores_and_logs(interop_run, fake_o
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     judged = [b for b in fake_openai.chat_requests() if "evaluator" in str(b) or "effectiveness rule" in str(b)]
     assert len(judged) == 6 and {b["temperature"] for b in judged} == {0.0}  # 1 case x 3 epochs x 2 scorers
+
+
+def test_split_defaults_to_the_runs_only_split_else_one_line_naming_them(interop_run):
+    from generator.errors import UserError
+    from generator.interop.inspect_task import TaskError, samples
+    from generator.records import Case
+
+    with pytest.raises(TaskError) as exc:
+        samples("interop")
+    assert isinstance(exc.value, UserError) and str(exc.value) == exc.value.message == (
+        "run 'interop' has several splits with images: generated (2), hardened (1), siuo (2); "
+        "pick one with -T split=NAME"
+    )
+    with pytest.raises(TaskError, match=r"no case of split 'generatd' with its image \(splits with images: gen"):
+        samples("interop", "generatd")
+    interop_run.write_all(Case, [c for c in interop_run.read(Case) if c.split == "hardened"])
+    assert [s.id for s in samples("interop")] == ["gen-sc-c"]
