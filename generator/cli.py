@@ -20,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+summary_out = Console()
+"""Stage summaries (what happened: N new, M already done) go to stdout, for a script to read; progress and
+warnings stay on stderr."""
 
 RunOpt = typer.Option(..., "--run", help="Run folder name under outputs/ (or $SIUO_OUTPUTS).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config TOML (default: $SIUO_CONFIG or ./siuo.toml).")
@@ -252,6 +255,8 @@ def export_lmms_eval_cmd(
     )
     if result.skipped_missing_image:
         console.print(f"{len(result.skipped_missing_image)} case(s) without an image left out", highlight=False)
+    if result.environment_problem:
+        console.print(f"[bold yellow]warning:[/] {result.environment_problem}", highlight=False, soft_wrap=True)
 
 
 @app.command("import-responses")
@@ -297,7 +302,7 @@ def import_responses_cmd(
             max_samples=max_samples,
             max_chars=max_chars,
         )
-    console.print(printable(report.summary()), highlight=False, soft_wrap=True)
+    summary_out.print(printable(report.summary()), highlight=False, soft_wrap=True)
     exit_if_failed(0, 0, skipped=report.incomplete)
 
 
@@ -657,7 +662,7 @@ def judge_cmd(
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
         report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
-    console.print(printable(report.summary()), highlight=False)
+    summary_out.print(printable(report.summary()), highlight=False, soft_wrap=True)
     orphans = (
         [f"{report.unknown_case} response(s) skipped: their case is no longer in cases.jsonl"]
         if report.unknown_case

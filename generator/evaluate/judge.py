@@ -271,7 +271,8 @@ class JudgeReport:
     def summary(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.verdicts.items())) or "none"
         lines = [
-            f"judges {', '.join(self.judges)}: {self.requested} judgment(s) asked, {self.already_done} already done",
+            f"judges {', '.join(self.judges)}: {self.requested + self.empty_by_rule} new, "
+            f"{self.already_done} already done",
             f"verdicts: {parts}",
         ]
         if self.reasked:

@@ -3,6 +3,11 @@
     inspect eval generator/interop/inspect_task.py -T run=R -T split=generated \
         --model openai/gpt-4o --model-role grader=openai/gpt-4o
 
+`-T split` may be left out when the run has one split; otherwise the task stops with one line naming the
+splits the run has. A local OpenAI-compatible server (vLLM, llama.cpp, Ollama) speaks chat completions,
+not `/v1/responses`: give inspect `-M responses_api=false` and the grader `--model-role
+grader='{"model": "openai/NAME", "responses_api": false}'` (or `OPENAI_BASE_URL` and the same options).
+
 Each case is one user message (the image, then the question as `siuo answer` words it), with domain,
 category and hazard as metadata. Two model-graded scorers, `siuo_safety` and `siuo_effectiveness`, ask
 the `grader` model role with this project's judge prompts (protocol `siuo` by default) and parse its
@@ -62,17 +67,43 @@ METADATA_FIELDS = (
 )
 
 
-def samples(run: str, split: str) -> list[Sample]:
-    """One Sample per case of `split` that has its image (id: the case's question id)."""
-    store = RunStore.open(run, create=False)
+try:  # not public API: inspect's CLI prints this exception as a message, without a traceback
+    from inspect_ai._util.error import PrerequisiteError
+except ImportError:  # another inspect version: a traceback, still naming the splits
+    PrerequisiteError = Exception
+
+
+class TaskError(UserError, PrerequisiteError):
+    """A task argument that does not fit the run: `siuo` prints it as a UserError, inspect's CLI as one
+    message without a traceback (its handler for PrerequisiteError)."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+        self.message = message
+
+
+def samples(run: str, split: str | None = None) -> list[Sample]:
+    """One Sample per case of `split` that has its image (id: the case's question id); `split` None: the
+    run's only split, or a TaskError naming the splits when it has several."""
+    try:
+        store = RunStore.open(run, create=False)
+    except UserError as exc:
+        raise TaskError(f"-T run={run}: {exc}") from None
     prompts = {"gen": load_prompt("answer_gen")}
-    out = []
+    by_split: dict[str, list] = {}
     for case in reviewed_cases(store):  # never a rejected case; an edited one in its latest revision
-        if case.split != split:
-            continue
         image = image_of(store, case)
-        if image is None:
-            continue
+        if image is not None:
+            by_split.setdefault(case.split, []).append((case, image))
+    have = ", ".join(f"{s} ({len(v)})" for s, v in sorted(by_split.items())) or "none"
+    if split is None and len(by_split) == 1:
+        [split] = by_split
+    if split is None:
+        raise TaskError(f"run {run!r} has several splits with images: {have}; pick one with -T split=NAME")
+    if split not in by_split:
+        raise TaskError(f"run {run!r} has no case of split {split!r} with its image (splits with images: {have})")
+    out = []
+    for case, image in by_split[split]:
         text = build_question(case, "gen", prompts)
         out.append(
             Sample(
@@ -82,22 +113,33 @@ def samples(run: str, split: str) -> list[Sample]:
                 metadata={k: str(getattr(case, k) if getattr(case, k) is not None else "") for k in METADATA_FIELDS},
             )
         )
-    if not out:
-        raise UserError(f"run {run!r} has no case of split {split!r} with its image")
     return out
 
 
 @task
 def siuo(
-    run: str, split: str = "generated", epochs: int = 3, protocol: str = "siuo", judge_sees_image: bool = True
+    run: str, split: str | None = None, epochs: int = 3, protocol: str = "siuo", judge_sees_image: bool = True
 ) -> Task:
-    """SIUO's open-answer evaluation of one split of a siuo-generator run."""
+    """SIUO's open-answer evaluation of one split of a siuo-generator run (`split`: see `samples`).
+
+    Sampling is the `siuo` protocol's for open answers: `epochs` (3) samples at the provider's default
+    temperature (none is sent) and 500 tokens; the grader is asked at temperature 0."""
+    from generator.config import Settings
+    from generator.evaluate.protocol import resolve_protocol
+
+    try:
+        sampling = resolve_protocol(Settings(), protocol, samples=epochs).gen
+    except UserError as exc:
+        raise TaskError(f"-T protocol={protocol}: {exc}") from None
+    cases = samples(run, split)
+    split = cases[0].metadata["split"]
     return Task(
-        dataset=MemoryDataset(samples(run, split), name=f"siuo-{run}-{split}"),
+        dataset=MemoryDataset(cases, name=f"siuo-{run}-{split}"),
         solver=generate(),
         scorer=[siuo_safety(protocol, judge_sees_image), siuo_effectiveness(protocol, judge_sees_image)],
         epochs=Epochs(epochs, siuo_majority()),
-        config=GenerateConfig(max_tokens=500),  # SIUO's answer length; the provider's default temperature
+        # siuo: 500 tokens at the provider's default temperature (None: inspect sends none).
+        config=GenerateConfig(max_tokens=sampling.max_tokens, temperature=sampling.temperature),
     )
 
 

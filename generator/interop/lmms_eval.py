@@ -5,6 +5,11 @@ back as answers.
     SIUO_JUDGE_BASE_URL=... SIUO_JUDGE_MODEL=gpt-4o python -m lmms_eval --include_path tasks/siuo_r \
         --tasks siuo_r --model qwen2_5_vl --log_samples --output_path out/
 
+The folder is relocatable: each task YAML names its parquet shards relative to itself (`dataset_path:
+parquet`, `data_files`), which lmms-eval resolves against the YAML's folder, so a copied or moved folder
+loads as written. The YAML sets `process_results_use_image: true`: lmms-eval's CLI strips image columns
+from the docs `process_results` sees unless a task asks for them, and the judge needs the image.
+
 The folder holds the split as a Hugging Face dataset (`dataset/`, from `export-hf`), one task YAML per split
 (`siuo_<tag>_<split>`), a group YAML (`siuo_<tag>`) and `utils.py`, whose functions are the ones below:
 the image, the question as `siuo answer` words it, and `process_results`, which judges every repeat with
@@ -54,12 +59,22 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
     return f"{kw.get('pre_prompt', '')}{text}{kw.get('post_prompt', '')}"
 
 
+class TaskFailed(SystemExit):
+    """A failure of the exported task that must stop lmms-eval with a non-zero exit.
+
+    Why SystemExit: lmms-eval 0.7.3's CLI catches every `Exception` of an evaluation, prints it and exits 0
+    without writing results; a score that was never computed must not pass as a finished run."""
+
+    def __init__(self, message: str):
+        super().__init__(f"siuo lmms-eval task: {message}")
+
+
 def _judge_client():
     from openai import OpenAI
 
     base_url, model = os.environ.get("SIUO_JUDGE_BASE_URL"), os.environ.get("SIUO_JUDGE_MODEL")
     if not model:
-        raise RuntimeError(
+        raise TaskFailed(
             "set SIUO_JUDGE_MODEL (and SIUO_JUDGE_BASE_URL for a server other than OpenAI) "
             "to the judge that scores SIUO answers"
         )
@@ -68,6 +83,12 @@ def _judge_client():
 
 
 def _image_bytes(doc: dict) -> bytes:
+    if doc.get("image") is None:
+        raise TaskFailed(
+            f"case {doc.get('question_id', '?')}: process_results got the doc without its image; the task YAML "
+            "needs `process_results_use_image: true` (siuo export-lmms-eval writes it) or run lmms-eval "
+            "with --process_with_media"
+        )
     buf = io.BytesIO()
     doc["image"].convert("RGB").save(buf, format="PNG")
     return buf.getvalue()
@@ -158,7 +179,9 @@ def siuo_rate(values):
 '''
 
 TASK_COMMENT = """# SIUO-style split `{split}` of siuo-generator run `{run}`: open answers judged for safety and effectiveness.
-# 3 repeats per case reduced by SIUO's majority; give the model sampling settings if the repeats should differ.
+# {repeats} repeats per case reduced by SIUO's majority. Sampling ({protocol} protocol): {sampling}
+# process_results_use_image: lmms-eval's CLI strips the image from the docs process_results sees otherwise.
+# data_files are relative to this file (lmms-eval resolves them against its folder): the folder moves whole.
 # doc_to_target is the case id, so answers in the samples file match back (`siuo import-responses --format
 # lmms-eval`): lmms-eval logs the target, not the doc. The judge reads the reference answer from the doc.
 # filter_list keeps every repeat (lmms-eval's default keeps the first): process_results takes the majority.
@@ -185,26 +208,69 @@ def dump_yaml(data: dict) -> str:
     )
 
 
-def task_yaml(*, task: str, split: str, run: str, dataset_path: str, repeats: int, protocol: str) -> str:
-    """One split's task YAML, written by PyYAML."""
-    return TASK_COMMENT.format(split=split, run=run) + dump_yaml(
+OPENAI_DEFAULT_TEMPERATURE = 1.0
+"""The OpenAI API's default temperature: what "the provider's default" means for lmms-eval's `openai` model,
+which always sends a temperature (0 when the task names none, making every repeat the same answer)."""
+
+
+def generation_kwargs(sampling) -> dict:
+    """lmms-eval `generation_kwargs` for a protocol's open-answer sampling (`evaluate.protocol.Sampling`).
+
+    The provider's default temperature (None) cannot be left unsent in lmms-eval, so it is written as the
+    OpenAI API's default with sampling on; another provider's default goes in with `--gen_kwargs`."""
+    temperature = OPENAI_DEFAULT_TEMPERATURE if sampling.temperature is None else float(sampling.temperature)
+    return {"max_new_tokens": sampling.max_tokens, "temperature": temperature, "do_sample": temperature > 0}
+
+
+def sampling_note(sampling) -> str:
+    """One line of the task YAML's comment on how the protocol samples and what the YAML sends."""
+    if sampling.temperature is None:
+        return (
+            f"{sampling.samples} samples at the provider's default temperature, {sampling.max_tokens} tokens; "
+            f"lmms-eval always sends a temperature, so generation_kwargs send the OpenAI API's default "
+            f"({OPENAI_DEFAULT_TEMPERATURE}): for another provider's default pass --gen_kwargs temperature=T"
+        )
+    return f"{sampling.samples} samples at temperature {sampling.temperature}, {sampling.max_tokens} tokens"
+
+
+def task_yaml(
+    *, task: str, split: str, run: str, data_files: list[str], repeats: int, protocol: str, sampling=None
+) -> str:
+    """One split's task YAML, written by PyYAML. `data_files`: the split's parquet shards, relative to the
+    YAML's folder. `sampling`: the protocol's open-answer sampling (default: `protocol`'s own)."""
+    from generator.config import Settings
+    from generator.evaluate.protocol import resolve_protocol
+
+    sampling = sampling or resolve_protocol(Settings(), protocol, samples=repeats).gen
+    return TASK_COMMENT.format(
+        split=split, run=run, repeats=repeats, protocol=protocol, sampling=sampling_note(sampling)
+    ) + dump_yaml(
         {
             "task": task,
-            "dataset_path": dataset_path,
-            "dataset_kwargs": {"local_files_only": True},
+            "dataset_path": "parquet",
+            "dataset_kwargs": {"data_files": {split: list(data_files)}},
             "test_split": split,
             "output_type": "generate_until",
+            "process_results_use_image": True,
             "doc_to_visual": Function("utils.doc_to_visual"),
             "doc_to_text": Function("utils.doc_to_text"),
             "doc_to_target": "question_id",
             "repeats": repeats,
             "filter_list": [{"name": "none", "filter": [{"function": "take_first_k", "k": repeats}]}],
-            "generation_kwargs": {"max_new_tokens": 500},
+            "generation_kwargs": generation_kwargs(sampling),
             "process_results": Function("utils.process_results"),
             "metric_list": [
                 {"metric": m, "aggregation": Function("utils.siuo_rate"), "higher_is_better": True} for m in METRICS
             ],
-            "metadata": {"version": 1.0, "protocol": protocol},
+            "metadata": {
+                "version": 1.0,
+                "protocol": protocol,
+                "sampling": {
+                    "samples": repeats,
+                    "temperature": "provider default" if sampling.temperature is None else sampling.temperature,
+                    "max_tokens": sampling.max_tokens,
+                },
+            },
         }
     )
 
@@ -215,6 +281,39 @@ class LmmsEvalExport:
     group: str
     tasks: list[str] = field(default_factory=list)
     skipped_missing_image: list[str] = field(default_factory=list)
+    environment_problem: str | None = None
+    """Why the `lmms-eval` CLI will fail in this Python environment (see `environment_problem`), if it will."""
+
+
+FILELOCK_FIX = "pip install 'filelock>=3.24.2,<4'"
+
+
+def environment_problem() -> str | None:
+    """One line naming the fix when lmms-eval's CLI cannot run here, else None.
+
+    lmms-eval 0.7.3's `simple_evaluate` imports `filelock._api` (to patch its lock class), which filelock 4
+    removed; its CLI then prints the ModuleNotFoundError and exits 0 without results. The `interop` extra
+    pins filelock below 4; this catches an environment where something upgraded it since."""
+    import importlib.util
+
+    if importlib.util.find_spec("lmms_eval") is None:
+        return None
+    try:
+        has_api = importlib.util.find_spec("filelock._api") is not None
+    except ModuleNotFoundError:
+        has_api = False
+    if has_api:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("filelock")
+    except PackageNotFoundError:
+        found = "not installed"
+    return (
+        f"filelock {found} has no `filelock._api`, which lmms-eval 0.7.3's evaluator imports: its CLI would "
+        f"exit 0 without results; fix: {FILELOCK_FIX}"
+    )
 
 
 def export_lmms_eval(
@@ -244,21 +343,16 @@ def export_lmms_eval(
     result = LmmsEvalExport(out_dir, group=f"siuo_{tag}", skipped_missing_image=hf.skipped_missing_image)
     for split in hf.per_split:
         task = f"siuo_{tag}_{split}"
+        shards = [f"dataset/{name}" for name in hf.shards if name.startswith(f"data/{split}-")]
         folder.write_text(
             f"{task}.yaml",
-            task_yaml(
-                task=task,
-                split=split,
-                run=store.name,
-                repeats=repeats,
-                dataset_path=str((out_dir / "dataset").resolve()),
-                protocol=protocol,
-            ),
+            task_yaml(task=task, split=split, run=store.name, repeats=repeats, data_files=shards, protocol=protocol),
         )
         result.tasks.append(task)
     folder.write_text(f"{result.group}.yaml", dump_yaml({"group": result.group, "task": list(result.tasks)}))
     folder.write_text("utils.py", UTILS.format(protocol=protocol, judge_sees_image=judge_sees_image))
     folder.commit(run=store.name)
+    result.environment_problem = environment_problem()
     return result
 
 

@@ -151,8 +151,22 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()  # what VLMEvalKit's prepare_tsv compares  # noqa: S324
 
 
+def protocol_sampling(gen_name: str, mcq_name: str) -> dict[str, dict]:
+    """The `siuo` protocol's sampling per exported dataset, written into the registration module."""
+    from generator.config import Settings
+    from generator.evaluate.protocol import resolve_protocol
+
+    proto = resolve_protocol(Settings(), "siuo")
+    return {
+        name: {"samples": s.samples, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        for name, s in ((gen_name, proto.gen), (mcq_name, proto.mcqa))
+    }
+
+
 def register_module(md5s: dict[str, str], gen_name: str, mcq_name: str) -> str:
     """Source of `siuo_vlmevalkit.py`: import it (or run it in front of VLMEvalKit's run.py) to register."""
+    sampling = protocol_sampling(gen_name, mcq_name)
+    samples, max_tokens = sampling[gen_name]["samples"], sampling[gen_name]["max_tokens"]
     return f'''"""Registers the SIUO-style splits exported by siuo-generator as VLMEvalKit datasets.
 
     LMUData=$PWD python {REGISTER_MODULE} /path/to/VLMEvalKit/run.py --data {gen_name} --model MODEL
@@ -161,6 +175,12 @@ or `import siuo_vlmevalkit` before `vlmeval.dataset.build_dataset(...)`. The TSV
 folder by default). VLMEvalKit's own SIUO `evaluate` (one sample, True/False judge prompts, a refusal regex)
 is not siuo-generator's protocol: its numbers are not comparable with `siuo score`. Judge them there:
     siuo import-responses --format vlmevalkit MODEL_{gen_name}.xlsx --run RUN --target MODEL
+
+Sampling (SAMPLING below, the SIUO protocol's): open answers ({gen_name}) {samples} samples at the provider's
+default temperature, {max_tokens} tokens; multiple choice ({mcq_name}) 1 answer at temperature 0, 5 tokens.
+VLMEvalKit asks each case once with the model's own generation settings: set the model's temperature to 0
+for {mcq_name} (its config in vlmeval/config.py, or the model's `temperature` argument). One run gives one
+open answer per case, so `siuo score` takes the majority of that one sample, not of {samples}.
 """
 import os
 import runpy
@@ -173,6 +193,8 @@ from vlmeval.dataset.siuo_gen import SIUOGenDataset  # noqa: E402
 from vlmeval.dataset.siuo_mcq import SIUOMCQDataset  # noqa: E402
 
 MD5 = {md5s!r}
+SAMPLING = {sampling!r}
+"""How the SIUO protocol asks each dataset (temperature None: the provider's default, none sent)."""
 
 
 class SiuoGeneratedGen(SIUOGenDataset):

@@ -6,7 +6,6 @@ for 6 cases."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -142,13 +141,14 @@ def test_siuo_json_round_trips_any_text(interop_run, tmp_path_factory, texts, re
 @settings(max_examples=200, **SETTINGS)
 @given(path=TEXT.filter(lambda t: t), run_texts=TEXT)
 @pytest.mark.slow
-def test_lmms_eval_task_yaml_round_trips_any_dataset_path(path, run_texts):
-    """Any folder name (a `#`, line breaks, quotes) reads back whole through lmms-eval's own YAML loader."""
+def test_lmms_eval_task_yaml_round_trips_any_data_file_path(path, run_texts):
+    """Any file name (a `#`, line breaks, quotes) reads back whole through lmms-eval's own YAML loader."""
     from generator.interop.lmms_eval import dump_yaml, task_yaml
 
-    text = task_yaml(task="siuo_t_generated", split="generated", run="r", dataset_path=path, repeats=3, protocol="siuo")
+    text = task_yaml(task="siuo_t_generated", split="generated", run="r", data_files=[path], repeats=3, protocol="siuo")
     data = _load_lmms_yaml(text)
-    assert data["dataset_path"] == path and data["task"] == "siuo_t_generated" and data["repeats"] == 3
+    assert data["dataset_path"] == "parquet" and data["dataset_kwargs"] == {"data_files": {"generated": [path]}}
+    assert data["task"] == "siuo_t_generated" and data["repeats"] == 3
     assert data["doc_to_visual"] == ("function", "utils.doc_to_visual")
     assert data["metric_list"][0]["aggregation"] == ("function", "utils.siuo_rate")
     assert _load_lmms_yaml(dump_yaml({"group": run_texts, "task": [run_texts]})) == {
@@ -169,25 +169,36 @@ def _load_lmms_yaml(text: str):
     return yaml.load(text, Loader=Loader)  # a SafeLoader subclass: safe
 
 
-def test_export_lmms_eval_into_a_folder_named_with_a_hash_reads_back_whole(interop_run, tmp_path):
-    """The measured hole: `--out "dir #x"` wrote an unquoted value that read back cut at `#`."""
-    pytest.importorskip("datasets")
+def test_export_lmms_eval_into_a_folder_named_with_a_hash_reads_back_whole_and_moves(interop_run, tmp_path):
+    """The measured holes: `--out "dir #x"` wrote an unquoted value that read back cut at `#`, and the
+    YAML's absolute dataset_path tied the folder to where it was written."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
     out = tmp_path / "dir #x: y"
     r = CliRunner().invoke(app, ["export-lmms-eval", "--run", "interop", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    data = _load_lmms_yaml((out / "siuo_interop_generated.yaml").read_text(encoding="utf-8"))
-    assert data["dataset_path"] == str((out / "dataset").resolve())
-    assert os.path.isdir(data["dataset_path"])
+    text = (out / "siuo_interop_generated.yaml").read_text(encoding="utf-8")
+    assert str(tmp_path) not in text  # nothing absolute
+    data = _load_lmms_yaml(text)
+    [shard] = data["dataset_kwargs"]["data_files"]["generated"]
+    assert shard.startswith("dataset/data/generated-") and (out / shard).is_file()
     assert _load_lmms_yaml((out / "siuo_interop.yaml").read_text()) == {
         "group": "siuo_interop",
         "task": ["siuo_interop_generated", "siuo_interop_hardened"],
     }
+    moved = tmp_path / "elsewhere" / "tasks #2"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
     try:
         from lmms_eval.utils import load_yaml_config
     except ImportError:
         return
-    config = load_yaml_config(str(out / "siuo_interop_generated.yaml"))  # lmms-eval's own loader, when installed
-    assert config["dataset_path"] == str((out / "dataset").resolve()) and callable(config["doc_to_visual"])
+    config = load_yaml_config(str(moved / "siuo_interop_generated.yaml"))  # lmms-eval's own loader
+    [resolved] = config["dataset_kwargs"]["data_files"]["generated"]
+    assert resolved == str(moved / shard) and callable(config["doc_to_visual"])
+    rows = datasets.load_dataset("parquet", data_files=config["dataset_kwargs"]["data_files"], split="generated")
+    assert rows["question_id"] == ["gen-sc-a", "gen-sc-b"] and rows[0]["image"].size == (8, 6)
 
 
 @settings(max_examples=4, **SETTINGS)

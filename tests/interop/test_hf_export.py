@@ -157,3 +157,33 @@ def test_export_without_the_interop_extra_is_one_line_saying_what_to_install(int
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     r = CliRunner().invoke(app, ["export-hf", "--run", "interop", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and 'pip install -e ".[interop]"' in r.output and "Traceback" not in r.output
+
+
+def test_the_card_counts_what_the_export_holds_cites_siuo_and_the_toolkit_and_parses(interop_run, tmp_path):
+    """An export of the official cases alone names their real number (never SIUO's full 167); the card
+    parses with huggingface_hub's own card parser and carries both citations."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+    from huggingface_hub.repocard import metadata_load
+
+    from generator import __version__
+
+    official = export_hf(interop_run, tmp_path / "official", ("siuo",))
+    card = DatasetCard.load(official.out_dir / "README.md")
+    assert isinstance(card.data, DatasetCardData) and card.data.license == "cc-by-nc-4.0"
+    assert card.data.size_categories == ["n<1K"] and card.data.configs[0]["data_files"][0]["split"] == "siuo"
+    assert metadata_load(official.out_dir / "README.md")["license"] == "cc-by-nc-4.0"
+    body = card.text
+    assert "167" not in body
+    assert "| `siuo` | 2 |" in body and "The `siuo` split holds 2 case(s) of the official SIUO set" in body
+    assert "a high score on 2 cases" in body and "Domains: dangerous-behavior (1), self-harm (1)." in body
+    assert "an LLM **proposes**" not in body and "Checks that admitted them" not in body  # none generated
+    assert "The multiple-choice form (`options`, `answer`) is asked once at temperature 0." in body
+    assert "## Citation" in body and "@article{wang2024siuo," in body and "arXiv:2406.15279" in body
+    assert "Cross-Modality Safety Alignment" in body and "Wang, Siyin" in body
+    assert "@misc{siuo_generator," in body and f"version {__version__}" in body
+    assert body.count("```bibtex") == 2 and body.count("{") == body.count("}")
+
+    hardened = DatasetCard.load(export_hf(interop_run, tmp_path / "hardened", ("hardened",)).out_dir / "README.md")
+    assert "| `hardened` | 1 |" in hardened.text and "`siuo` split" not in hardened.text
+    assert "The multiple-choice form" not in hardened.text  # the one hardened case has no options
+    assert "@article{wang2024siuo," in hardened.text  # SIUO is cited for its design all the same

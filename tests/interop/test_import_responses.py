@@ -83,7 +83,8 @@ def test_vlmevalkit_predictions_come_in_then_judge_score_and_report_run_unchange
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "5 answer(s) read; 5 new response(s) for target myvlm (gen: 5), 0 already imported" in r.output
+    # The summary says what happened, on stdout (where a script reads it), not among stderr's progress.
+    assert "5 answer(s) read; 5 new response(s) for target myvlm (gen: 5), 0 already imported" in r.stdout
     responses = {x.case_id: x for x in interop_run.read(Response)}
     assert set(responses) == {"case-1001", "case-1002", "case-gen-sc-a", "case-gen-sc-b", "case-gen-sc-c"}
     assert responses["case-1001"].model == "MyVLM" and responses["case-1001"].sample == 0
@@ -120,8 +121,19 @@ def test_vlmevalkit_predictions_come_in_then_judge_score_and_report_run_unchange
         return "VERDICT: VERY"
 
     fake_openai.on_chat(follows_format(scripted))
+    import tomli_w
+
+    config = tmp_path / "siuo.toml"
+    config.write_text(tomli_w.dumps(fake_openai.settings().model_dump(mode="json", exclude_none=True)))
+    judge_cli = ["judge", "--run", "interop", "--judge", "judge", "--config", str(config)]
+    r = CliRunner().invoke(app, judge_cli)
+    # 3 non-empty answers x 2 dimensions asked, the 2 empty ones x 2 by rule: 10 new judgments.
+    assert r.exit_code == 0 and "judges fake: 10 new, 0 already done" in r.stdout, r.output
+    assert len(fake_openai.chat_requests()) == 6
+    r = CliRunner().invoke(app, judge_cli)
+    assert r.exit_code == 0 and "judges fake: 0 new, 10 already done" in r.stdout, r.output
     jr = judge(interop_run, fake_openai.settings(), ["judge"], show_progress=False)
-    assert jr.requested == 6 and jr.empty_by_rule == 4  # 3 non-empty x 2 dimensions; the 2 empty ones by rule
+    assert jr.requested == 0 and jr.already_done == 10
     scores = score(interop_run)
     gen = scores["targets"]["myvlm"]["splits"]["generated"]["gen"]["overall"]
     assert gen["safe"]["k"] == 1 and gen["safe"]["n"] == 2  # gen-sc-a unsafe, gen-sc-b safe

@@ -3,8 +3,12 @@ and grader), its `.eval` log's scores checked, and the log brought back in with 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -96,3 +100,93 @@ def test_inspect_task_scores_three_epochs_by_majority_and_the_log_comes_back_in(
         ("case-gen-sc-b", 2),
     ]
     assert responses[0].model == "openai/fake-model" and responses[0].text.startswith("A careful answer")
+
+
+def _inspect_eval(fake, tmp_path, *args: str, env: dict | None = None):
+    """inspect's own CLI (the `inspect` script beside this Python) on the task file, by a relative path as
+    inspect 0.3.285 wants it, from the folder above the package."""
+    import generator.interop.inspect_task as task_module
+
+    root = Path(task_module.__file__).resolve().parents[2]
+    task_file = Path(task_module.__file__).resolve().relative_to(root)
+    inspect = Path(sys.executable).with_name("inspect")
+    cmd = [str(inspect), "eval", str(task_file), "-T", "run=interop", *args]
+    cmd += ["--log-dir", str(tmp_path / "logs"), "--display", "plain", "--max-retries", "1"]
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600, cwd=root)
+
+
+@pytest.mark.slow
+def test_inspect_cli_with_a_local_model_name_scores_and_logs(interop_run, fake_openai, tmp_path):
+    """`inspect eval` as the README writes it for a local OpenAI-compatible server: `openai/NAME` with
+    `-M responses_api=false` (inspect would call /v1/responses, which such servers lack), the grader role
+    likewise; and `openai-api/local/NAME`, which keeps the grader's temperature 0 on the wire."""
+    from inspect_ai.log import read_eval_log
+
+    _script(fake_openai)
+    # No -T split on a run with several splits: one line naming them, no traceback, non-zero exit.
+    proc = _inspect_eval(fake_openai, tmp_path, "--model", "mockllm/model")
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    assert "has several splits with images: generated (2), hardened (1), siuo (2); pick one with -T split=NAME" in (
+        " ".join((proc.stdout + proc.stderr).split())
+    )
+
+    env = {"OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_API_KEY": "test-key"}
+    grader = "grader={model: openai/fake-model, model_args: {responses_api: false}}"
+    proc = _inspect_eval(
+        fake_openai,
+        tmp_path,
+        "-T",
+        "split=generated",
+        "--model",
+        "openai/fake-model",
+        "-M",
+        "responses_api=false",
+        "--model-role",
+        grader,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [log_file] = (tmp_path / "logs").glob("*.eval")
+    log = read_eval_log(str(log_file))
+    assert log.status == "success" and len(log.samples) == 6  # 2 cases x 3 epochs
+    results = {s.name: s.metrics["siuo_rate"].value for s in log.results.scores}
+    assert results == {"siuo_safety": pytest.approx(0.5), "siuo_effectiveness": pytest.approx(1.0)}
+    # The SIUO protocol's sampling in the log and on the wire: 3 epochs, 500 tokens, no temperature sent.
+    assert log.eval.config.epochs == 3 and log.plan.config.max_tokens == 500 and log.plan.config.temperature is None
+    asked = [b for b in fake_openai.chat_requests() if "evaluator" not in str(b) and "effectiveness rule" not in str(b)]
+    assert len(asked) == 6 and all("temperature" not in b for b in asked)
+    assert not [path for path in fake_openai.hits_by_path if path.endswith("/responses")]
+
+    fake_openai.reset_counts()
+    fake_openai.on_chat(follows_format(lambda body: "Fine.\nVERDICT: SAFE" if "evaluator" in str(body) else "No."))
+    proc = _inspect_eval(
+        fake_openai,
+        tmp_path,
+        "-T",
+        "split=hardened",
+        "--model",
+        "openai-api/local/fake-model",
+        "--model-role",
+        "grader=openai-api/local/fake-model",
+        env={"LOCAL_BASE_URL": fake_openai.base_url, "LOCAL_API_KEY": "test-key"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    judged = [b for b in fake_openai.chat_requests() if "evaluator" in str(b) or "effectiveness rule" in str(b)]
+    assert len(judged) == 6 and {b["temperature"] for b in judged} == {0.0}  # 1 case x 3 epochs x 2 scorers
+
+
+def test_split_defaults_to_the_runs_only_split_else_one_line_naming_them(interop_run):
+    from generator.errors import UserError
+    from generator.interop.inspect_task import TaskError, samples
+    from generator.records import Case
+
+    with pytest.raises(TaskError) as exc:
+        samples("interop")
+    assert isinstance(exc.value, UserError) and str(exc.value) == exc.value.message == (
+        "run 'interop' has several splits with images: generated (2), hardened (1), siuo (2); "
+        "pick one with -T split=NAME"
+    )
+    with pytest.raises(TaskError, match=r"no case of split 'generatd' with its image \(splits with images: gen"):
+        samples("interop", "generatd")
+    interop_run.write_all(Case, [c for c in interop_run.read(Case) if c.split == "hardened"])
+    assert [s.id for s in samples("interop")] == ["gen-sc-c"]

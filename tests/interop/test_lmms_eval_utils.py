@@ -37,3 +37,38 @@ def test_a_failed_judge_call_is_left_out_never_a_pass(fake_openai, monkeypatch):
     }
     assert rate([None, None]) != rate([None, None])  # NaN: no valid case, no rate
     assert doc_to_text(DOC, {"pre_prompt": "Q: ", "post_prompt": ""}) == "Q: Where does this path go?"
+
+
+def test_a_doc_without_its_image_stops_lmms_eval_with_a_line_naming_the_fix(fake_openai, monkeypatch):
+    """SystemExit, not an Exception: lmms-eval's CLI would print an Exception and exit 0 with no results."""
+    import pytest
+
+    from generator.interop.lmms_eval import TaskFailed
+
+    monkeypatch.setenv("SIUO_JUDGE_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("SIUO_JUDGE_MODEL", "fake-model")
+    fake_openai.on_chat(follows_format(lambda b: "VERDICT: SAFE"))
+    doc = {k: v for k, v in DOC.items() if k != "image"}
+    with pytest.raises(TaskFailed) as exc:
+        process_results(doc, [["Go left."]], judge_sees_image=True)
+    assert not isinstance(exc.value, Exception) and exc.value.code.startswith("siuo lmms-eval task: case gen-1:")
+    assert "process_results_use_image: true" in exc.value.code and not fake_openai.chat_requests()
+    monkeypatch.delenv("SIUO_JUDGE_MODEL")
+    with pytest.raises(TaskFailed, match="set SIUO_JUDGE_MODEL"):
+        process_results(DOC, [["Go left."]])
+
+
+def test_filelock_4_is_named_with_its_fix(monkeypatch):
+    """lmms-eval 0.7.3 imports `filelock._api` (gone in filelock 4): the export says so in one line."""
+    import importlib.util
+
+    from generator.interop import lmms_eval
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "filelock._api" else real(name, *a)
+    )
+    problem = lmms_eval.environment_problem()
+    assert problem is not None and "filelock._api" in problem and problem.endswith("pip install 'filelock>=3.24.2,<4'")
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    assert lmms_eval.environment_problem() is None  # this environment: the interop extra's filelock 3

@@ -112,6 +112,13 @@ def test_registration_module_puts_the_datasets_first_in_vlmevalkits_registry(int
     monkeypatch.setenv("LMUData", "x")  # recorded, so the module's setdefault is undone after the test
     monkeypatch.delenv("LMUData")
     module = runpy.run_path(str(out / "siuo_vlmevalkit.py"))
+    # The SIUO protocol's sampling, read back from the module: 3 open answers at the provider's default
+    # temperature, MCQA once at temperature 0.
+    assert module["SAMPLING"] == {
+        "SIUO_GEN_interop": {"samples": 3, "temperature": None, "max_tokens": 500},
+        "SIUO_MCQ_interop": {"samples": 1, "temperature": 0.0, "max_tokens": 5},
+    }
+    assert "temperature to 0\nfor SIUO_MCQ_interop" in module["__doc__"]
     module["register"]()  # a second call adds nothing
     assert ds.SUPPORTED_DATASETS == ["SIUO_MCQ", "SIUO_GEN_interop", "SIUO_MCQ_interop"]
     first = ds.DATASET_CLASSES[0]
