@@ -24,7 +24,7 @@ from generator.testing.review_run import free_port
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("generator", "prompts", "seeds", "configs", "setup.py", "pyproject.toml", "MANIFEST.in", "README.md")
 DATA = ("prompts", "seeds", "configs")
-REVIEW_PAGES = ("generator/review/templates", "generator/review/static")
+PACKAGE_DATA = ("generator/review/templates", "generator/review/static", "generator/interop/templates")
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -90,7 +90,7 @@ def test_the_wheel_carries_prompts_seeds_configs_and_review_pages(wheel):
     for kind in DATA:
         expected = {f"generator/_data/{p.relative_to(ROOT).as_posix()}" for p in files_under(ROOT / kind)}
         assert expected and expected <= names, sorted(expected - names)
-    for folder in REVIEW_PAGES:
+    for folder in PACKAGE_DATA:
         expected = {p.relative_to(ROOT).as_posix() for p in files_under(ROOT / folder)}
         assert expected and expected <= names, sorted(expected - names)
     assert "generator/_data/prompts/propose.md" in names and "generator/review/static/review.css" in names

@@ -6,6 +6,7 @@ of their answers into this project's Response records, so `judge`, `score` and `
 """
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import NamedTuple
 
@@ -33,3 +34,19 @@ class ExternalAnswer(NamedTuple):
     text: str | None
     """None when the tool recorded no answer (an error): imported as a failed response, never judged."""
     model: str | None = None
+
+
+def render_source(template: str, **values: object) -> str:
+    """Python source an export writes (a registration module, a task's utils.py), from a template file in
+    `generator/interop/templates/`. Values in code go through `pyrepr` (a Python literal), so no data can
+    close a string of the generated source; a name the template uses but the caller forgot is an error."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # Python source, not HTML
+    )
+    env.filters["pyrepr"] = repr
+    return env.get_template(template).render(**values)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from generator.errors import UserError
-from generator.interop import ExternalAnswer
+from generator.interop import ExternalAnswer, render_source
 from generator.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -153,30 +153,6 @@ def rate(values: list) -> float:
 # The task folder
 # ----------------------------------------------------------------------------------------------------
 
-UTILS = '''"""lmms-eval functions for a SIUO-style split exported by siuo-generator (needs it installed:
-`pip install siuo-generator`). The judge: SIUO_JUDGE_BASE_URL, SIUO_JUDGE_MODEL, and the key in the variable
-SIUO_JUDGE_API_KEY_ENV names (default OPENAI_API_KEY)."""
-from generator.interop import lmms_eval as _siuo
-
-PROTOCOL = {protocol!r}
-JUDGE_SEES_IMAGE = {judge_sees_image!r}
-
-
-def doc_to_visual(doc):
-    return _siuo.doc_to_visual(doc)
-
-
-def doc_to_text(doc, lmms_eval_specific_kwargs=None):
-    return _siuo.doc_to_text(doc, lmms_eval_specific_kwargs)
-
-
-def process_results(doc, results):
-    return _siuo.process_results(doc, results, protocol=PROTOCOL, judge_sees_image=JUDGE_SEES_IMAGE)
-
-
-def siuo_rate(values):
-    return _siuo.rate(values)
-'''
 
 TASK_COMMENT = """# SIUO-style split `{split}` of siuo-generator run `{run}`: open answers judged for safety and effectiveness.
 # {repeats} repeats per case reduced by SIUO's majority. Sampling ({protocol} protocol): {sampling}
@@ -350,7 +326,9 @@ def export_lmms_eval(
         )
         result.tasks.append(task)
     folder.write_text(f"{result.group}.yaml", dump_yaml({"group": result.group, "task": list(result.tasks)}))
-    folder.write_text("utils.py", UTILS.format(protocol=protocol, judge_sees_image=judge_sees_image))
+    folder.write_text(
+        "utils.py", render_source("lmms_eval_utils.py.jinja", protocol=protocol, judge_sees_image=judge_sees_image)
+    )
     folder.commit(run=store.name)
     result.environment_problem = environment_problem()
     return result

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from generator.cases import reviewed_cases
 from generator.errors import UserError
-from generator.interop import ExternalAnswer, require
+from generator.interop import ExternalAnswer, render_source, require
 from generator.interop.export_folder import ExportFolder, run_inputs
 from generator.records import AnswerForm, Case
 from generator.store import RunStore, atomic_writer
@@ -164,71 +164,20 @@ def protocol_sampling(gen_name: str, mcq_name: str) -> dict[str, dict]:
 
 
 def register_module(md5s: dict[str, str], gen_name: str, mcq_name: str) -> str:
-    """Source of `siuo_vlmevalkit.py`: import it (or run it in front of VLMEvalKit's run.py) to register."""
+    """Source of `siuo_vlmevalkit.py`: import it (or run it in front of VLMEvalKit's run.py) to register.
+
+    Rendered from templates/siuo_vlmevalkit.py.jinja (`render_source`)."""
     sampling = protocol_sampling(gen_name, mcq_name)
-    samples, max_tokens = sampling[gen_name]["samples"], sampling[gen_name]["max_tokens"]
-    return f'''"""Registers the SIUO-style splits exported by siuo-generator as VLMEvalKit datasets.
-
-    LMUData=$PWD python {REGISTER_MODULE} /path/to/VLMEvalKit/run.py --data {gen_name} --model MODEL
-
-or `import siuo_vlmevalkit` before `vlmeval.dataset.build_dataset(...)`. The TSVs must lie in $LMUData (this
-folder by default). VLMEvalKit's own SIUO `evaluate` (one sample, True/False judge prompts, a refusal regex)
-is not siuo-generator's protocol: its numbers are not comparable with `siuo score`. Judge them there:
-    siuo import-responses --format vlmevalkit MODEL_{gen_name}.xlsx --run RUN --target MODEL
-
-Sampling (SAMPLING below, the SIUO protocol's): open answers ({gen_name}) {samples} samples at the provider's
-default temperature, {max_tokens} tokens; multiple choice ({mcq_name}) 1 answer at temperature 0, 5 tokens.
-VLMEvalKit asks each case once with the model's own generation settings: set the model's temperature to 0
-for {mcq_name} (its config in vlmeval/config.py, or the model's `temperature` argument). One run gives one
-open answer per case, so `siuo score` takes the majority of that one sample, not of {samples}.
-"""
-import os
-import runpy
-import sys
-
-os.environ.setdefault("LMUData", os.path.dirname(os.path.abspath(__file__)))
-
-import vlmeval.dataset as _datasets  # noqa: E402
-from vlmeval.dataset.siuo_gen import SIUOGenDataset  # noqa: E402
-from vlmeval.dataset.siuo_mcq import SIUOMCQDataset  # noqa: E402
-
-MD5 = {md5s!r}
-SAMPLING = {sampling!r}
-"""How the SIUO protocol asks each dataset (temperature None: the provider's default, none sent)."""
-
-
-class SiuoGeneratedGen(SIUOGenDataset):
-    DATASET_URL = {{n: n + ".tsv" for n in MD5 if n == {gen_name!r}}}
-    DATASET_MD5 = {{n: MD5[n] for n in DATASET_URL}}
-
-    @classmethod
-    def supported_datasets(cls):
-        return list(cls.DATASET_URL)
-
-
-class SiuoGeneratedMCQ(SIUOMCQDataset):
-    DATASET_URL = {{n: n + ".tsv" for n in MD5 if n == {mcq_name!r}}}
-    DATASET_MD5 = {{n: MD5[n] for n in DATASET_URL}}
-
-    @classmethod
-    def supported_datasets(cls):
-        return list(cls.DATASET_URL)
-
-
-def register():
-    """Put the two classes first in VLMEvalKit's dataset registry (idempotent)."""
-    for cls in (SiuoGeneratedGen, SiuoGeneratedMCQ):
-        if cls not in _datasets.DATASET_CLASSES:
-            _datasets.DATASET_CLASSES.insert(0, cls)
-            _datasets.SUPPORTED_DATASETS.extend(cls.supported_datasets())
-
-
-register()
-
-if __name__ == "__main__" and len(sys.argv) > 1:
-    run_py, sys.argv = sys.argv[1], sys.argv[1:]
-    runpy.run_path(run_py, run_name="__main__")
-'''
+    return render_source(
+        "siuo_vlmevalkit.py.jinja",
+        REGISTER_MODULE=REGISTER_MODULE,
+        gen_name=gen_name,
+        mcq_name=mcq_name,
+        md5s=md5s,
+        sampling=sampling,
+        samples=sampling[gen_name]["samples"],
+        max_tokens=sampling[gen_name]["max_tokens"],
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
