@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from generator.errors import UserError
+from generator.stage_report import StageOutcome, StageReport
 from generator.terminal import PrintableLogs, printable
 
 app = typer.Typer(
@@ -80,6 +81,25 @@ def exit_if_failed(
         raise typer.Exit(EXIT_FAILED_RECORDS)
 
 
+def finish(*reports: StageReport) -> None:
+    """End a stage's verb the one way every verb ends: its summary and tables on stdout, then (stderr) what
+    was left undone and what failed, and exit code 3 when either is non-empty."""
+    outcomes = [r.outcome() for r in reports]
+    for o in outcomes:
+        for line in o.summary:
+            summary_out.print(printable(line), highlight=False, soft_wrap=True)
+        for table in o.tables:
+            summary_out.print(table)
+    first = outcomes[0] if outcomes else StageOutcome(summary=[])
+    exit_if_failed(
+        sum(o.failed for o in outcomes),
+        sum(o.asked for o in outcomes),
+        what=first.what,
+        retry=first.retry,
+        skipped=[reason for o in outcomes for reason in o.incomplete],
+    )
+
+
 def clean_errors(fn: Callable) -> Callable:
     """Turn the project's own errors (bad input, bad config) into one clear line and exit code 2."""
 
@@ -117,7 +137,7 @@ def import_siuo_cmd(
     store = RunStore.open(run)
     with store.writing(wait):
         write_import(store, report)
-    console.print(printable(report.summary()), highlight=False)
+    finish(report)
 
 
 @app.command("export-siuo")
@@ -302,8 +322,7 @@ def import_responses_cmd(
             max_samples=max_samples,
             max_chars=max_chars,
         )
-    summary_out.print(printable(report.summary()), highlight=False, soft_wrap=True)
-    exit_if_failed(0, 0, skipped=report.incomplete)
+    finish(report)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -351,8 +370,7 @@ def propose_cmd(
             retry_failed=retry_failed,
             console=console,
         )
-    Console().print(summary.table())
-    exit_if_failed(summary.total.failed, summary.total.asked)
+    finish(summary)
 
 
 @app.command("harden")
@@ -400,8 +418,7 @@ def harden_cmd(
             retry_failed=retry_failed,
             console=console,
         )
-    Console().print(summary.table())
-    exit_if_failed(summary.total.failed, summary.total.asked)
+    finish(summary)
 
 
 def _with_executor(settings, executor: str | None):
@@ -451,8 +468,7 @@ def render_cmd(
     store = RunStore.open(run, create=False)
     with store.writing(wait):
         report = render(store, settings, retry_failed=retry_failed, console=console)
-    console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(report.failed, report.rendered + report.failed, what="image(s)")
+    finish(report)
 
 
 @app.command("check")
@@ -473,8 +489,7 @@ def check_cmd(
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
         report = check(store, _with_executor(settings, executor), retry_errors=retry_errors, console=console)
-    console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(sum(report.errors.values()), sum(report.new.values()), what="check(s)", retry="--retry-errors")
+    finish(report)
 
 
 @app.command("calibrate")
@@ -526,19 +541,15 @@ def calibrate_cmd(
 @clean_errors
 def accept_cmd(run: str = RunOpt, config: Path | None = ConfigOpt, wait: bool = WaitOpt) -> None:
     """Write the cases that passed every enabled check, and the filter report."""
-    from generator.checks.accept import REPORT_FILE, accept
+    from generator.checks.accept import accept
     from generator.config import load_settings
-    from generator.records import Case
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
         report = accept(store, settings)
-    Console().print(report.table())
-    console.print(
-        f"{report.new_cases} new cases in {store.file_for(Case)}; report in {store.path / REPORT_FILE}", highlight=False
-    )
+    finish(report)
 
 
 @app.command("review")
@@ -634,13 +645,7 @@ def answer_cmd(
             retry_failed=retry_failed,
             protocol=protocol,
         )
-    for report in reports:
-        console.print(printable(report.summary()), highlight=False)
-    exit_if_failed(
-        sum(r.failed for r in reports),
-        sum(r.requested for r in reports),
-        skipped=[f"{r.target}: {reason}" for r in reports for reason in r.incomplete],
-    )
+    finish(*reports)
 
 
 @app.command("judge")
@@ -662,13 +667,7 @@ def judge_cmd(
     settings = load_settings(config)  # a bad config is refused before the run is locked
     with store.writing(wait):
         report = judge(store, settings, judges, retry_failed=retry_failed, protocol=protocol)
-    summary_out.print(printable(report.summary()), highlight=False, soft_wrap=True)
-    orphans = (
-        [f"{report.unknown_case} response(s) skipped: their case is no longer in cases.jsonl"]
-        if report.unknown_case
-        else []
-    )
-    exit_if_failed(report.failed, report.requested, skipped=orphans)
+    finish(report)
 
 
 @app.command("score")

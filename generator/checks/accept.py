@@ -28,6 +28,7 @@ from generator.config import Settings
 from generator.domains import domain_by_id, domain_by_label
 from generator.errors import UserError
 from generator.records import Case, CheckResult, Render, Scenario, stable_key
+from generator.stage_report import StageOutcome
 from generator.store import RunStore, write_text_atomic
 
 STAGE = "accept"
@@ -115,6 +116,13 @@ class FilterReport:
         for name, why in sorted(self.not_run.items()):
             t.caption = (t.caption + "; " if t.caption else "") + f"NOT RUN {name}: {why}"
         return t
+
+    def outcome(self) -> StageOutcome:
+        """Scenarios that fell at a check are the filter working, not failures."""
+        return StageOutcome(
+            summary=[f"{self.new_cases} new cases in cases.jsonl; report in {REPORT_FILE}"],
+            tables=[self.table()],
+        )
 
 
 def mcqa_options(scenario: Scenario) -> tuple[dict[str, str] | None, str | None]:

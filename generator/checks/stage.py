@@ -80,6 +80,7 @@ from generator.errors import UserError
 from generator.progress import stage_progress
 from generator.prompts import load_prompt
 from generator.records import CheckResult, Render, Scenario
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,16 @@ class CheckReport:
             for n, c in sorted(self.new.items())
         ]
         return "check: " + "; ".join(parts) + f"; {self.skipped} already written"
+
+    def outcome(self) -> StageOutcome:
+        """A check that ran and did not pass is a result, not a failure; one that could not run is."""
+        return StageOutcome(
+            summary=[self.summary()],
+            failed=sum(self.errors.values()),
+            asked=sum(self.new.values()),
+            what="check(s)",
+            retry="--retry-errors",
+        )
 
 
 REMOTE_LABELS = {

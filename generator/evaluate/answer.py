@@ -27,6 +27,7 @@ from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 from generator.progress import stage_progress
 from generator.prompts import PROMPTS_DIR, Prompt, load_prompt
 from generator.records import AnswerForm, Case, Failure, Response, Usage, stable_key
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,14 @@ class AnswerReport:
         if self.errors:
             lines.append("failed calls are recorded as errors; re-run with --retry-failed to ask them again")
         return "\n".join(lines)
+
+    def outcome(self) -> StageOutcome:
+        return StageOutcome(
+            summary=[self.summary()],
+            failed=self.failed,
+            asked=self.requested,
+            incomplete=[f"{self.target}: {reason}" for reason in self.incomplete],
+        )
 
 
 async def answer_async(

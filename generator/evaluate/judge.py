@@ -43,6 +43,7 @@ from generator.evaluate.protocol import refuse_mixing, resolve_protocol
 from generator.progress import stage_progress
 from generator.prompts import Prompt, load_prompt
 from generator.records import Case, Dimension, Failure, Judgment, Response, stable_key
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,15 @@ class JudgeReport:
         if self.not_judged_errors:
             lines.append(f"{self.not_judged_errors} failed response(s) not judged (scored as error)")
         return "\n".join(lines)
+
+    def outcome(self) -> StageOutcome:
+        orphans = self.unknown_case
+        return StageOutcome(
+            summary=[self.summary()],
+            failed=self.failed,
+            asked=self.requested,
+            incomplete=[f"{orphans} response(s) skipped: their case is no longer in cases.jsonl"] if orphans else [],
+        )
 
 
 async def judge_async(

@@ -15,6 +15,7 @@ from generator.concurrency import bounded_map
 from generator.progress import stage_progress
 from generator.prompts import Prompt
 from generator.records import Failure, Scenario
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 
 
@@ -83,6 +84,15 @@ class StageSummary:
                 style="bold" if name == "total" else None,
             )
         return table
+
+    def outcome(self) -> StageOutcome:
+        t = self.total
+        return StageOutcome(
+            summary=[f"stopped early: {self.stopped}"] if self.stopped else [],
+            tables=[self.table()],
+            failed=t.failed,
+            asked=t.asked,
+        )
 
 
 async def run_stage_requests(

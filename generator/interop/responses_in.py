@@ -20,6 +20,7 @@ from generator.errors import UserError
 from generator.evaluate.protocol import PROTOCOLS, refuse_mixing
 from generator.interop import ExternalAnswer, require
 from generator.records import AnswerForm, Case, Response
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 from generator.untrusted import one_line, valid_unicode
 
@@ -119,6 +120,9 @@ class ImportResponsesReport:
                 "kept the earlier ones (import another tool run under a new --target)"
             )
         return "\n".join(lines)
+
+    def outcome(self) -> StageOutcome:
+        return StageOutcome(summary=[self.summary()], incomplete=self.incomplete)
 
 
 def read_answers(fmt: str, path: Path) -> Iterator[ExternalAnswer]:

@@ -20,6 +20,7 @@ from generator.config import read_text
 from generator.domains import domain_by_label, load_domains
 from generator.errors import UserError
 from generator.records import Case, Judgment, Response
+from generator.stage_report import StageOutcome
 from generator.store import RunStore
 from generator.untrusted import loads_untrusted
 
@@ -63,6 +64,10 @@ class ImportReport:
         if self.replaced_chars:
             lines.append(f"{self.replaced_chars} invalid Unicode character(s) (lone surrogates) replaced with U+FFFD")
         return "\n".join(lines)
+
+    def outcome(self) -> StageOutcome:
+        """Missing images are flagged, not skipped (`--strict` makes them an error): the import is complete."""
+        return StageOutcome(summary=[self.summary()])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from generator.config import Settings
 from generator.errors import UserError
 from generator.progress import stage_progress
 from generator.records import Failure, Render, RenderBackend, Scenario, stable_key
+from generator.stage_report import StageOutcome
 from generator.store import TMP_SUFFIX, RunStore, atomic_writer
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class RenderReport:
         return (
             f"render ({self.backend}, {self.model}): {self.rendered} new, {self.skipped} already done, "
             f"{self.failed} failed{rate}"
+        )
+
+    def outcome(self) -> StageOutcome:
+        return StageOutcome(
+            summary=[self.summary()], failed=self.failed, asked=self.rendered + self.failed, what="image(s)"
         )
 
 
