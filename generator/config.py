@@ -244,6 +244,9 @@ class SearchSettings(_Section):
     whose worst case would pass it is not started. None: no cap (the cost budget still holds)."""
     hardener: str = "proposer"
     """Role (or endpoint) writing the variants."""
+    samples: int = Field(1, ge=1)
+    """Answers per search target and node (the search needs a signal, not a score; the held-out proof
+    samples as the protocol says)."""
 
 
 class ExecutorSettings(_Section):

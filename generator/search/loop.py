@@ -41,8 +41,7 @@ from generator.config import Settings
 from generator.domains import domain_by_id
 from generator.errors import UserError
 from generator.evaluate.answer import answer_async
-from generator.evaluate.judge import judge_async
-from generator.evaluate.protocol import resolve_protocol
+from generator.evaluate.judge import DIMENSIONS_BY_FORM, judge_async
 from generator.evaluate.score import response_verdict
 from generator.generate.harden import STRATEGIES_FILE, HardenedModel, Parent, Strategy, load_parents, load_strategies
 from generator.prompts import load_prompt
@@ -221,9 +220,8 @@ def round_worst_case(settings: Settings, nodes: int, judges: int) -> int:
     cfg = settings.search
     plan = planned_checks(check_settings(settings))
     checks = sum(len(names) for names in plan.values()) + (1 if "pair_hazard" in plan else 0)
-    proto = resolve_protocol(settings)
     targets = len(panel_endpoints(settings, cfg.targets))
-    panel = targets * proto.gen.samples * (1 + judges * len(proto.judge_prompts))
+    panel = targets * cfg.samples * (1 + judges * len(DIMENSIONS_BY_FORM["gen"]))
     return nodes * cfg.k * (1 + settings.render.candidates + checks + panel)
 
 
@@ -281,7 +279,7 @@ async def _panel_async(panel: RunStore, settings: Settings, targets: list[str], 
 
     async with ModelHub(settings, store=panel) as hub:
         for t in targets:
-            await answer_async(panel, settings, t, hub=hub, show_progress=False)
+            await answer_async(panel, settings, t, samples=settings.search.samples, hub=hub, show_progress=False)
         if panel.file_for(Response).exists():
             await judge_async(panel, settings, judges, hub=hub, show_progress=False)
         return sum(hub.requests_sent.values()), hub.total_cost
