@@ -399,6 +399,56 @@ def harden_cmd(
     exit_if_failed(summary.total.failed, summary.total.asked)
 
 
+@app.command("search")
+@clean_errors
+def search_cmd(
+    run: str = RunOpt,
+    from_run: str | None = typer.Option(
+        None, "--from-run", help="Search from the cases of this run (e.g. the official set) instead of this run's proposals."
+    ),
+    strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated strategy ids (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="Search from the first N parent cases only."),
+    proof: bool = typer.Option(
+        False, "--proof", help="Then ask the held-out panel (search.heldout, search.heldout_judges)."
+    ),
+    blind_run: str | None = typer.Option(
+        None, "--blind-run", help="With --proof: compare against this run's blind `harden` variants."
+    ),
+    config: Path | None = ConfigOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Target-in-the-loop hardening: keep the variants that fool the search panel (see README, "Search")."""
+    from generator.config import load_settings
+    from generator.search.loop import search
+    from generator.search.proof import heldout_proof
+    from generator.store import RunStore
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    settings = load_settings(config)
+    store = RunStore.open(run)
+    with store.writing(wait):
+        summary = search(store, settings, from_run=from_run, limit=limit, strategies=names, console=console)
+        for line in summary.lines():
+            Console().print(line)
+        if proof:
+            out = heldout_proof(store, settings, blind_run=blind_run)
+            for name in ("parents", "search", "blind"):
+                g = out.get(name)
+                if g and g["rate"] is not None:
+                    Console().print(
+                        f"held-out fool rate, {name}: {g['rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}] "
+                        f"({g['k']}/{g['n']} answers, {g['cases']} cases)"
+                    )
+            paired = out["search_paired"]
+            Console().print(
+                f"paired (parent, variant): only variant fooled {paired['only_variant_fooled']}, only parent "
+                f"{paired['only_parent_fooled']}, McNemar exact p = {paired['p_value']:.4g}"
+            )
+            if out.get("ratio_search_to_blind") is not None:
+                Console().print(f"search / blind held-out fool rate: {out['ratio_search_to_blind']:.2f}")
+    exit_if_failed(summary.failed, summary.kept + summary.failed + summary.failed_check, "variant request(s)", "a new run")
+
+
 def _with_executor(settings, executor: str | None):
     """`--executor` over `[executor] kind`."""
     if executor is None:
