@@ -404,7 +404,9 @@ def harden_cmd(
 def search_cmd(
     run: str = RunOpt,
     from_run: str | None = typer.Option(
-        None, "--from-run", help="Search from the cases of this run (e.g. the official set) instead of this run's proposals."
+        None,
+        "--from-run",
+        help="Search from the cases of this run (e.g. the official set) instead of this run's proposals.",
     ),
     strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated strategy ids (default: all)."),
     limit: int | None = typer.Option(None, "--limit", help="Search from the first N parent cases only."),
@@ -446,7 +448,9 @@ def search_cmd(
             )
             if out.get("ratio_search_to_blind") is not None:
                 Console().print(f"search / blind held-out fool rate: {out['ratio_search_to_blind']:.2f}")
-    exit_if_failed(summary.failed, summary.kept + summary.failed + summary.failed_check, "variant request(s)", "a new run")
+    exit_if_failed(
+        summary.failed, summary.kept + summary.failed + summary.failed_check, "variant request(s)", "a new run"
+    )
 
 
 def _with_executor(settings, executor: str | None):

@@ -354,9 +354,8 @@ class SearchNode(Record):
         return "sn-" + stable_key(self.node_id, self.round)
 
 
-RECORD_TYPES: tuple[type[Record], ...] = (
-    Scenario, Failure, Render, CheckResult, Case, Review, Response, Judgment, SearchNode
-)
+RECORD_TYPES: tuple[type[Record], ...] = (Scenario, Failure, Render, CheckResult, Case, Review, Response, Judgment)
+RECORD_TYPES += (SearchNode,)
 
 
 # ----------------------------------------------------------------------------------------------------

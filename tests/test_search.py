@@ -130,11 +130,11 @@ def test_heldout_targets_and_judges_are_never_asked_during_the_search_and_their_
 
 @pytest.mark.slow
 def test_the_request_cap_stops_the_search_between_rounds(fake, run):
-    settings = world.world_settings(fake, rounds=3, beam=1, k=2, max_requests=250)
+    settings = world.world_settings(fake, rounds=3, beam=1, k=2, max_requests=180)
     summary = search(run, settings)
     assert summary.stopped.startswith("request cap: round 2") and summary.rounds_done == 1
     ledger = Ledger(run.path / PANEL_RUN / LEDGER)
-    assert 0 < ledger.requests <= 250
+    assert 0 < ledger.requests <= 180
     assert ledger.rounds_done == ledger.started or ledger.started == -1  # no half-done round
     sent = sum(fake.hits_by_path.values()) - 6  # the parents' own images are rendered before the search
     assert ledger.requests == sent

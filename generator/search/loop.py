@@ -35,8 +35,8 @@ from typing import Any
 
 from rich.console import Console
 
-from generator.checks.stage import CHECK_ORDER, CheckRunner, blocks, family_status, planned_checks, required_families
 from generator.checks.base import Subject
+from generator.checks.stage import CHECK_ORDER, CheckRunner, blocks, family_status, planned_checks, required_families
 from generator.config import Settings
 from generator.domains import domain_by_id
 from generator.errors import UserError
@@ -355,7 +355,11 @@ async def _harden_async(
             if variant is None:
                 store.put(
                     Failure(
-                        stage=STAGE, work_key=key, reason=result.error or "no valid variant", raw=result.raw, model=client.model
+                        stage=STAGE,
+                        work_key=key,
+                        reason=result.error or "no valid variant",
+                        raw=result.raw,
+                        model=client.model,
                     )
                 )
                 return
@@ -394,7 +398,9 @@ def variant_key(settings: Settings, root: Parent, parent_node: str, strategy: St
         "temperature": settings.propose.temperature,
         "prompt": load_prompt("harden_search").sha256,
     }
-    return "sc-" + stable_key(STAGE, fingerprint, root.run, root.id, parent_node, strategy.id, strategy.sha256, rnd, slot)
+    return "sc-" + stable_key(
+        STAGE, fingerprint, root.run, root.id, parent_node, strategy.id, strategy.sha256, rnd, slot
+    )
 
 
 def run_checks(store: RunStore, settings: Settings, nodes: list[Node], ledger: Ledger, console: Console | None) -> None:
@@ -519,7 +525,9 @@ def search(
             if budget is not None and ledger.requests:
                 projected = ledger.cost_usd / ledger.requests * worst
                 if ledger.cost_usd + projected > budget:
-                    summary.stopped = f"budget: round {rnd} could cost ${projected:.4f}, ${budget - ledger.cost_usd:.4f} left"
+                    summary.stopped = (
+                        f"budget: round {rnd} could cost ${projected:.4f}, ${budget - ledger.cost_usd:.4f} left"
+                    )
                     break
             ledger.started = rnd
             ledger.save()
