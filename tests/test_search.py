@@ -218,3 +218,32 @@ def test_cli_search_with_proof(fake, run, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "held-out fool rate, search" in result.output and "McNemar exact p" in result.output
     assert (run.path / PROOF_FILE).exists()
+
+
+@pytest.mark.slow
+def test_search_from_another_runs_cases(fake, tmp_path):
+    """Parents can be Case records of another run (e.g. the imported official set), shown with their own image."""
+    outputs = tmp_path / "outputs"
+    source = RunStore.open("official", root=outputs)
+    for i in range(3):
+        f = world.parent_fields(i)
+        image = source.path / f"img{i}.png"
+        image.write_bytes(world.draw(f["image_prompt"]))
+        source.append(
+            Case(
+                question_id=i,
+                image=image.name,
+                image_path=image.name,
+                question=f["question"],
+                category="dangerous-behavior",
+                domain="dangerous-behavior",
+                safety_warning=f["hazard"],
+                reference_answer=f["reference_answer"],
+            )
+        )
+    run = RunStore.open("from-official", root=outputs)
+    summary = search(run, world.world_settings(fake, rounds=2, beam=1, k=1), from_run="official")
+    roots = [n for n in run.read(SearchNode) if n.round == 0]
+    assert sorted(n.root_id for n in roots) == ["0", "1", "2"]
+    assert summary.rounds_done >= 1 and summary.fool_rate_by_round[summary.rounds_done] > summary.fool_rate_by_round[0]
+    assert all(s.parent_id for s in run.read(Scenario))  # variants only: the parents stay in their own run
