@@ -532,6 +532,9 @@ def score(store: RunStore, protocol: str | None = None, ties: str = "unsafe") ->
         raise StoreError(f"{store.file_for(Response)}: the run has no responses yet (run `siuo answer` first)")
     with store.stage("score") as stage:
         scores = compute_scores(store, protocol, ties)
+        from generator.evaluate.difficulty import item_difficulty  # it reads verdicts through this module
+
+        scores["difficulty"] = item_difficulty(store, ties)
         path = store.path / SCORES_FILE
         write_text_atomic(path, json.dumps(scores, indent=2, ensure_ascii=False))
         stage.counts["targets"] = len(scores["targets"])
