@@ -413,6 +413,9 @@ def search_cmd(
     proof: bool = typer.Option(
         False, "--proof", help="Then ask the held-out panel (search.heldout, search.heldout_judges)."
     ),
+    allow_weak_judges: bool = typer.Option(
+        False, "--allow-weak-judges", help="Start even when a judge is under search.judge_accuracy_floor."
+    ),
     blind_run: str | None = typer.Option(
         None, "--blind-run", help="With --proof: compare against this run's blind `harden` variants."
     ),
@@ -429,7 +432,15 @@ def search_cmd(
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
-        summary = search(store, settings, from_run=from_run, limit=limit, strategies=names, console=console)
+        summary = search(
+            store,
+            settings,
+            from_run=from_run,
+            limit=limit,
+            strategies=names,
+            allow_weak_judges=allow_weak_judges,
+            console=console,
+        )
         for line in summary.lines():
             Console().print(line)
         if proof:
@@ -531,10 +542,19 @@ def check_cmd(
 def calibrate_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
+    judges: str | None = typer.Option(
+        None, "--judges", help="Calibrate these judges (comma-separated roles or endpoints) instead of the checks."
+    ),
+    writer: str = typer.Option("proposer", "--writer", help="With --judges: role writing the known-unsafe replies."),
+    limit: int | None = typer.Option(None, "--limit", help="With --judges: the first N cases only."),
     config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
-    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
+    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs;
+    with --judges, each judge on known-safe and known-unsafe responses."""
+    if judges:
+        _calibrate_judges(run, [j.strip() for j in judges.split(",") if j.strip()], writer, limit, config, wait)
+        return
     from rich.table import Table
 
     from generator.checks.calibrate import (
@@ -569,6 +589,27 @@ def calibrate_cmd(
     )
     console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
     exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
+
+
+def _calibrate_judges(run: str, judges: list[str], writer: str, limit: int | None, config, wait: bool) -> None:
+    from generator.config import load_settings
+    from generator.evaluate.judge_calibration import CAL_FILE, calibrate_judges
+    from generator.evaluate.score import fmt_rate
+    from generator.store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        cal = calibrate_judges(store, load_settings(config), judges, writer=writer, limit=limit)
+    for name, figures in cal["judges"].items():
+        console.print(
+            printable(
+                f"judge {name}: accuracy {fmt_rate(figures['accuracy'])}; known-safe called safe "
+                f"{fmt_rate(figures['on_known_safe'])}; known-unsafe called unsafe {fmt_rate(figures['on_known_unsafe'])}"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"wrote {printable(str(store.path / CAL_FILE))}", highlight=False, soft_wrap=True)
 
 
 @app.command("accept")

@@ -247,6 +247,9 @@ class SearchSettings(_Section):
     samples: int = Field(1, ge=1)
     """Answers per search target and node (the search needs a signal, not a score; the held-out proof
     samples as the protocol says)."""
+    judge_accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
+    """Refuse to start when a search or held-out judge's accuracy on known responses (`siuo calibrate
+    --judges`, judge_calibration.json) is under this, or unmeasured; None: no floor."""
 
 
 class ExecutorSettings(_Section):

@@ -50,7 +50,7 @@ def test_difficulty_in_scores_and_the_report_section_of_a_searched_run(fake_open
     diff = json.loads((sub.path / "scores.json").read_text())["difficulty"]
     assert diff == json.loads(json.dumps(scores["difficulty"]))
     # the two held-out targets share rule B: every case is fooled by both or by neither, so all saturate
-    for key, c in diff["cases"].items():
+    for c in diff["cases"].values():
         assert c["targets"] == 2 and c["saturated"] in ("none_fooled", "all_fooled") and c["difficulty"] is None
     parents = [c for c in diff["cases"].values() if c["split"] == "generated"]  # no blind run here
     hardened = [c for c in diff["cases"].values() if c["split"] == "hardened"]

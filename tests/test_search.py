@@ -224,26 +224,44 @@ def test_cli_search_with_proof(fake, run, tmp_path, monkeypatch):
 def test_search_from_another_runs_cases(fake, tmp_path):
     """Parents can be Case records of another run (e.g. the imported official set), shown with their own image."""
     outputs = tmp_path / "outputs"
-    source = RunStore.open("official", root=outputs)
-    for i in range(3):
-        f = world.parent_fields(i)
-        image = source.path / f"img{i}.png"
-        image.write_bytes(world.draw(f["image_prompt"]))
-        source.append(
-            Case(
-                question_id=i,
-                image=image.name,
-                image_path=image.name,
-                question=f["question"],
-                category="dangerous-behavior",
-                domain="dangerous-behavior",
-                safety_warning=f["hazard"],
-                reference_answer=f["reference_answer"],
-            )
-        )
+    world.seed_cases(RunStore.open("official", root=outputs), 3)
     run = RunStore.open("from-official", root=outputs)
     summary = search(run, world.world_settings(fake, rounds=2, beam=1, k=1), from_run="official")
     roots = [n for n in run.read(SearchNode) if n.round == 0]
     assert sorted(n.root_id for n in roots) == ["0", "1", "2"]
     assert summary.rounds_done >= 1 and summary.fool_rate_by_round[summary.rounds_done] > summary.fool_rate_by_round[0]
     assert all(s.parent_id for s in run.read(Scenario))  # variants only: the parents stay in their own run
+
+
+@pytest.mark.slow
+def test_judges_are_calibrated_on_known_responses_and_a_weak_judge_stops_the_search(fake, tmp_path):
+    from generator.evaluate.judge_calibration import CAL_FILE, calibrate_judges
+
+    outputs = tmp_path / "outputs"
+    store = RunStore.open("official", root=outputs)
+    world.seed_cases(store, 4)
+    settings = world.world_settings(fake, judges=["judge-lax"], judge_accuracy_floor=0.9)
+    cal = calibrate_judges(store, settings, ["judge-s", "judge-lax", "judge-h"])
+    assert cal["known_safe"] == cal["known_unsafe"] == 4
+    good, lax = cal["judges"]["judge-s"], cal["judges"]["judge-lax"]
+    assert (good["accuracy"]["k"], good["accuracy"]["n"]) == (8, 8)
+    assert (lax["accuracy"]["k"], lax["accuracy"]["n"]) == (4, 8) and lax["on_known_unsafe"]["rate"] == 0.0
+    assert set(good["by_domain"]) == set(world.DOMAINS[:3])
+    assert json.loads((store.path / CAL_FILE).read_text())["judges"]["judge-lax"]["accuracy"]["rate"] == 0.5
+    fake.reset_counts()
+    calibrate_judges(store, settings, ["judge-s", "judge-lax", "judge-h"])
+    assert fake.hits == 0  # resumed: every known response and verdict is on file
+
+    with pytest.raises(UserError, match=r"judge 'judge-lax': accuracy 0.500 .* search.judge_accuracy_floor 0.900"):
+        search(store, settings, from_run="official")
+    assert fake.hits == 0
+    other = RunStore.open("uncalibrated", root=outputs)
+    with pytest.raises(UserError, match=r"judge 'judge-lax' has no calibration"):
+        search(other, settings, from_run="official")
+    summary = search(
+        other,
+        settings.model_copy(update={"search": settings.search.model_copy(update={"rounds": 1})}),
+        from_run="official",
+        allow_weak_judges=True,
+    )
+    assert summary.rounds_done == 1

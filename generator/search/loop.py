@@ -42,6 +42,7 @@ from generator.domains import domain_by_id
 from generator.errors import UserError
 from generator.evaluate.answer import answer_async
 from generator.evaluate.judge import DIMENSIONS_BY_FORM, judge_async
+from generator.evaluate.judge_calibration import refuse_weak_judges
 from generator.evaluate.score import response_verdict
 from generator.generate.harden import STRATEGIES_FILE, HardenedModel, Parent, Strategy, load_parents, load_strategies
 from generator.prompts import load_prompt
@@ -451,11 +452,16 @@ def search(
     limit: int | None = None,
     strategies: Sequence[str] | None = None,
     strategies_file: Path | None = None,
+    allow_weak_judges: bool = False,
     console: Console | None = None,
 ) -> SearchSummary:
-    """Run (or continue) the search; see the module docstring."""
+    """Run (or continue) the search; see the module docstring. Refuses judges under
+    `search.judge_accuracy_floor` (see generator.evaluate.judge_calibration) unless `allow_weak_judges`."""
     cfg = settings.search
     validate_panels(settings)
+    if not allow_weak_judges:
+        every_judge = search_judges(settings) + list(cfg.heldout_judges)
+        refuse_weak_judges(store, settings, panel_endpoints(settings, every_judge), cfg.judge_accuracy_floor)
     known = load_strategies(Path(strategies_file or STRATEGIES_FILE))
     names = list(strategies or known)
     unknown = [n for n in names if n not in known]
