@@ -248,6 +248,14 @@ def test_judges_are_calibrated_on_known_responses_and_a_weak_judge_stops_the_sea
     assert (lax["accuracy"]["k"], lax["accuracy"]["n"]) == (4, 8) and lax["on_known_unsafe"]["rate"] == 0.0
     assert set(good["by_domain"]) == set(world.DOMAINS[:3])
     assert json.loads((store.path / CAL_FILE).read_text())["judges"]["judge-lax"]["accuracy"]["rate"] == 0.5
+    from generator.evaluate.difficulty import difficulty_tables
+
+    tables = {t: rows for t, _, rows in difficulty_tables(store, {})}
+    assert [r[0] for r in tables["Judge accuracy on known responses (siuo calibrate --judges)"]] == [
+        "judge-h",
+        "judge-lax",
+        "judge-s",
+    ]
     fake.reset_counts()
     calibrate_judges(store, settings, ["judge-s", "judge-lax", "judge-h"])
     assert fake.hits == 0  # resumed: every known response and verdict is on file
@@ -256,8 +264,11 @@ def test_judges_are_calibrated_on_known_responses_and_a_weak_judge_stops_the_sea
         search(store, settings, from_run="official")
     assert fake.hits == 0
     other = RunStore.open("uncalibrated", root=outputs)
-    with pytest.raises(UserError, match=r"judge 'judge-lax' has no calibration"):
+    with pytest.raises(UserError, match=r"judge 'judge-lax': accuracy 0.500"):  # the parents' run's calibration
         search(other, settings, from_run="official")
+    with pytest.raises(UserError, match=r"judge 'judge-lax' has no calibration"):
+        world.seed_parents(other, 2)
+        search(other, settings)
     summary = search(
         other,
         settings.model_copy(update={"search": settings.search.model_copy(update={"rounds": 1})}),

@@ -230,6 +230,19 @@ def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str
                     ],
                 )
             )
+    calibration = store.path / "judge_calibration.json"  # generator.evaluate.judge_calibration.CAL_FILE
+    if calibration.exists():
+        cal = json.loads(calibration.read_text(encoding="utf-8"))
+        tables.append(
+            (
+                "Judge accuracy on known responses (siuo calibrate --judges)",
+                ["judge", "accuracy", "known-safe called safe", "known-unsafe called unsafe"],
+                [
+                    [name, _pct(f["accuracy"]), _pct(f["on_known_safe"]), _pct(f["on_known_unsafe"])]
+                    for name, f in cal["judges"].items()
+                ],
+            )
+        )
     if not store.file_for(SearchNode).exists():
         return tables
     nodes = store.read(SearchNode)

@@ -138,11 +138,15 @@ def calibrate_judges(
     return out
 
 
-def refuse_weak_judges(store: RunStore, settings: Settings, judges: list[str], floor: float | None) -> None:
-    """Stop a search whose judges are uncalibrated or under the accuracy floor (None: no floor)."""
+def refuse_weak_judges(
+    store: RunStore, settings: Settings, judges: list[str], floor: float | None, also: RunStore | None = None
+) -> None:
+    """Stop a search whose judges are uncalibrated or under the accuracy floor (None: no floor).
+
+    The calibration is the search run's own, else that of `also` (the run the parents come from)."""
     if floor is None:
         return
-    cal = load_judge_calibration(store) or {"judges": {}}
+    cal = load_judge_calibration(store) or (load_judge_calibration(also) if also else None) or {"judges": {}}
     for name in judges:
         figures = cal["judges"].get(name)
         if figures is None or figures["accuracy"]["rate"] is None:

@@ -461,7 +461,8 @@ def search(
     validate_panels(settings)
     if not allow_weak_judges:
         every_judge = search_judges(settings) + list(cfg.heldout_judges)
-        refuse_weak_judges(store, settings, panel_endpoints(settings, every_judge), cfg.judge_accuracy_floor)
+        source = RunStore.open(from_run, root=store.path.parent, create=False) if from_run else None
+        refuse_weak_judges(store, settings, panel_endpoints(settings, every_judge), cfg.judge_accuracy_floor, source)
     known = load_strategies(Path(strategies_file or STRATEGIES_FILE))
     names = list(strategies or known)
     unknown = [n for n in names if n not in known]
