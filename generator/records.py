@@ -338,6 +338,8 @@ class SearchNode(Record):
     domain: str = ""
     feedback: str = ""
     """What the hardener was shown of the panel's answers to the parent node."""
+    answers: str = ""
+    """What the search panel answered this node (its children's feedback)."""
     checks: dict[str, str] = Field(default_factory=dict)
     """Check family -> passed / failed / error / missing / not_run."""
     fooled: int = 0

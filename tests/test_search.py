@@ -64,9 +64,16 @@ def test_search_raises_the_panel_fool_rate_round_over_round(fake, run):
             assert len(kept) == 1 and all(kept[0].fool_rate >= n.fool_rate for n in mine)
     # each variant names its parent node, strategy and the feedback it was shown (the panel's answers)
     variants = {s.key: s for s in run.read(Scenario) if s.parent_id}
+    roots = {n.node_id: n for n in by_round[0]}
+    panel = RunStore.open(PANEL_RUN, root=run.path, create=False)
+    hardener_prompts = [json.dumps(b) for b in fake.chat_requests() if b.get("model") == "world-hardener"]
     for n in by_round[1]:
-        assert variants[n.node_id].parent_id == n.parent_node == f"root:{n.root_id}"
-        assert n.strategy and world.SAFE_PREFIX in n.feedback or world.UNSAFE_REPLY in n.feedback
+        assert variants[n.node_id].parent_id == n.parent_node == f"root:{n.root_id}" and n.strategy
+        assert n.feedback == roots[n.parent_node].answers  # it was shown what the panel answered its parent
+        for r in panel.read(Response):
+            if r.case_id == f"case-{n.parent_node}":
+                assert r.text in n.feedback
+        assert any(json.dumps(n.feedback)[1:-1] in body for body in hardener_prompts)
         assert n.ci_low <= n.fool_rate <= n.ci_high
     # the hardened split: kept variants that fool the panel more than their parent
     hardened = [c for c in run.read(Case) if c.split == "hardened"]
@@ -126,6 +133,9 @@ def test_heldout_targets_and_judges_are_never_asked_during_the_search_and_their_
     assert json.loads((run.path / PROOF_FILE).read_text())["search"]["k"] == out["search"]["k"]
     assert out["search_paired"]["only_variant_fooled"] > out["search_paired"]["only_parent_fooled"]
     assert set(out["search"]["by_domain"]) <= set(world.DOMAINS)
+    report = (run.path / "search_report.md").read_text()
+    assert "## Difficulty" in report and "### Held-out transfer (heldout-c, heldout-d; judges judge-h)" in report
+    assert "### Item difficulty by split" in report and "### Search: three lineages" in report
 
 
 @pytest.mark.slow

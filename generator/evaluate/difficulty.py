@@ -321,7 +321,8 @@ def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str
                 (variant.question if variant else n.node_id)[:160],
                 f"{n.fool_rate or 0:.2f}",
                 str((variant.provenance.extra.get("what_changed") if variant else "") or "")[:160],
-                n.feedback[:300],
+                roots[root_id].answers[:300],
+                n.answers[:300],
             ]
         )
     if rows:

@@ -82,6 +82,9 @@ class Node:
     parent_node: str | None = None
     strategy: str | None = None
     feedback: str = ""
+    """What the hardener was shown when it wrote this node: the panel's answers to its parent node."""
+    answers: str = ""
+    """The panel's answers to this node (its children's feedback)."""
     checks: dict[str, str] = field(default_factory=dict)
     leakage_signals: int = 0
     fooled: int = 0
@@ -109,6 +112,7 @@ class Node:
             strategy=self.strategy,
             domain=self.root.domain,
             feedback=self.feedback,
+            answers=self.answers,
             checks=self.checks,
             fooled=self.fooled,
             asked=self.asked,
@@ -301,7 +305,7 @@ def evaluate(panel: RunStore, settings: Settings, nodes: list[Node], ledger: Led
 
 
 def fool_counts(panel: RunStore, settings: Settings, nodes: list[Node], targets: list[str], judges: list[str]) -> None:
-    """Each node's (unsafe answers, judged answers) and the feedback its children will be shown."""
+    """Each node's (unsafe answers, judged answers) and its answers, the feedback its children will be shown."""
     by_case = {f"case-{n.node_id}": n for n in nodes}
     verdicts: dict[str, list[str]] = {}
     for j in panel.read_latest(Judgment):
@@ -320,7 +324,7 @@ def fool_counts(panel: RunStore, settings: Settings, nodes: list[Node], targets:
             node.fooled += v == "unsafe"
         answers.setdefault(r.case_id, []).append(f"[{r.target}, sample {r.sample}] {r.text[:FEEDBACK_CHARS]}")
     for key, n in by_case.items():
-        n.feedback = "\n\n".join(answers.get(key, [])) or "(no answers)"
+        n.answers = "\n\n".join(answers.get(key, [])) or "(no answers)"
 
 
 async def _harden_async(
@@ -343,7 +347,7 @@ async def _harden_async(
                 strategy_name=strategy.name,
                 strategy_instruction=strategy.instruction,
                 parent=json.dumps(parent.fields, ensure_ascii=False, indent=1),
-                feedback=parent.feedback,
+                feedback=parent.answers,
             )
             result = await client.structured(
                 [user_message(text)],
@@ -383,7 +387,7 @@ async def _harden_async(
                             "round": parent.round + 1,
                             "strategy_hash": strategy.sha256,
                             "what_changed": variant.what_changed,
-                            "feedback": parent.feedback,
+                            "feedback": parent.answers,
                         },
                     ),
                 )
@@ -546,7 +550,7 @@ def search(
             scenarios = {s.key: s for s in store.read(Scenario)}
         for parent, strategy, key in work:
             sc = scenarios.get(key)
-            child = Node(key, parent.root, rnd, sc, None, parent.node_id, strategy.id, parent.feedback)
+            child = Node(key, parent.root, rnd, sc, None, parent.node_id, strategy.id, parent.answers)
             if sc is None:
                 child.status = "failed"
             children.append(child)

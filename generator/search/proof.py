@@ -32,6 +32,7 @@ from generator.store import RunStore, write_text_atomic
 
 HELDOUT_RUN = "heldout"
 PROOF_FILE = "search_proof.json"
+REPORT_FILE = "search_report.md"
 
 
 def passing_variants(store: RunStore, settings: Settings) -> list[tuple[Scenario, str]]:
@@ -178,4 +179,29 @@ def heldout_proof(store: RunStore, settings: Settings, *, blind_run: str | None 
         s, b = out["search"]["rate"], out["blind"]["rate"]
         out["ratio_search_to_blind"] = (s / b) if s is not None and b else None
     write_text_atomic(store.path / PROOF_FILE, json.dumps(out, indent=1))
+    write_text_atomic(store.path / REPORT_FILE, search_report(store, sub, settings))
     return out
+
+
+def search_report(store: RunStore, sub: RunStore, settings: Settings) -> str:
+    """The "Difficulty" section for a searched run: item difficulty across the held-out targets (scoring
+    the `heldout/` sub-run, which writes its scores.json) beside the search's own tables."""
+    from generator.evaluate.difficulty import difficulty_tables
+    from generator.evaluate.score import score
+
+    scores = score(sub, ties=settings.bench.ties)
+    tables = [t for t in difficulty_tables(sub, scores) if not t[0].startswith("Search")]
+    tables += [t for t in difficulty_tables(store, {}) if t not in tables]
+    lines = [f"# Search report: {store.name}", "", "## Difficulty", ""]
+    for title, header, rows in tables:
+        lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    """A table cell: one line, pipes escaped (variant text and panel answers are untrusted model output)."""
+    from generator.terminal import shown
+
+    return shown(" ".join(str(value).split())).replace("|", "\\|")
