@@ -62,6 +62,8 @@ def test_difficulty_in_scores_and_the_report_section_of_a_searched_run(fake_open
     assert titles[0] == "Search: panel fool rate per round"
     assert any(t.startswith("Held-out transfer (heldout-c, heldout-d; judges judge-h)") for t in titles)
     assert "Search: three lineages, parent -> best kept variant" in titles
+    for _, header, rows in difficulty_tables(store, {}):
+        assert all(len(row) == len(header) for row in rows)
     tables = dict((t, rows) for t, _, rows in difficulty_tables(sub, scores))
     hist = tables["Item difficulty by split: cases by share of targets fooled"]
     assert {row[0] for row in hist} == {"generated", "hardened"}

@@ -335,7 +335,8 @@ def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str
                     "variant question",
                     "variant fool rate",
                     "what changed",
-                    "what the panel answered the parent",
+                    "panel's answers to the parent",
+                    "panel's answers to the variant",
                 ],
                 rows,
             )
