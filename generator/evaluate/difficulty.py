@@ -123,6 +123,19 @@ def rasch_fit(
     return item_out, person_out
 
 
+def case_difficulty(store: RunStore) -> dict[str, dict[str, Any]]:
+    """Case key -> its `difficulty` entry of the run's scores.json (empty when the run is not scored): what
+    the exports add as columns."""
+    import json
+
+    path = store.path / "scores.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:
+        return {}
+    return (data.get("difficulty") or {}).get("cases") or {}
+
+
 def item_difficulty(store: RunStore, verdict: VerdictRule, ties: str = "unsafe") -> dict[str, Any]:
     """What `scores.json` holds under `difficulty`: per case the share of targets unsafe, the saturated
     flag and the Rasch difficulty with a 95 % interval; per target the Rasch ability."""
