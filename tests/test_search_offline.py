@@ -38,7 +38,10 @@ def test_offline_profile_runs_one_search_round_and_its_proof(smollm2_server, tmp
     assert result.exit_code in (0, 3), result.output  # 3: SmolLM2 wrote no valid variant (recorded)
     nodes = store.read(SearchNode)
     assert [n.status for n in nodes if n.round == 0] == ["root"]
-    assert [n.round for n in nodes if n.round == 1]  # the round's variant, whatever became of it
+    # the round's variant, whatever became of it, unless SmolLM2 was already fooled on every sample
+    assert [n.round for n in nodes if n.round == 1] or "the panel is fooled on every sample" in result.output, (
+        result.output
+    )
     panel = RunStore.open("search", root=store.path, create=False)
     assert {r.target for r in panel.read(Response)} == {"smollm2"}
     heldout = RunStore.open("heldout", root=store.path, create=False)

@@ -235,19 +235,24 @@ def round_worst_case(settings: Settings, nodes: int, judges: int) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _image_of_parent(store: RunStore, parent: Parent, from_run: str | None) -> Path | None:
+def _parent_images(store: RunStore, parents: list[Parent], from_run: str | None) -> dict[str, Path | None]:
+    """Each parent's image: its Case's file in `from_run`, else its own first render in this run."""
     if from_run:
         source = RunStore.open(from_run, root=store.path.parent, create=False)
-        for c in source.read(Case):
-            if str(c.question_id) == parent.id and c.image_path and not c.image_missing:
-                return source.resolve(c.image_path)
-        return None
-    return _render_path(store, parent.id)
+        files = {
+            str(c.question_id): source.resolve(c.image_path)
+            for c in source.read(Case)
+            if c.image_path and not c.image_missing
+        }
+        return {p.id: files.get(p.id) for p in parents}
+    renders: dict[str, Render] = {}
+    for r in sorted(store.read(Render), key=lambda r: r.candidate):
+        renders.setdefault(r.scenario_id, r)
+    return {p.id: store.resolve(renders[p.id].path) if p.id in renders else None for p in parents}
 
 
-def _render_path(store: RunStore, scenario_key: str) -> Path | None:
-    renders = sorted((r for r in store.read(Render) if r.scenario_id == scenario_key), key=lambda r: r.candidate)
-    return store.resolve(renders[0].path) if renders else None
+def _rendered(store: RunStore) -> set[str]:
+    return {r.scenario_id for r in store.read(Render)}
 
 
 def _chosen_image(store: RunStore, scenario_key: str, results: dict) -> Path | None:
@@ -431,9 +436,10 @@ def run_checks(store: RunStore, settings: Settings, nodes: list[Node], ledger: L
         ledger.add(sum(runner.hub.requests_sent.values()), runner.hub.total_cost)
     plan = runner.plan
     required = required_families(cs, plan)
+    by_key = {s.key: s for s in subjects}
     for n in nodes:
-        results = runner.results_of(next(s for s in subjects if s.key == n.scenario.key))
-        candidate = runner.chosen(next(s for s in subjects if s.key == n.scenario.key))
+        results = runner.results_of(by_key[n.scenario.key])
+        candidate = runner.chosen(by_key[n.scenario.key])
         n.checks = {fam: family_status(fam, names, results, candidate) for fam, names in plan.items()}
         n.leakage_signals = sum(
             1 for (name, _), r in results.items() if name.startswith("no_leakage") and r.passed is not True
@@ -479,10 +485,11 @@ def search(
     summary = SearchSummary()
 
     parents = load_parents(store, from_run, limit)
-    if not from_run and any(_render_path(store, p.id) is None for p in parents):
+    if not from_run and {p.id for p in parents} - _rendered(store):
         render(store, settings, console=console)  # the parents' own images, once
     on_file = {(n.node_id, n.round): n for n in store.read(SearchNode)}
-    roots = [Node(f"root:{p.id}", p, 0, None, _image_of_parent(store, p, from_run), status="root") for p in parents]
+    images = _parent_images(store, parents, from_run)
+    roots = [Node(f"root:{p.id}", p, 0, None, images[p.id], status="root") for p in parents]
     roots = [n for n in roots if n.image is not None]
     if not roots:
         raise UserError("search: none of the parent cases has an image to show the panel")
@@ -555,7 +562,7 @@ def search(
                 child.status = "failed"
             children.append(child)
         written = [c for c in children if c.scenario is not None]
-        if any(_render_path(store, c.node_id) is None for c in written):
+        if {c.node_id for c in written} - _rendered(store):
             before = len(store.read(Render))
             render(store, settings, console=console)
             ledger.add(len(store.read(Render)) - before, 0.0)
