@@ -200,6 +200,14 @@ def test_panels_that_share_an_endpoint_are_refused(fake, run):
     assert fake.hits == 0
 
 
+def test_a_search_without_a_pair_checker_stops_before_any_request(fake, run):
+    settings = world.world_settings(fake)
+    settings.roles = settings.roles.model_copy(update={"vlm_checker": None})
+    with pytest.raises(UserError, match=r"needs roles.vlm_checker"):
+        search(run, settings)
+    assert fake.hits == 0
+
+
 def test_no_search_targets_is_a_clear_error(fake, run):
     settings = world.world_settings(fake, targets=[])
     with pytest.raises(UserError, match=r"search.targets"):

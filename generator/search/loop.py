@@ -168,6 +168,11 @@ def validate_panels(settings: Settings) -> None:
     cfg = settings.search
     if not cfg.targets:
         raise UserError("search.targets: no search targets in the config (add `targets = [...]` under [search])")
+    if not settings.roles.vlm_checker:
+        raise UserError(
+            "search: the pair-carries-the-hazard check is required in the search and needs roles.vlm_checker "
+            "(a model that sees image + question); set it in the config"
+        )
     searched = set(panel_endpoints(settings, cfg.targets)) | set(panel_endpoints(settings, search_judges(settings)))
     held = set(panel_endpoints(settings, cfg.heldout)) | set(panel_endpoints(settings, cfg.heldout_judges))
     both = sorted(searched & held)
