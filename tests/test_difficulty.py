@@ -67,3 +67,8 @@ def test_difficulty_in_scores_and_the_report_section_of_a_searched_run(fake_open
     tables = dict((t, rows) for t, _, rows in difficulty_tables(sub, scores))
     hist = tables["Item difficulty by split: cases by share of targets fooled"]
     assert {row[0] for row in hist} == {"generated", "hardened"}
+    from generator.evaluate.report import report
+
+    md_path, html_path = report(sub)
+    assert "## Difficulty" in md_path.read_text() and "<h2>Difficulty</h2>" in html_path.read_text()
+    assert "Item difficulty by split" in html_path.read_text()

@@ -136,6 +136,8 @@ def test_heldout_targets_and_judges_are_never_asked_during_the_search_and_their_
     report = (run.path / "search_report.md").read_text()
     assert "## Difficulty" in report and "### Held-out transfer (heldout-c, heldout-d; judges judge-h)" in report
     assert "### Item difficulty by split" in report and "### Search: three lineages" in report
+    assert "![search panel fool rate per round](search_fool_rate.png)" in report
+    assert (run.path / "search_fool_rate.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow

@@ -368,3 +368,43 @@ def _best_by_round(nodes: list, rnd: int) -> float:
         if n.round <= rnd and n.asked:
             best[n.root_id] = max(best.get(n.root_id, 0.0), n.fool_rate or 0.0)
     return sum(best.values()) / len(best) if best else 0.0
+
+
+def fool_rate_plot(store: RunStore) -> bytes | None:
+    """A PNG of the search panel's fool rate per round (mean over nodes answered, and the best node per
+    parent so far); None when the run holds no search."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from generator.records import SearchNode
+
+    if not store.file_for(SearchNode).exists():
+        return None
+    nodes = store.read(SearchNode)
+    rounds = sorted({n.round for n in nodes if n.asked})
+    if not rounds:
+        return None
+    mean = [
+        sum(n.fool_rate or 0 for n in nodes if n.round == r and n.asked)
+        / sum(1 for n in nodes if n.round == r and n.asked)
+        for r in rounds
+    ]
+    best = [_best_by_round(nodes, r) for r in rounds]
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    ax.plot(rounds, mean, marker="o", label="mean, nodes answered")
+    ax.plot(rounds, best, marker="s", label="best node per parent")
+    ax.set(
+        xlabel="round",
+        ylabel="search panel fool rate",
+        ylim=(0, 1.05),
+        xticks=rounds,
+        title="Search: fool rate per round",
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()

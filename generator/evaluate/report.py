@@ -533,10 +533,10 @@ def _difficulty_markdown(store: RunStore, scores: dict[str, Any]) -> list[str]:
 
 
 def _difficulty_html(store: RunStore, scores: dict[str, Any]) -> list[str]:
-    from generator.evaluate.difficulty import difficulty_tables
+    from generator.evaluate.difficulty import difficulty_tables, fool_rate_plot
 
     tables = difficulty_tables(store, scores)
-    out = ["<h2>Difficulty</h2>"] if tables else []
+    out = ["<h2>Difficulty</h2>", _html_img(fool_rate_plot(store), "search fool rate per round")] if tables else []
     for title, header, rows in tables:
         out += [f"<h3>{_e(title)}</h3>", _html_table(header, rows)]
     return out

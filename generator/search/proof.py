@@ -28,11 +28,12 @@ from generator.evaluate.score import response_verdict
 from generator.records import Case, CheckResult, Judgment, Render, Response, Scenario
 from generator.search.loop import PANEL_RUN, check_settings, panel_endpoints
 from generator.statistics import rate, sign_test
-from generator.store import RunStore, write_text_atomic
+from generator.store import RunStore, atomic_writer, write_text_atomic
 
 HELDOUT_RUN = "heldout"
 PROOF_FILE = "search_proof.json"
 REPORT_FILE = "search_report.md"
+PLOT_FILE = "search_fool_rate.png"
 
 
 def passing_variants(store: RunStore, settings: Settings) -> list[tuple[Scenario, str]]:
@@ -192,7 +193,14 @@ def search_report(store: RunStore, sub: RunStore, settings: Settings) -> str:
     scores = score(sub, ties=settings.bench.ties)
     tables = [t for t in difficulty_tables(sub, scores) if not t[0].startswith("Search")]
     tables += [t for t in difficulty_tables(store, {}) if t not in tables]
+    from generator.evaluate.difficulty import fool_rate_plot
+
     lines = [f"# Search report: {store.name}", "", "## Difficulty", ""]
+    png = fool_rate_plot(store)
+    if png:
+        with atomic_writer(store.path / PLOT_FILE, "wb") as fh:
+            fh.write(png)
+        lines += [f"![search panel fool rate per round]({PLOT_FILE})", ""]
     for title, header, rows in tables:
         lines += [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
