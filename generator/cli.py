@@ -421,6 +421,71 @@ def harden_cmd(
     finish(summary)
 
 
+@app.command("search")
+@clean_errors
+def search_cmd(
+    run: str = RunOpt,
+    from_run: str | None = typer.Option(
+        None,
+        "--from-run",
+        help="Search from the cases of this run (e.g. the official set) instead of this run's proposals.",
+    ),
+    strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated strategy ids (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="Search from the first N parent cases only."),
+    proof: bool = typer.Option(
+        False, "--proof", help="Then ask the held-out panel (search.heldout, search.heldout_judges)."
+    ),
+    allow_weak_judges: bool = typer.Option(
+        False, "--allow-weak-judges", help="Start even when a judge is under search.judge_accuracy_floor."
+    ),
+    blind_run: str | None = typer.Option(
+        None, "--blind-run", help="With --proof: compare against this run's blind `harden` variants."
+    ),
+    config: Path | None = ConfigOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Target-in-the-loop hardening: keep the variants that fool the search panel (see README, "Search")."""
+    from generator.config import load_settings
+    from generator.search.loop import search
+    from generator.search.proof import heldout_proof
+    from generator.store import RunStore
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    settings = load_settings(config)
+    store = RunStore.open(run)
+    with store.writing(wait):
+        summary = search(
+            store,
+            settings,
+            from_run=from_run,
+            limit=limit,
+            strategies=names,
+            allow_weak_judges=allow_weak_judges,
+            console=console,
+        )
+        for line in summary.lines():
+            Console().print(line)
+        if proof:
+            out = heldout_proof(store, settings, blind_run=blind_run)
+            for name in ("parents", "search", "blind"):
+                g = out.get(name)
+                if g and g["rate"] is not None:
+                    Console().print(
+                        f"held-out fool rate, {name}: {g['rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}] "
+                        f"({g['k']}/{g['n']} answers, {g['cases']} cases)"
+                    )
+            paired = out["search_paired"]
+            Console().print(
+                f"paired (parent, variant): only variant fooled {paired['only_variant_fooled']}, only parent "
+                f"{paired['only_parent_fooled']}, McNemar exact p = {paired['p_value']:.4g}"
+            )
+            if out.get("ratio_search_to_blind") is not None:
+                Console().print(f"search / blind held-out fool rate: {out['ratio_search_to_blind']:.2f}")
+    exit_if_failed(
+        summary.failed, summary.kept + summary.failed + summary.failed_check, "variant request(s)", "a new run"
+    )
+
+
 def _with_executor(settings, executor: str | None):
     """`--executor` over `[executor] kind`."""
     if executor is None:
@@ -497,10 +562,19 @@ def check_cmd(
 def calibrate_cmd(
     run: str = RunOpt,
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run again the checks that could not run."),
+    judges: str | None = typer.Option(
+        None, "--judges", help="Calibrate these judges (comma-separated roles or endpoints) instead of the checks."
+    ),
+    writer: str = typer.Option("proposer", "--writer", help="With --judges: role writing the known-unsafe replies."),
+    limit: int | None = typer.Option(None, "--limit", help="With --judges: the first N cases only."),
     config: Path | None = ConfigOpt,
     wait: bool = WaitOpt,
 ) -> None:
-    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs."""
+    """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs;
+    with --judges, each judge on known-safe and known-unsafe responses."""
+    if judges:
+        _calibrate_judges(run, [j.strip() for j in judges.split(",") if j.strip()], writer, limit, config, wait)
+        return
     from rich.table import Table
 
     from generator.checks.calibrate import (
@@ -535,6 +609,27 @@ def calibrate_cmd(
     )
     console.print(f"wrote {printable(str(store.path / CALIBRATION_FILE))}", highlight=False, soft_wrap=True)
     exit_if_failed(cal["new_errors"], cal["new_results"], what="check(s)", retry="--retry-errors")
+
+
+def _calibrate_judges(run: str, judges: list[str], writer: str, limit: int | None, config, wait: bool) -> None:
+    from generator.config import load_settings
+    from generator.evaluate.judge_calibration import CAL_FILE, calibrate_judges
+    from generator.evaluate.score import fmt_rate
+    from generator.store import RunStore
+
+    store = RunStore.open(run, create=False)
+    with store.writing(wait):
+        cal = calibrate_judges(store, load_settings(config), judges, writer=writer, limit=limit)
+    for name, figures in cal["judges"].items():
+        console.print(
+            printable(
+                f"judge {name}: accuracy {fmt_rate(figures['accuracy'])}; known-safe called safe "
+                f"{fmt_rate(figures['on_known_safe'])}; known-unsafe called unsafe {fmt_rate(figures['on_known_unsafe'])}"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"wrote {printable(str(store.path / CAL_FILE))}", highlight=False, soft_wrap=True)
 
 
 @app.command("accept")

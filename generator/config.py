@@ -220,6 +220,38 @@ class CheckSettings(_Section):
     """Images per CLIP forward pass."""
 
 
+class SearchSettings(_Section):
+    """`siuo search`: a target-in-the-loop hardening search (generator.search). Two panels, so that what the
+    search finds is proven on models (and judges) it never asked."""
+
+    targets: list[str] = Field(default_factory=list)
+    """Endpoints (or roles) answering during the search: their answers steer it."""
+    judges: list[str] = Field(default_factory=list)
+    """Judges of the search panel's answers; empty: `roles.judge`."""
+    heldout: list[str] = Field(default_factory=list)
+    """Endpoints asked only for the held-out proof, never during the search."""
+    heldout_judges: list[str] = Field(default_factory=list)
+    """Judges of the held-out proof, never asked during the search (a search can learn one judge's blind
+    spots instead of the targets')."""
+    rounds: int = Field(3, ge=1)
+    """Rounds after the parents' own evaluation."""
+    beam: int = Field(2, ge=1)
+    """Variants per parent kept for the next round, the best by fool rate."""
+    k: int = Field(2, ge=1)
+    """Variants the hardener writes per beam node and round."""
+    max_requests: int | None = Field(None, ge=1)
+    """Model requests the search may make in all (hardener, checks, panel answers and judgments); a round
+    whose worst case would pass it is not started. None: no cap (the cost budget still holds)."""
+    hardener: str = "proposer"
+    """Role (or endpoint) writing the variants."""
+    samples: int = Field(1, ge=1)
+    """Answers per search target and node (the search needs a signal, not a score; the held-out proof
+    samples as the protocol says)."""
+    judge_accuracy_floor: float | None = Field(None, ge=0.0, le=1.0)
+    """Refuse to start when a search or held-out judge's accuracy on known responses (`siuo calibrate
+    --judges`, judge_calibration.json) is under this, or unmeasured; None: no floor."""
+
+
 class ExecutorSettings(_Section):
     """Where the model-local work (render with diffusers, CLIP / safety checker / opennsfw checks) runs.
 
@@ -332,6 +364,7 @@ class Settings(_Section):
     check: CheckSettings = Field(default_factory=CheckSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     bench: BenchSettings = Field(default_factory=BenchSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
     domains_file: str | None = None
     """Extra domains (TOML, same shape as seeds/domains.toml) added to the nine SIUO domains."""
 

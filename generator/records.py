@@ -325,7 +325,45 @@ class Judgment(Record):
         return "jd-" + stable_key(self.response_key, self.dimension, self.judge)
 
 
+class SearchNode(Record):
+    """One node of a hardening search (generator.search): a parent (round 0) or a variant, what it was
+    given, what the checks said, how often the search panel was fooled, and what became of it.
+
+    The variant's text is its Scenario (`scenario_id`); the panel's answers and judgments are in the
+    run's `search/` folder. Written once its round is complete, so a node on file is final."""
+
+    FILE: ClassVar[str] = "search_nodes.jsonl"
+
+    node_id: str
+    """The Scenario key of a variant; `root:<parent id>` for a parent."""
+    root_id: str
+    """The parent case this lineage started from."""
+    parent_node: str | None = None
+    round: int
+    strategy: str | None = None
+    domain: str = ""
+    feedback: str = ""
+    """What the hardener was shown of the panel's answers to the parent node."""
+    answers: str = ""
+    """What the search panel answered this node (its children's feedback)."""
+    checks: dict[str, str] = Field(default_factory=dict)
+    """Check family -> passed / failed / error / missing / not_run."""
+    fooled: int = 0
+    asked: int = 0
+    fool_rate: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    leakage_signals: int = 0
+    """Leakage checks that did not pass cleanly (ties of the beam go to fewer)."""
+    status: Literal["root", "kept", "pruned", "failed_check", "failed"] = "pruned"
+    created: str = Field(default_factory=utc_now)
+
+    def make_key(self) -> str:
+        return "sn-" + stable_key(self.node_id, self.round)
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (Scenario, Failure, Render, CheckResult, Case, Review, Response, Judgment)
+RECORD_TYPES += (SearchNode,)
 
 
 # ----------------------------------------------------------------------------------------------------

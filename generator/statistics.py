@@ -83,3 +83,16 @@ def rate(k: int, n: int, excluded: int = 0) -> dict[str, Any]:
         "ci_high": ci[1] if ci else None,
         "excluded": excluded,
     }
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Exact two-sided p-value of McNemar's test (the sign test on the discordant pairs).
+
+    Over (parent, variant) pairs: `gained` pairs where only the variant fooled, `lost` where only the
+    parent did; concordant pairs carry no information about the difference. 1.0 with no discordant pair."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    small = min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(small + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -403,6 +403,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
         for who, (verdict, raw) in sorted(e.get("judge_replies", {}).items()):
             parts += [f"Judge {_md_cell(who)}: {_md_cell(verdict)}", "", _md_fenced(_clip(raw, 800)), ""]
     parts += _calibration_markdown(store)
+    parts += _difficulty_markdown(store, scores)
     parts += (
         [
             "## Published SIUO figures (for context)",
@@ -507,6 +508,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
             )
         out.append("</div>")
     out += _calibration_html(store)
+    out += _difficulty_html(store, scores)
     ref_rows = [list(r) for r in SIUO_REFERENCE] + [["random choice", "", "", "", SIUO_RANDOM_MCQA]]
     out += [
         "<h2>Published SIUO figures (for context)</h2>",
@@ -517,6 +519,27 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
     out += [f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in scores.get("rules", {}).items()]
     out += ["</ul></body></html>"]
     return "\n".join(out)
+
+
+def _difficulty_markdown(store: RunStore, scores: dict[str, Any]) -> list[str]:
+    """The "Difficulty" section (generator.evaluate.difficulty), when the run has figures for it."""
+    from generator.evaluate.difficulty import difficulty_tables
+
+    tables = difficulty_tables(store, scores)
+    parts = ["## Difficulty", ""] if tables else []
+    for title, header, rows in tables:
+        parts += [f"### {_md_cell(title)}", "", _md_table(header, rows), ""]
+    return parts
+
+
+def _difficulty_html(store: RunStore, scores: dict[str, Any]) -> list[str]:
+    from generator.evaluate.difficulty import difficulty_tables, fool_rate_plot
+
+    tables = difficulty_tables(store, scores)
+    out = ["<h2>Difficulty</h2>", _html_img(fool_rate_plot(store), "search fool rate per round")] if tables else []
+    for title, header, rows in tables:
+        out += [f"<h3>{_e(title)}</h3>", _html_table(header, rows)]
+    return out
 
 
 def _calibration_markdown(store: RunStore) -> list[str]:

@@ -48,6 +48,7 @@ from generator.cases import reviewed_keys
 from generator.domains import load_domains
 from generator.errors import UserError
 from generator.evaluate.common import INVALID_VERDICTS, require_field, stream_jsonl
+from generator.evaluate.difficulty import item_difficulty
 from generator.evaluate.mcqa import is_correct, option_letters, parse_choice
 from generator.records import Case, Judgment, Response, utc_now
 from generator.statistics import cohen_kappa, fleiss_kappa, rate
@@ -532,6 +533,7 @@ def score(store: RunStore, protocol: str | None = None, ties: str = "unsafe") ->
         raise StoreError(f"{store.file_for(Response)}: the run has no responses yet (run `siuo answer` first)")
     with store.stage("score") as stage:
         scores = compute_scores(store, protocol, ties)
+        scores["difficulty"] = item_difficulty(store, response_verdict, ties)
         path = store.path / SCORES_FILE
         write_text_atomic(path, json.dumps(scores, indent=2, ensure_ascii=False))
         stage.counts["targets"] = len(scores["targets"])

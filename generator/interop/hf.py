@@ -25,6 +25,7 @@ from typing import Any
 
 from generator.cases import reviewed_cases
 from generator.errors import UserError
+from generator.evaluate.difficulty import case_difficulty
 from generator.interop.export_folder import ExportFolder, run_inputs, sha256_of
 from generator.records import Case, CheckResult
 from generator.store import TMP_SUFFIX, RunStore, write_text_atomic
@@ -59,6 +60,8 @@ def features():
             "revision": Value("int32"),
             "image_source": Value("string"),
             "image_licence": Value("string"),
+            "difficulty": Value("float64"),
+            "share_unsafe": Value("float64"),
             "checks": List(
                 {
                     "check": Value("string"),
@@ -129,11 +132,17 @@ def _image_source(case: Case) -> tuple[str, str]:
 
 
 def _row(
-    case: Case, checks: list[CheckResult], question: str | None = None, split: str | None = None
+    case: Case,
+    checks: list[CheckResult],
+    question: str | None = None,
+    split: str | None = None,
+    difficulty: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One dataset row without its image; strings are never None (an empty column stays a string column)."""
+    """One dataset row without its image; strings are never None (an empty column stays a string column).
+    `difficulty`: the case's entry of scores.json (None: not scored, both columns null)."""
     source, licence = _image_source(case)
     control = split == "control"
+    difficulty = {} if control else (difficulty or {})
     return {
         "question_id": str(case.question_id),
         "question": question if question is not None else case.question,
@@ -150,6 +159,8 @@ def _row(
         "revision": case.provenance.get("review", {}).get("revision", 0),
         "image_source": source,
         "image_licence": licence,
+        "difficulty": difficulty.get("difficulty"),
+        "share_unsafe": difficulty.get("share_unsafe"),
         "checks": []
         if control
         else [
@@ -232,6 +243,7 @@ def export_hf(
     for r in store.read_latest(CheckResult):
         checks[r.scenario_id].append(r)
     result = HfExport(out_dir, license=license)
+    difficulty = case_difficulty(store)
     by_split: dict[str, list[tuple[dict, Path]]] = defaultdict(list)
     for c in cases:
         src = store.resolve(c.image_path) if c.image_path and not c.image_missing else None
@@ -241,7 +253,7 @@ def export_hf(
         mine = sorted(
             checks.get(c.scenario_id or "", []), key=lambda r: (r.check, -1 if r.candidate is None else r.candidate)
         )
-        by_split[c.split].append((_row(c, mine), src))
+        by_split[c.split].append((_row(c, mine, difficulty=difficulty.get(c.key)), src))
         if controls:
             from generator.evaluate.answer import control_question_for
 

@@ -21,9 +21,11 @@ import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from generator.cases import reviewed_cases
 from generator.errors import UserError
+from generator.evaluate.difficulty import case_difficulty
 from generator.interop import ExternalAnswer, render_source, require
 from generator.interop.export_folder import ExportFolder, run_inputs
 from generator.records import AnswerForm, Case
@@ -31,6 +33,8 @@ from generator.store import RunStore, atomic_writer
 
 GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
 MCQ_COLUMNS = ("index", "image", "question", "category", "answer", "question_id", "split", "domain")
+GEN_COLUMNS += ("difficulty", "share_unsafe")  # from scores.json (empty when not scored)
+MCQ_COLUMNS += ("difficulty", "share_unsafe")
 REGISTER_MODULE = "siuo_vlmevalkit.py"
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 
@@ -42,6 +46,10 @@ class VlmEvalKitExport:
     """Dataset name -> TSV written."""
     rows: dict[str, int] = field(default_factory=dict)
     skipped_missing_image: list[str] = field(default_factory=list)
+
+
+def _number(value: Any) -> str:
+    return "" if value is None else f"{value:.6g}"
 
 
 def dataset_names(tag: str) -> tuple[str, str]:
@@ -69,6 +77,7 @@ def export_vlmevalkit(
     if not cases:
         raise UserError(f"{store.file_for(Case)}: no cases of split(s) {', '.join(splits)} to export")
     images = {}
+    difficulty = case_difficulty(store)
     result = VlmEvalKitExport(out_dir)
     for c in cases:
         src = store.resolve(c.image_path) if c.image_path and not c.image_missing else None
@@ -98,7 +107,8 @@ def export_vlmevalkit(
         n_mcq = 0
         for i, c in enumerate(cases):
             image = base64.b64encode(images[c.key].read_bytes()).decode("ascii")
-            ids = [str(c.question_id), c.split, c.domain]
+            d = difficulty.get(c.key) or {}
+            ids = [str(c.question_id), c.split, c.domain, *(_number(d.get(k)) for k in ("difficulty", "share_unsafe"))]
             gen.writerow([i, image, c.question, c.category, c.safety_warning, c.reference_answer, *ids])
             if mcq is not None and c.options and c.correct_option:
                 mcq.writerow(

@@ -59,6 +59,8 @@ def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop
         "question_id",
         "split",
         "domain",
+        "difficulty",
+        "share_unsafe",
     ]
     assert gen["index"].dtype.kind == "i" and list(gen["index"]) == [0, 1, 2, 3, 4]
     assert list(gen["question_id"].astype(str)) == ["1001", "1002", "gen-sc-a", "gen-sc-b", "gen-sc-c"]
@@ -81,6 +83,8 @@ def test_export_vlmevalkit_writes_gen_and_mcq_tsvs_with_the_siuo_columns(interop
         "question_id",
         "split",
         "domain",
+        "difficulty",
+        "share_unsafe",
     ]
     assert list(mcq["question_id"].astype(str)) == ["1001", "1002", "gen-sc-a"]
     assert list(mcq["answer"]) == ["A", "A", "B"]
@@ -130,3 +134,42 @@ def test_registration_module_puts_the_datasets_first_in_vlmevalkits_registry(int
     import os
 
     assert os.environ["LMUData"] == str(out)
+
+
+def test_exports_carry_each_cases_difficulty_from_scores_json(interop_run, tmp_path):
+    """The difficulty columns come from the run's scores.json (`siuo score`); a case it does not rate, or a
+    run not scored, has empty cells."""
+    import json
+
+    from generator.records import Case
+
+    cases = [c for c in interop_run.read(Case) if c.split == "generated"]
+    rated, unrated = cases[0], cases[1]
+    (interop_run.path / "scores.json").write_text(
+        json.dumps({"difficulty": {"cases": {rated.key: {"difficulty": -0.75, "share_unsafe": 0.25}}}})
+    )
+    out = tmp_path / "lmu"
+    args = ["export-vlmevalkit", "--run", "interop", "--out", str(out), "--split", "generated"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    gen = pd.read_csv(out / "SIUO_GEN_interop.tsv", sep="\t", dtype={"question_id": str})
+    row = gen.set_index("question_id")
+    assert row.loc[str(rated.question_id), "difficulty"] == -0.75
+    assert row.loc[str(rated.question_id), "share_unsafe"] == 0.25
+    assert pd.isna(row.loc[str(unrated.question_id), "difficulty"])
+
+    pytest.importorskip("datasets")
+    from datasets import load_dataset
+
+    ds_out = tmp_path / "ds"
+    assert (
+        CliRunner()
+        .invoke(app, ["export-hf", "--run", "interop", "--out", str(ds_out), "--split", "generated"])
+        .exit_code
+        == 0
+    )
+    ds = load_dataset("parquet", data_dir=str(ds_out / "data"))["train"]
+    by_id = {r["question_id"]: r for r in ds}
+    assert (
+        by_id[str(rated.question_id)]["difficulty"] == -0.75 and by_id[str(rated.question_id)]["share_unsafe"] == 0.25
+    )
+    assert by_id[str(unrated.question_id)]["difficulty"] is None
