@@ -463,27 +463,23 @@ def search_cmd(
             allow_weak_judges=allow_weak_judges,
             console=console,
         )
-        for line in summary.lines():
-            Console().print(line)
         if proof:
             out = heldout_proof(store, settings, blind_run=blind_run)
             for name in ("parents", "search", "blind"):
                 g = out.get(name)
                 if g and g["rate"] is not None:
-                    Console().print(
+                    summary.proof.append(
                         f"held-out fool rate, {name}: {g['rate']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}] "
                         f"({g['k']}/{g['n']} answers, {g['cases']} cases)"
                     )
             paired = out["search_paired"]
-            Console().print(
+            summary.proof.append(
                 f"paired (parent, variant): only variant fooled {paired['only_variant_fooled']}, only parent "
                 f"{paired['only_parent_fooled']}, McNemar exact p = {paired['p_value']:.4g}"
             )
             if out.get("ratio_search_to_blind") is not None:
-                Console().print(f"search / blind held-out fool rate: {out['ratio_search_to_blind']:.2f}")
-    exit_if_failed(
-        summary.failed, summary.kept + summary.failed + summary.failed_check, "variant request(s)", "a new run"
-    )
+                summary.proof.append(f"search / blind held-out fool rate: {out['ratio_search_to_blind']:.2f}")
+    finish(summary)
 
 
 def _with_executor(settings, executor: str | None):

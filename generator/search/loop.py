@@ -60,6 +60,7 @@ from generator.records import (
 )
 from generator.render.stage import render
 from generator.resources import display_path
+from generator.stage_report import StageOutcome
 from generator.statistics import wilson_interval
 from generator.store import RunStore, write_text_atomic
 
@@ -136,6 +137,8 @@ class SearchSummary:
     failed: int = 0
     round_seconds: list[float] = field(default_factory=list)
     fool_rate_by_round: dict[int, float | None] = field(default_factory=dict)
+    proof: list[str] = field(default_factory=list)
+    """The held-out proof's lines, when it was asked for (`--proof`)."""
 
     def lines(self) -> list[str]:
         rates = ", ".join(
@@ -147,7 +150,18 @@ class SearchSummary:
             f"variants kept {self.kept}, failed a check {self.failed_check}, not written {self.failed}; "
             f"hardened split: {self.hardened} case(s)",
             f"requests {self.requests}, cost ${self.cost_usd:.4f}",
+            *self.proof,
         ]
+
+    def outcome(self) -> StageOutcome:
+        """A variant whose request failed was not written: it counts as failed (a new run asks it again)."""
+        return StageOutcome(
+            summary=self.lines(),
+            failed=self.failed,
+            asked=self.kept + self.failed + self.failed_check,
+            what="variant request(s)",
+            retry="a new run",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
