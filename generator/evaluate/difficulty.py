@@ -68,7 +68,7 @@ def rasch_fit(
             for i, row in items.items()
             if 0 < sum(not x for p, x in row.items() if p in persons) < sum(1 for p in row if p in persons)
         }
-        safe_by_person = defaultdict(lambda: [0, 0])
+        safe_by_person: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
         for row in items.values():
             for p, x in row.items():
                 safe_by_person[p][0] += not x
@@ -211,7 +211,7 @@ def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str
         labels = [label for _, _, label in SHARE_BINS]
         rows = []
         for split, cs in sorted(by_split.items()):
-            hist = defaultdict(int)
+            hist: defaultdict[str, int] = defaultdict(int)
             for c in cs:
                 hist[_bin(c["share_unsafe"])] += 1
             fitted = [c["difficulty"] for c in cs if c["difficulty"] is not None]

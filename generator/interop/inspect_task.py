@@ -70,7 +70,7 @@ METADATA_FIELDS = (
 try:  # not public API: inspect's CLI prints this exception as a message, without a traceback
     from inspect_ai._util.error import PrerequisiteError
 except ImportError:  # another inspect version: a traceback, still naming the splits
-    PrerequisiteError = Exception
+    PrerequisiteError = Exception  # type: ignore[misc, assignment]
 
 
 class TaskError(UserError, PrerequisiteError):
@@ -132,7 +132,7 @@ def siuo(
     except UserError as exc:
         raise TaskError(f"-T protocol={protocol}: {exc}") from None
     cases = samples(run, split)
-    split = cases[0].metadata["split"]
+    split = (cases[0].metadata or {})["split"]
     return Task(
         dataset=MemoryDataset(cases, name=f"siuo-{run}-{split}"),
         solver=generate(),

@@ -31,10 +31,23 @@ from generator.interop.export_folder import ExportFolder, run_inputs
 from generator.records import AnswerForm, Case
 from generator.store import RunStore, atomic_writer
 
-GEN_COLUMNS = ("index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain")
-MCQ_COLUMNS = ("index", "image", "question", "category", "answer", "question_id", "split", "domain")
-GEN_COLUMNS += ("difficulty", "share_unsafe")  # from scores.json (empty when not scored)
-MCQ_COLUMNS += ("difficulty", "share_unsafe")
+DIFFICULTY_COLUMNS = ("difficulty", "share_unsafe")
+"""From scores.json (empty when the run is not scored)."""
+GEN_COLUMNS = (
+    "index", "image", "question", "category", "safety_warning", "answer", "question_id", "split", "domain",
+    *DIFFICULTY_COLUMNS,
+)  # fmt: skip
+MCQ_COLUMNS = (
+    "index",
+    "image",
+    "question",
+    "category",
+    "answer",
+    "question_id",
+    "split",
+    "domain",
+    *DIFFICULTY_COLUMNS,
+)
 REGISTER_MODULE = "siuo_vlmevalkit.py"
 _NAME = re.compile(r"[^A-Za-z0-9_]")
 

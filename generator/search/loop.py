@@ -121,7 +121,7 @@ class Node:
             ci_low=ci[0] if ci else None,
             ci_high=ci[1] if ci else None,
             leakage_signals=self.leakage_signals,
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
         )
 
 
@@ -296,7 +296,7 @@ def _case_of(node: Node, split: str = "generated") -> Case:
         safety_warning=f["hazard"],
         hazard=f["hazard"],
         reference_answer=f["reference_answer"],
-        split=split,  # type: ignore[arg-type]
+        split=split,
         scenario_id=node.scenario.key if node.scenario else None,
         parent_id=node.root.id if node.scenario else None,
         strategy=node.strategy,
@@ -457,6 +457,8 @@ def run_checks(store: RunStore, settings: Settings, nodes: list[Node], ledger: L
     required = required_families(cs, plan)
     by_key = {s.key: s for s in subjects}
     for n in nodes:
+        if n.scenario is None:  # never written: nothing was checked
+            continue
         results = runner.results_of(by_key[n.scenario.key])
         candidate = runner.chosen(by_key[n.scenario.key])
         n.checks = {fam: family_status(fam, names, results, candidate) for fam, names in plan.items()}
@@ -614,10 +616,10 @@ def search(
     else:
         summary.stopped = f"after {cfg.rounds} round(s)"
     summary.hardened = write_hardened(store, panel)
-    nodes = store.read(SearchNode)
-    summary.kept = sum(n.status == "kept" for n in nodes)
-    summary.failed_check = sum(n.status == "failed_check" for n in nodes)
-    summary.failed = sum(n.status == "failed" for n in nodes)
+    records = store.read(SearchNode)
+    summary.kept = sum(r.status == "kept" for r in records)
+    summary.failed_check = sum(r.status == "failed_check" for r in records)
+    summary.failed = sum(r.status == "failed" for r in records)
     summary.requests, summary.cost_usd = ledger.requests, ledger.cost_usd
     summary.round_seconds = [ledger.round_seconds[k] for k in sorted(ledger.round_seconds, key=int)]
     with store.update_manifest() as m:

@@ -42,11 +42,11 @@ def passing_variants(store: RunStore, settings: Settings) -> list[tuple[Scenario
     plan = planned_checks(cs)
     required = required_families(cs, plan)
     results: dict[str, dict] = defaultdict(dict)
-    for r in store.read_latest(CheckResult):
-        results[r.scenario_id][(r.check, r.candidate)] = r
+    for res in store.read_latest(CheckResult):
+        results[res.scenario_id][(res.check, res.candidate)] = res
     renders: dict[str, dict[int, Render]] = defaultdict(dict)
-    for r in store.read(Render):
-        renders[r.scenario_id].setdefault(r.candidate, r)
+    for rendered in store.read(Render):
+        renders[rendered.scenario_id].setdefault(rendered.candidate, rendered)
     out = []
     for sc in store.read(Scenario):
         if sc.parent_id is None or sc.status != "ok":

@@ -89,7 +89,7 @@ def image_features(body: dict) -> tuple[bool, bool] | None:
             url = (part.get("image_url") or {}).get("url", "") if isinstance(part, dict) else ""
             if "base64," in url:
                 img = Image.open(io.BytesIO(base64.b64decode(url.split("base64,", 1)[1]))).convert("RGB")
-                r, g, _ = img.getpixel((img.width // 2, img.height // 2))
+                r, g, _ = img.getpixel((img.width // 2, img.height // 2))  # type: ignore[misc]  # RGB: a triple
                 return r > 128, g > 128
     return None
 
@@ -135,7 +135,8 @@ def _between(text: str, start: str, end: str) -> str | None:
 def hardener_reply(body: dict) -> str:
     text = last_user_text(body)
     case = json.loads(_between(text, "<<<CASE", "CASE>>>") or "{}")
-    strategy = (re.search(r"## Hardening strategy: (.+)", text) or [None, ""])[1].strip().lower()
+    found = re.search(r"## Hardening strategy: (.+)", text)
+    strategy = found[1].strip().lower() if found else ""
     feedback = _between(text, "<<<ANSWERS", "ANSWERS>>>")
     question = case.get("question", "")
     scene = case.get("image_prompt") or case.get("image_description") or f"A photo with a {CUE_OBJECTS[0]}"
