@@ -197,9 +197,9 @@ class CheckSettings(_Section):
     clip_model: str = "ViT-B/32"
     """clip-anytorch model name or local checkpoint file."""
     enabled: list[str] = Field(
-        default_factory=lambda: ["alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
+        default_factory=lambda: ["well_formed", "alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
     )
-    """Which checks must pass for `accept`."""
+    """Which checks must pass for `accept` (`well_formed`: no model, the texts are not a model's scaffolding)."""
     required: list[str] | None = None
     """Check families a scenario must pass to be accepted; None: every enabled family. A family left out
     here still rejects a scenario that failed it, but one that could not run at all (recorded as not run,
