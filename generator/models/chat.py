@@ -221,7 +221,9 @@ class ChatClient(EndpointClient):
             probing = self._rt.structured_mode is None and mode != CONSTRAINED_MODES[-1]
             [reply] = await self._complete(messages, 1, params, sample_offset, use_cache, fail_fast_on_status=probing)
             if reply.error and probing and reply.status is not None and reply.status != 429:
-                log.info("endpoint %s rejected structured mode %s (%s); trying json_object", self.name, mode, reply.error)
+                log.info(
+                    "endpoint %s rejected structured mode %s (%s); trying json_object", self.name, mode, reply.error
+                )
                 mode = "json_object"
                 continue
             break
