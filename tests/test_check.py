@@ -347,6 +347,7 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
     assert saved["scenarios"] == 13 and saved["accepted"] == 2
     assert saved["fell_at"] == {
         "not_rendered": 1,
+        "well_formed": 0,
         "alignment": 1,
         "image_benign": 3,
         "text_benign": 1,
