@@ -122,3 +122,24 @@ def test_the_stage_runs_it_first_by_default_and_accept_reports_where_they_fell(t
     assert saved["fell_at"]["well_formed"] == 3 and saved["per_domain"]["self-harm"]["well_formed"] == 3
     # a re-run writes nothing new
     assert check(store, settings).new == {}
+
+
+def test_calibrate_measures_it_on_siuo_cases_and_malformed_copies(tmp_path):
+    from siuo_data import siuo_files
+
+    from generator.checks.calibrate import MALFORMED, calibrate
+    from generator.interop.siuo import import_siuo
+
+    store = RunStore.open("cal", root=tmp_path)
+    gen, mcqa = siuo_files()
+    report = import_siuo(store, gen, mcqa)
+    n = len(report.cases)
+    settings = Settings()
+    settings.check.enabled = ["well_formed"]
+    cal = calibrate(store, settings)
+    entry = cal["checks"]["well_formed"]
+    assert entry["known_good"]["decided"] == n and entry["malformed"]["decided"] == n
+    assert entry["malformed"]["failed"] == n  # every defect kind is caught
+    assert entry["known_good"]["passed"] >= n - 5  # the official set's own defects: 3 repeated options, ...
+    assert n >= len(MALFORMED)  # each defect kind was made at least once
+    assert all(r.model == "rules" for r in RunStore.open("calibration", root=store.path).read(CheckResult))
