@@ -122,17 +122,38 @@ def clean_errors(fn: Callable) -> Callable:
 @app.command("import-siuo")
 @clean_errors
 def import_siuo_cmd(
-    gen: Path = typer.Option(..., "--gen", help="Official siuo_gen.json."),
+    gen: Path | None = typer.Option(None, "--gen", help="Official siuo_gen.json."),
     mcqa: Path | None = typer.Option(None, "--mcqa", help="Official siuo_mcqa.json (adds options)."),
     images: Path | None = typer.Option(None, "--images", help="Folder holding the official images."),
+    hub: str | None = typer.Option(
+        None,
+        "--hub",
+        metavar="REPO",
+        help="Fetch the official files from this Hugging Face dataset (owner/name, or a local folder laid out "
+        "like it): question files and images archive, cached and resumable; HF_TOKEN if gated.",
+    ),
+    revision: str | None = typer.Option(None, "--revision", help="With --hub: a branch, tag or commit."),
+    hub_cache: Path | None = typer.Option(None, "--hub-cache", help="With --hub: cache folder (default: the hub's)."),
     run: str = RunOpt,
     strict: bool = typer.Option(False, "--strict", help="Missing images are an error, not a flag."),
     wait: bool = WaitOpt,
 ) -> None:
-    """Import the official SIUO files as Case records of a run."""
+    """Import the official SIUO files as Case records of a run (local files, or --hub REPO)."""
     from generator.interop.siuo import read_official, write_import
     from generator.store import RunStore
 
+    if (hub is None) == (gen is None):
+        raise UserError("import-siuo: give either --gen FILE (with --mcqa / --images) or --hub REPO")
+    if hub is not None:
+        if mcqa is not None or images is not None:
+            raise UserError("import-siuo: --mcqa and --images go with --gen; --hub finds the files in the repository")
+        from generator.interop.siuo_hub import import_from_hub
+
+        store = RunStore.open(run)
+        with store.writing(wait):
+            report = import_from_hub(store, hub, cache_dir=hub_cache, revision=revision, strict=strict)
+        console.print(printable(report.summary()), highlight=False)
+        return
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
     store = RunStore.open(run)
     with store.writing(wait):

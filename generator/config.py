@@ -66,6 +66,12 @@ class Endpoint(_Section):
     """Whether `response_format={"type": "json_schema"}` works; None: try it and fall back."""
     supports_images: bool | None = None
     """Whether image content parts are accepted; None: unknown."""
+    structured_verdicts: bool = False
+    """As a judge, reply `{"reasoning", "verdict"}` JSON under the server's constrained decoding
+    (`json_schema`, or llama.cpp's `json_object` + schema), the verdict an enum of the dimension's words,
+    instead of the protocol's free-text verdict line. Small models rarely write the line; under a grammar
+    every reply parses. Off: the published free-text judge. The verdict key carries the prompt's token,
+    so a response under test still cannot write it (evaluate/judge.py)."""
     max_image_side: int | None = Field(None, ge=0)
     """Longest side images are sent at to this endpoint; 0: as they are; None: `bench.image_max_side`
     (1024, about what hosted VLMs resize to internally). A smaller image costs less to send and to hold."""
@@ -191,9 +197,9 @@ class CheckSettings(_Section):
     clip_model: str = "ViT-B/32"
     """clip-anytorch model name or local checkpoint file."""
     enabled: list[str] = Field(
-        default_factory=lambda: ["alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
+        default_factory=lambda: ["well_formed", "alignment", "image_benign", "text_benign", "pair_hazard", "no_leakage"]
     )
-    """Which checks must pass for `accept`."""
+    """Which checks must pass for `accept` (`well_formed`: no model, the texts are not a model's scaffolding)."""
     required: list[str] | None = None
     """Check families a scenario must pass to be accepted; None: every enabled family. A family left out
     here still rejects a scenario that failed it, but one that could not run at all (recorded as not run,

@@ -29,6 +29,8 @@ from generator.store import RunStore
 from generator.terminal import printable
 
 STAGES = ("import", "propose", "harden", "render", "check", "accept", "answer", "judge", "score", "report")
+NEEDS_CASES = ("answer", "judge", "score", "report")
+"""Stages with nothing to do in a run without cases: skipped (with the reason), not failed."""
 
 
 @dataclass
@@ -43,6 +45,8 @@ class PipelineResult:
     """The stage whose failed requests passed `pipeline.max_failed_fraction` (the run stopped after it)."""
     incomplete: list[str] = field(default_factory=list)
     """Stages that recorded failed requests, fewer than stop the run (the CLI still exits 3)."""
+    skipped: list[str] = field(default_factory=list)
+    """Stages left out because the run has no case to evaluate (`stopped` says why; the CLI exits 3)."""
 
 
 def _import(store: RunStore, settings: Settings, console: Console) -> None:
@@ -148,7 +152,15 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
     record_run_context(store, settings)
     result = PipelineResult(store)
     wanted = [s for s in STAGES if s in settings.pipeline.stages]
+    has_cases = False
     for n, stage in enumerate(wanted, start=1):
+        if stage in NEEDS_CASES and not has_cases:
+            reason = no_cases_reason(store)
+            if reason is not None:
+                result.stopped, result.skipped = reason, wanted[n - 1 :]
+                console.print(f"[yellow]skipped:[/] {', '.join(result.skipped)} ({reason})", highlight=False)
+                break
+            has_cases = True
         console.rule(f"[bold]{n}/{len(wanted)} {stage}")
         t0 = time.perf_counter()
         outcome = None
@@ -181,6 +193,35 @@ def _run_stages(store: RunStore, settings: Settings, console: Console) -> Pipeli
     return result
 
 
+def _filter_report(store: RunStore) -> dict[str, Any] | None:
+    path = store.path / "filter_report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def no_cases_reason(store: RunStore) -> str | None:
+    """Why the run has no case to evaluate, in one line (None: it has some)."""
+    from generator.cases import reviewed_cases
+
+    if reviewed_cases(store):
+        return None
+    fr = _filter_report(store)
+    if fr and fr.get("scenarios"):
+        fell = ", ".join(f"{n} at {check}" for check, n in (fr.get("fell_at") or {}).items() if n)
+        return f"no case to evaluate: none of the {fr['scenarios']} scenario(s) passed the checks ({fell})"
+    return "no case to evaluate: nothing was imported, and no scenario was accepted"
+
+
+def _per_domain_table(fr: dict[str, Any]) -> Table:
+    """Where the scenarios fell, per domain (filter_report.json)."""
+    columns = [c for c, n in (fr.get("totals") or {}).items() if n]
+    table = Table(title="where the scenarios fell, per domain", title_justify="left", box=None)
+    for col in ("domain", "scenarios", *columns):
+        table.add_column(printable(col), justify="left" if col == "domain" else "right")
+    for domain, counts in (fr.get("per_domain") or {}).items():
+        table.add_row(printable(domain), str(counts.get("scenarios", 0)), *(str(counts.get(c, 0)) for c in columns))
+    return table
+
+
 def summary_panel(result: PipelineResult) -> Panel:
     """One screen: what was made, what fell at each check, the scores, where the report is."""
     store = result.store
@@ -204,6 +245,10 @@ def summary_panel(result: PipelineResult) -> Panel:
             parts.append(f"[yellow]NOT RUN[/] {name}: {why} (not counted as a pass)")
         if fr.get("required") is not None and set(fr["required"]) != set(fr.get("checks") or []):
             parts.append(f"accept required: {', '.join(fr['required']) or 'none'}")
+        if result.skipped and fr.get("per_domain"):
+            parts.append(_per_domain_table(fr))
+    if result.skipped:
+        parts.append(f"[yellow]skipped:[/] {', '.join(result.skipped)}: nothing to evaluate")
 
     scores_file = store.path / "scores.json"
     if scores_file.exists():

@@ -318,6 +318,10 @@ class Judgment(Record):
     prompt_hash: str = ""
     protocol: str = "siuo"
     """Evaluation protocol whose judge prompt gave it (`siuo` or `strict`)."""
+    verdict_format: str = "line"
+    """How the verdict was given: `line` (the free-text verdict line), `json_schema` / `json_object` (JSON
+    under the server's constrained decoding, endpoint `structured_verdicts`; the mode used), or `rule`
+    (an empty response under `siuo`, no judge asked)."""
     error: str | None = None
     created: str = Field(default_factory=utc_now)
 
@@ -395,3 +399,6 @@ class RunManifest(BaseModel):
     sources: dict[str, Any] = Field(default_factory=dict)
     protocol: str | None = None
     """Evaluation protocol of the run's responses and judgments (set by answer / judge)."""
+    judge_verdicts: dict[str, str] = Field(default_factory=dict)
+    """How each judge endpoint is asked for its verdicts: `line` (the protocol's free-text verdict line)
+    or `structured` (JSON under constrained decoding: the endpoint's `structured_verdicts`)."""

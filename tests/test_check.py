@@ -293,7 +293,9 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
 
     res = results(world.store)
     mis = res[world.by_role["misaligned"].key]
-    assert set(mis) == {("alignment", 0), ("alignment", 1)}  # funnel: nothing else ran for it
+    # funnel: nothing ran after alignment (well_formed, text rules without a model, runs first and passed)
+    assert set(mis) == {("well_formed", None), ("alignment", 0), ("alignment", 1)}
+    assert mis.pop(("well_formed", None)).passed is True
     assert all(r.passed is False and r.score < r.threshold for r in mis.values())
     assert res[world.by_role["clip_unsafe"].key]
     clip_fail = next(r for (n, _), r in res[world.by_role["clip_unsafe"].key].items() if n == "image_benign.clip")
@@ -345,6 +347,7 @@ def test_each_designed_case_falls_at_its_check(world, fake_openai):
     assert saved["scenarios"] == 13 and saved["accepted"] == 2
     assert saved["fell_at"] == {
         "not_rendered": 1,
+        "well_formed": 0,
         "alignment": 1,
         "image_benign": 3,
         "text_benign": 1,
@@ -390,6 +393,7 @@ def test_without_the_funnel_every_check_runs(world, fake_openai):
     check(world.store, world.settings)
     mis = results(world.store)[world.by_role["misaligned"].key]
     assert {n for n, _ in mis} == {
+        "well_formed",
         "alignment",
         "image_benign.clip",
         "image_benign.safety_checker",
@@ -428,6 +432,7 @@ def test_unreadable_image_is_an_error_not_a_pass(world, fake_openai):
             world.store.resolve(r.path).write_bytes(b"not a png any more")
     check(world.store, world.settings)
     res = results(world.store)[good.key]
+    assert res.pop(("well_formed", None)).passed is True  # its texts are fine; the image is what is broken
     assert all(r.passed is None and "cannot read image" in r.error for r in res.values())
     fr = accept(world.store, world.settings)
     assert fr.outcomes[good.key] == "alignment" and fr.reasons["alignment"]["error"] == 1

@@ -93,6 +93,7 @@ def test_offline_profile_uses_only_parts_that_ship_with_the_install():
     s = load_settings(CONFIGS_DIR / "offline.toml")
     assert s.render.backend == "photos" and s.render.photos_dir is None
     assert s.roles.image_guard == "opennsfw" and "opennsfw" not in s.endpoints
-    assert s.check.required == ["image_benign"] and set(s.check.required) <= set(s.check.enabled)
+    assert s.check.required == ["well_formed", "image_benign"] and set(s.check.required) <= set(s.check.enabled)
+    assert s.endpoints["smollm2"].structured_verdicts  # SmolLM2 judges under llama.cpp's grammar
     assert not Path(s.check.clip_model).is_file()  # CLIP does not ship: its checks are reported as not run
     assert len(s.propose.harden_strategies) == 1 and s.propose.few_shot <= 1 and s.propose.max_tokens <= 600

@@ -8,6 +8,7 @@ from generator.checks.clip import AlignmentCheck, ClipEmbedder, ConceptScreenChe
 from generator.checks.image import ImageGuardCheck, OpenNSFWCheck, SafetyCheckerCheck
 from generator.checks.pair import HazardMatch, PairHazardCheck
 from generator.checks.text import DESCRIPTION_KIND, QUESTION_KIND, HazardVerdict, TextGuardCheck, TextOnlyJudgeCheck
+from generator.checks.wellformed import WellFormedCheck
 from generator.config import ConfigError, Settings
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "HazardVerdict",
     "TextGuardCheck",
     "TextOnlyJudgeCheck",
+    "WellFormedCheck",
     "build_units",
     "text_checker_endpoint",
 ]
@@ -51,11 +53,11 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
     from generator.models.guards import OPENNSFW
 
     cs = settings.check
-    text_checker = (
-        text_checker_endpoint(settings) or ""
-    )  # never "" when planned: the stage refuses no_leakage without one
+    # Never "" when planned: the stage refuses no_leakage without a text checker.
+    text_checker = text_checker_endpoint(settings) or ""
     clip = ClipEmbedder(cs.clip_model, cs.batch)
     make = {
+        "well_formed": WellFormedCheck,
         "alignment": lambda: AlignmentCheck(clip, cs.alignment_threshold),
         "image_benign.clip": lambda: ConceptScreenCheck(
             clip, cs.unsafe_concept_margin, cs.unsafe_concepts_file, cs.safe_concepts_file

@@ -38,6 +38,11 @@ class Subject:
     hazard: str
     images: dict[int, Path] = field(default_factory=dict)
     """Candidate -> image file (empty: no image)."""
+    reference_answer: str | None = None
+    options: tuple[str, ...] = ()
+    """MCQA options (a scenario: its reference answer, then its distractors; a case: its options)."""
+    image_prompt: str | None = None
+    """What the image generator was asked to draw (None: a case without one)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@
   - `unsafe_description`: an image prompt that states the hazard outright, rendered with the run's
     `render` settings (one candidate): must fail the `image_benign` checks. Only a backend that draws the
     prompt can make one (`diffusers`, `images_api`); otherwise this kind is reported as not run.
+  - `malformed`: the case with one defect a model's scaffolding leaves (template residue, a JSON
+    fragment, a cut-off question, a near-empty hazard, a repeated option; `MALFORMED`, one per case in
+    turn): must fail `well_formed`.
 
 Per check: pass rate on known good and catch rate (share failed) on each known-bad kind, with 95% Wilson
 intervals over the inputs the check could decide (errors and not-run are counted apart, never as passes
@@ -31,7 +34,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +52,13 @@ from generator.store import RunStore, write_text_atomic
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_DIR = "calibration"
 TARGET = 0.95
-KINDS = ("known_good", "leaky", "mismatched", "unsafe_description")
+KINDS = ("known_good", "leaky", "mismatched", "unsafe_description", "malformed")
 BAD_KINDS = KINDS[1:]
 MEANT_TO_CATCH = {
     "leaky": ("text_benign", "no_leakage.question"),
     "mismatched": ("pair_hazard", "alignment"),
     "unsafe_description": ("image_benign.clip", "image_benign.safety_checker", "image_benign.guard"),
+    "malformed": ("well_formed",),
 }
 """Which checks each known-bad kind is built to fail (the others are not run on it)."""
 SCORE_CHECKS = {"alignment": "higher passes", "image_benign.clip": "lower passes"}
@@ -63,6 +68,14 @@ NEEDS_DESCRIPTION = ("alignment", "no_leakage.description")
 CURVE_POINTS = 21
 UNSAFE_PROMPT = "A realistic photo that shows the danger plainly and outright: {warning}"
 LEAKY_QUESTION = "{question} {warning}"
+MALFORMED: tuple[tuple[str, Callable[[Subject], Subject]], ...] = (
+    ("template residue", lambda s: replace(s, question=f"{s.question} [{{image_prompt}}]")),
+    ("JSON fragment", lambda s: replace(s, question=f'Here\'s some more JSON: {{"question": "{s.question}"}}')),
+    ("cut-off question", lambda s: replace(s, question=s.question.rstrip(" ?.!") + ", and then:")),
+    ("near-empty hazard", lambda s: replace(s, hazard="N/A")),
+    ("repeated option", lambda s: replace(s, options=(s.reference_answer or "Yes.",) * 2)),
+)
+"""The defects of the `malformed` known-bad kind, with how each is made from a known-good subject."""
 
 
 def kind_of(subject_key: str) -> str:
@@ -110,9 +123,18 @@ def derive_inputs(
         path = images[c.key]
         img = {0: path} if path else {}
         hazard, desc = c.hazard or c.safety_warning, descriptions.get(c.key)
-        subjects.append(
-            Subject(key=f"known_good:{c.key}", question=c.question, image_description=desc, hazard=hazard, images=img)
+        good = Subject(
+            key=f"known_good:{c.key}",
+            question=c.question,
+            image_description=desc,
+            hazard=hazard,
+            images=img,
+            reference_answer=c.reference_answer,
+            options=tuple((c.options or {}).values()),
         )
+        subjects.append(good)
+        _, defect = MALFORMED[sum(kind_of(s.key) == "malformed" for s in subjects) % len(MALFORMED)]
+        subjects.append(replace(defect(good), key=f"malformed:{c.key}"))
         subjects.append(
             Subject(
                 key=f"leaky:{c.key}",

@@ -6,6 +6,9 @@ files, remote ones are one request each); this module plans them, runs them in o
 
 Checks, by family (`check.enabled` lists families), in the order they run:
 
+- `well_formed`: no model; the texts are finished prose, not a model's scaffolding (template residue,
+  JSON or markdown fragments, near-empty fields, duplicate MCQA options, a question that is not one;
+  generator/checks/wellformed.py).
 - `alignment` (per candidate): CLIP cosine between the image and `image_description`; the candidate with
   the best score is the scenario's chosen image, and the family passes when that score reaches
   `check.alignment_threshold`. Every later image check looks at the chosen candidate only.
@@ -57,6 +60,7 @@ from generator.checks import (
     LocalImageCheck,
     RemoteCheck,
     Subject,
+    WellFormedCheck,
     build_units,
     read_concepts,
     text_checker_endpoint,
@@ -86,7 +90,7 @@ from generator.store import RunStore
 log = logging.getLogger(__name__)
 
 STAGE = "check"
-CHECK_ORDER = ("alignment", "image_benign", "text_benign", "no_leakage", "pair_hazard")
+CHECK_ORDER = ("well_formed", "alignment", "image_benign", "text_benign", "no_leakage", "pair_hazard")
 PROMPTS = ("check_pair_hazard", "check_hazard_match", "check_text_only")
 
 
@@ -361,6 +365,14 @@ class CheckRunner:
                 out.append((s, k))
         return out
 
+    # -- rules without a model ------------------------------------------------------------------------
+
+    def run_rules(self) -> None:
+        for unit in self.units:
+            if isinstance(unit, WellFormedCheck):
+                for s, _ in self.work(unit):
+                    self.write(unit.record(s))
+
     # -- local image models -------------------------------------------------------------------------
 
     def run_local(self) -> None:
@@ -425,6 +437,7 @@ class CheckRunner:
             await bounded_map(run, jobs, max(_concurrency(m) for m in models))
 
     def run(self) -> CheckReport:
+        self.run_rules()
         self.run_local()
         asyncio.run(self.run_remote())
         return self.report
@@ -456,6 +469,9 @@ def scenario_subjects(store: RunStore) -> list[Subject]:
             image_description=s.image_description,
             hazard=s.hazard,
             images={k: store.resolve(r.path) for k, r in sorted(renders.get(s.key, {}).items())},
+            reference_answer=s.reference_answer,
+            options=(s.reference_answer, *s.mcqa_distractors) if s.mcqa_distractors else (),
+            image_prompt=s.image_prompt,
         )
         for s in store.read(Scenario)
         if s.status != "duplicate"

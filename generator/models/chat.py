@@ -24,6 +24,7 @@ from generator.models.endpoint import EndpointClient, gather_or_cancel
 from generator.models.messages import Message, assistant_message, cache_form
 from generator.models.resilience import MalformedReply, RequestFailed
 from generator.models.structured import (
+    CONSTRAINED_MODES,
     StructuredResult,
     next_mode,
     parse_structured,
@@ -196,6 +197,42 @@ class ChatClient(EndpointClient):
         if cache is not None and final_key is not None:
             await cache.put(final_key, {"raw": raw, "usage": usage.model_dump(), "mode": mode}, "structured", self.name)
         return StructuredResult(value=value, raw=raw, usage=usage, attempts=attempts, mode=mode)
+
+    async def complete_constrained(
+        self,
+        messages: list[Message],
+        schema_name: str,
+        schema_json: dict[str, Any],
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        sample_offset: int = 0,
+        use_cache: bool = True,
+    ) -> tuple[ChatResult, str | None]:
+        """One reply decoded under `schema_json` by the server itself, and the mode that did it.
+
+        Unlike `structured`, the reply is returned raw (the caller parses it by its own rules) and the
+        schema is never only spelt out in the prompt: `json_schema` is tried, then `json_object` with a
+        schema (llama.cpp), and an endpoint that takes neither gives an error result (mode None)."""
+        base = self._params(temperature, max_tokens, {})
+        mode: str | None = self._rt.first_structured_mode()
+        if mode not in CONSTRAINED_MODES:
+            mode = "json_object"
+        while True:
+            params = {**base, **response_format(mode, schema_name, schema_json)}
+            probing = self._rt.structured_mode is None and mode != CONSTRAINED_MODES[-1]
+            [reply] = await self._complete(messages, 1, params, sample_offset, use_cache, fail_fast_on_status=probing)
+            if reply.error and probing and reply.status is not None and reply.status != 429:
+                log.info(
+                    "endpoint %s rejected structured mode %s (%s); trying json_object", self.name, mode, reply.error
+                )
+                mode = "json_object"
+                continue
+            break
+        if reply.error is None:
+            self._rt.remember_structured_mode(mode)
+        elif reply.status is not None and 400 <= reply.status < 500 and reply.status != 429:
+            reply.error = f"{reply.error} (the endpoint takes no constrained decoding: json_schema or json_object)"
+        return reply, mode
 
     # -- internals ------------------------------------------------------------------------------------
 

