@@ -152,8 +152,9 @@ def import_siuo_cmd(
         store = RunStore.open(run)
         with store.writing(wait):
             report = import_from_hub(store, hub, cache_dir=hub_cache, revision=revision, strict=strict)
-        console.print(printable(report.summary()), highlight=False)
+        finish(report)
         return
+    assert gen is not None  # one of --gen and --hub, checked above
     report = read_official(gen, mcqa_path=mcqa, images_dir=images, strict=strict)  # validate before writing
     store = RunStore.open(run)
     with store.writing(wait):

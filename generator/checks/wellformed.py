@@ -103,8 +103,8 @@ def problems(subject: Subject) -> list[str]:
             found.append(f"{name} has a JSON or markdown fragment {_quote(m.group(0))}")
     question = subject.question or ""
     if _words(question) >= MIN_WORDS:
-        if LABEL.match(question):
-            found.append(f"question starts with a field label {_quote(LABEL.match(question).group(0))}")
+        if label := LABEL.match(question):
+            found.append(f"question starts with a field label {_quote(label.group(0))}")
         elif CUT_OFF.search(question):
             found.append(f"question is not a finished sentence (ends {_quote(question.rstrip()[-3:])})")
     seen: dict[str, str] = {}

@@ -89,19 +89,24 @@ def download_snapshot(repo: str, cache_dir: Path | None = None, revision: str | 
     return Path(path)
 
 
-def _one(root: Path, name: str, required: bool) -> Path | None:
+def _one(root: Path, name: str) -> Path | None:
     found = sorted(p for p in root.rglob(name) if p.is_file())
     if len(found) > 1:
         raise HubImportError(f"{root}: {len(found)} files named {name} ({', '.join(str(p) for p in found[:3])})")
-    if not found and required:
-        raise HubImportError(f"{root}: no {name} in the repository (is it the official SIUO release?)")
     return found[0] if found else None
+
+
+def _required(root: Path, name: str) -> Path:
+    found = _one(root, name)
+    if found is None:
+        raise HubImportError(f"{root}: no {name} in the repository (is it the official SIUO release?)")
+    return found
 
 
 def locate(root: Path) -> SiuoSnapshot:
     """The official files in a snapshot (see the module doc for the layout)."""
-    gen = _one(root, GEN_FILE, required=True)
-    mcqa = _one(root, MCQA_FILE, required=False)
+    gen = _required(root, GEN_FILE)
+    mcqa = _one(root, MCQA_FILE)
     archives = sorted(p for p in root.rglob("*.zip") if p.is_file())
     if len(archives) > 1:
         named = [p for p in archives if "image" in p.name.lower()]
