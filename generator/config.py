@@ -54,13 +54,13 @@ class ServerSettings(_Section):
     def _command_takes_port(cls, v: list[str] | None) -> list[str] | None:
         """The port is chosen at start (the configured one may be busy), so the command must take it."""
         if v is not None and not any("{port}" in arg for arg in v):
-            raise ValueError("must contain {port} where the server's port goes, e.g. [..., \"--port\", \"{port}\"]")
+            raise ValueError('must contain {port} where the server\'s port goes, e.g. [..., "--port", "{port}"]')
         return v
 
     @model_validator(mode="after")
     def _one_way_to_start(self) -> ServerSettings:
         if (self.command is None) == (self.builtin is None):
-            raise ValueError("give exactly one of `command` (an argv list) or `builtin` (e.g. \"smollm2\")")
+            raise ValueError('give exactly one of `command` (an argv list) or `builtin` (e.g. "smollm2")')
         return self
 
 

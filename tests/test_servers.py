@@ -163,7 +163,9 @@ def test_managed_server_starts_answers_logs_into_the_run_and_stops_with_its_grou
 
     text, pid, identity, served = asyncio.run(main())
     assert text == "echo: hello"  # the fake's default reply: the request really reached the started server
-    assert identity == configured.rstrip("/") and served.startswith("http://127.0.0.1:")  # cache keys keep the config's URL
+    assert identity == configured.rstrip("/") and served.startswith(
+        "http://127.0.0.1:"
+    )  # cache keys keep the config's URL
     log = (store.path / "servers" / "local.log").read_text()
     assert "starting:" in log and "server stopped" in log
     assert not _wait_group_gone(pid), "the server's process group outlived the hub"
