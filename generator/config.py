@@ -464,6 +464,16 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
             raise ConfigError(f"{source}: endpoints.{name}.base_url: holds a key in its query string; {hint}")
     for where in _secret_paths(ep.get("extra_body"), f"endpoints.{name}.extra_body"):
         raise ConfigError(f"{source}: {where}: looks like a secret; keys do not belong in the config file; {hint}")
+    server = ep.get("server")
+    command = server.get("command") if isinstance(server, dict) else None
+    for i, arg in enumerate(command if isinstance(command, list) else []):
+        flag = arg.split("=", 1)[0].lstrip("-") if isinstance(arg, str) and arg.startswith("-") else ""
+        if flag and _SECRET_FIELD.match(flag) and ("=" in arg or i + 1 < len(command)):
+            raise ConfigError(
+                f"{source}: endpoints.{name}.server.command: a secret follows {arg.split('=', 1)[0]}; keys do not "
+                "belong in the config file (it is copied into run.json): let the server read it from its "
+                "environment (e.g. VLLM_API_KEY), which it inherits"
+            )
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "<config>") -> Settings:

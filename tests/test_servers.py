@@ -25,9 +25,9 @@ import pytest
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.config import ConfigError, settings_from_dict
+from generator.config import ConfigError, ServerSettings, settings_from_dict
 from generator.models import ModelHub, user_message
-from generator.models.servers import SERVERS, ServerStartError
+from generator.models.servers import SERVERS, ServerStartError, health_url, served_url
 from generator.store import RunStore
 
 SERVER_SCRIPT = textwrap.dedent(
@@ -143,6 +143,22 @@ def test_server_section_needs_one_way_to_start_and_a_port_placeholder(tmp_path):
         settings_from_dict({"endpoints": {"e": {**base, "server": {"builtin": "smollm2", "command": ["a", "{port}"]}}}})
     with pytest.raises(ConfigError, match="exactly one of `command`"):
         settings_from_dict({"endpoints": {"e": {**base, "server": {}}}})
+    for secret in (["--api-key", "sk-123"], ["--hf-token=hf_abc"]):
+        server = {"command": ["vllm", "serve", "m", "--port", "{port}", *secret]}
+        with pytest.raises(ConfigError, match=r"endpoints\.e\.server\.command: a secret follows --(api-key|hf-token)"):
+            settings_from_dict({"endpoints": {"e": {**base, "server": server}}})
+    ok = {"command": ["vllm", "serve", "m", "--port", "{port}", "--max-tokens", "9"], "health_url": "/health"}
+    assert settings_from_dict({"endpoints": {"e": {**base, "server": ok}}}).endpoints["e"].server.health_url == "/health"
+
+
+def test_health_url_is_the_models_list_a_path_on_the_server_or_a_url():
+    spec = ServerSettings(command=["s", "{port}"])
+    assert health_url(spec, "http://127.0.0.1:8080/v1/") == "http://127.0.0.1:8080/v1/models"
+    spec = ServerSettings(command=["s", "{port}"], health_url="/health")
+    assert health_url(spec, "http://127.0.0.1:41234/v1") == "http://127.0.0.1:41234/health"
+    spec = ServerSettings(command=["s", "{port}"], health_url="http://127.0.0.1:{port}/ready")
+    assert health_url(spec, "http://127.0.0.1:41234/v1") == "http://127.0.0.1:41234/ready"
+    assert served_url("http://localhost:8080/v1/", 5000) == "http://127.0.0.1:5000/v1"
 
 
 # -- start, health wait, log, stop --------------------------------------------------------------------------

@@ -161,8 +161,9 @@ class ManagedServer:
         except subprocess.TimeoutExpired:
             self.watchdog.kill()
             self.watchdog.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # nothing left normally; a wedged watchdog leaves no orphan
+        if self.watchdog.returncode < 0:  # the watchdog was killed (by us, wedged, or by someone): no orphan
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
         if self.watchdog.stdout is not None:
             self.watchdog.stdout.close()
 
