@@ -91,7 +91,7 @@ def _offline_config(tmp_path: Path, port: int, **pipeline) -> Path:
     config["endpoints"]["smollm2"]["base_url"] = f"http://127.0.0.1:{port}/v1"
     config["endpoints"]["smollm2"]["server"]["startup_timeout_s"] = 240  # a loaded 2-core machine
     config["pipeline"].update(pipeline)
-    config["propose"].update(per_domain=1, max_tokens=300)
+    config["propose"].update(per_domain=1, max_tokens=64)  # short: the test is about the server, not the proposal
     config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
     path = tmp_path / "offline.toml"
     path.write_text(tomli_w.dumps(config))
