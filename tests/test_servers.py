@@ -148,7 +148,9 @@ def test_server_section_needs_one_way_to_start_and_a_port_placeholder(tmp_path):
         with pytest.raises(ConfigError, match=r"endpoints\.e\.server\.command: a secret follows --(api-key|hf-token)"):
             settings_from_dict({"endpoints": {"e": {**base, "server": server}}})
     ok = {"command": ["vllm", "serve", "m", "--port", "{port}", "--max-tokens", "9"], "health_url": "/health"}
-    assert settings_from_dict({"endpoints": {"e": {**base, "server": ok}}}).endpoints["e"].server.health_url == "/health"
+    assert (
+        settings_from_dict({"endpoints": {"e": {**base, "server": ok}}}).endpoints["e"].server.health_url == "/health"
+    )
 
 
 def test_health_url_is_the_models_list_a_path_on_the_server_or_a_url():
