@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from generator.errors import UserError
 from generator.resources import data_dir
@@ -28,6 +28,40 @@ class ConfigError(UserError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    """How to start an endpoint's own server when it is not already up (a managed local server): `siuo`
+    starts it on a free loopback port, waits until it answers, logs it into the run folder and stops it
+    when the stage or run ends, whatever way it ends (generator/models/servers.py)."""
+
+    command: list[str] | None = None
+    """The server's argv, with `{port}` where the port goes (and `{python}` for this Python), e.g.
+    `["vllm", "serve", "Qwen/Qwen2-VL-2B-Instruct", "--port", "{port}"]`."""
+    builtin: Literal["smollm2"] | None = None
+    """A server the toolkit knows how to start instead of `command`: `smollm2` (SmolLM2-135M-Instruct
+    under llama.cpp, from the `local` extra; its context is the endpoint's `context_window`)."""
+    health_url: str | None = None
+    """Answers HTTP 2xx once the server is ready: a path (`/health`) on the server, or a URL (`{port}`
+    allowed); None: `<base_url>/models`."""
+    startup_timeout_s: float = Field(180.0, gt=0)
+    """How long to wait for the server to answer before giving up (a model may take minutes to load)."""
+    stop_timeout_s: float = Field(10.0, gt=0)
+    """How long the server may take to stop after SIGTERM before its whole process group is killed."""
+
+    @field_validator("command")
+    @classmethod
+    def _command_takes_port(cls, v: list[str] | None) -> list[str] | None:
+        """The port is chosen at start (the configured one may be busy), so the command must take it."""
+        if v is not None and not any("{port}" in arg for arg in v):
+            raise ValueError('must contain {port} where the server\'s port goes, e.g. [..., "--port", "{port}"]')
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_start(self) -> ServerSettings:
+        if (self.command is None) == (self.builtin is None):
+            raise ValueError('give exactly one of `command` (an argv list) or `builtin` (e.g. "smollm2")')
+        return self
 
 
 class Endpoint(_Section):
@@ -83,6 +117,9 @@ class Endpoint(_Section):
     and a prompt that cannot fit is a recorded failure, never sent (generator/models/context.py)."""
     extra_body: dict[str, Any] = Field(default_factory=dict)
     """Extra JSON fields sent with every request (vendor options)."""
+    server: ServerSettings | None = None
+    """How to start this endpoint's server when nothing answers at `base_url` (a managed local server);
+    None: the server is yours to run."""
 
     @field_validator("base_url")
     @classmethod
@@ -466,6 +503,16 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
             raise ConfigError(f"{source}: endpoints.{name}.base_url: holds a key in its query string; {hint}")
     for where in _secret_paths(ep.get("extra_body"), f"endpoints.{name}.extra_body"):
         raise ConfigError(f"{source}: {where}: looks like a secret; keys do not belong in the config file; {hint}")
+    server = ep.get("server")
+    command = server.get("command") if isinstance(server, dict) else None
+    for i, arg in enumerate(command if isinstance(command, list) else []):
+        flag = arg.split("=", 1)[0].lstrip("-") if isinstance(arg, str) and arg.startswith("-") else ""
+        if flag and _SECRET_FIELD.match(flag) and ("=" in arg or i + 1 < len(command)):
+            raise ConfigError(
+                f"{source}: endpoints.{name}.server.command: a secret follows {arg.split('=', 1)[0]}; keys do not "
+                "belong in the config file (it is copied into run.json): let the server read it from its "
+                "environment (e.g. VLLM_API_KEY), which it inherits"
+            )
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "<config>") -> Settings:

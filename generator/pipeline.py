@@ -142,7 +142,9 @@ def run_pipeline(
     if unknown:
         raise UserError(f"pipeline.stages: unknown stage(s) {', '.join(unknown)} (known: {', '.join(STAGES)})")
     store = RunStore.open(run or settings.pipeline.run)
-    with store.writing(wait=wait):
+    from generator.models.servers import SERVERS
+
+    with store.writing(wait=wait), SERVERS.session():  # a managed server serves every stage, then stops
         return _run_stages(store, settings, console)
 
 

@@ -43,10 +43,21 @@ class EndpointRuntime:
     """What is shared by every client of one endpoint: the HTTP client, the concurrency bound, the
     rate limiter, and what was learned about the server (`n`, structured-output mode)."""
 
-    def __init__(self, name: str, endpoint: Endpoint, secrets: tuple[str, ...], cache: RequestCache | None):
+    def __init__(
+        self,
+        name: str,
+        endpoint: Endpoint,
+        secrets: tuple[str, ...],
+        cache: RequestCache | None,
+        serve_url: str | None = None,
+    ):
         self.name = name
         self.endpoint = endpoint
         self.base_url = endpoint.base_url.rstrip("/")
+        """The configured address: the identity of the server in cache keys and learnt facts."""
+        self.serve_url = (serve_url or endpoint.base_url).rstrip("/")
+        """Where requests go: the configured address, or where a managed server was started for this
+        process (generator/models/servers.py); a port chosen at start never changes a cache key."""
         self.secrets = secrets
         self.semaphore = asyncio.Semaphore(endpoint.max_concurrency)
         self.limiter = RateLimiter(endpoint.requests_per_minute)
@@ -91,7 +102,7 @@ class EndpointRuntime:
                     "(it should hold the API key)"
                 )
             self._client = openai.AsyncOpenAI(
-                base_url=self.base_url,
+                base_url=self.serve_url,
                 api_key=key or NO_KEY_PLACEHOLDER,
                 max_retries=0,
                 timeout=self.endpoint.timeout_s,

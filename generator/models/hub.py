@@ -19,6 +19,7 @@ from generator.models.endpoint import EndpointRuntime
 from generator.models.guards import OPENNSFW, ChatGuard, Guard, ModerationGuard, OpenNSFWGuard
 from generator.models.images import ImagesClient
 from generator.models.resilience import remember_secrets
+from generator.models.servers import SERVERS, ServerLease
 from generator.models.usage import UsageMeter
 from generator.records import Usage
 
@@ -51,6 +52,7 @@ class ModelHub:
         self.meter = UsageMeter(settings.budget.max_cost_usd)
         self._runtimes: dict[str, EndpointRuntime] = {}
         self._opennsfw: OpenNSFWGuard | None = None
+        self._leases: list[ServerLease] = []
         self._closed = False
         remember_secrets(self.secrets)
         self._last_flush = time.monotonic()
@@ -69,8 +71,12 @@ class ModelHub:
             return
         self._closed = True
         self.flush_usage()
-        for rt in self._runtimes.values():
-            await rt.aclose()
+        try:
+            for rt in self._runtimes.values():
+                await rt.aclose()
+        finally:
+            for lease in self._leases:
+                lease.release()
         if self._owns_cache and self.cache is not None:
             self.cache.close()
 
@@ -104,7 +110,13 @@ class ModelHub:
         rt = self._runtimes.get(endpoint_name)
         if rt is None:
             endpoint = self.settings.endpoint(endpoint_name)
-            rt = EndpointRuntime(endpoint_name, endpoint, self.secrets, self.cache)
+            # A managed server (endpoint.server) starts here, the first time any stage needs it.
+            run_dir = getattr(self.store, "path", None)
+            log_dir = Path(run_dir) / "servers" if run_dir is not None else None
+            lease = SERVERS.acquire(endpoint_name, endpoint, log_dir)
+            if lease is not None:
+                self._leases.append(lease)
+            rt = EndpointRuntime(endpoint_name, endpoint, self.secrets, self.cache, lease.url if lease else None)
             self._runtimes[endpoint_name] = rt
         return rt
 

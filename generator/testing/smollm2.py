@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from generator.models.servers import parent_death_signal
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "smollm2-135m-instruct"
@@ -63,13 +66,27 @@ def free_port() -> int:
 
 
 def start_smollm2_server(
-    port: int | None = None, n_ctx: int = 4096, startup_timeout: float = 120.0, threads: int | None = None
+    port: int | None = None,
+    n_ctx: int = 4096,
+    startup_timeout: float = 120.0,
+    threads: int | None = None,
+    log_to_stdout: bool = False,
 ) -> tuple[subprocess.Popen, str]:
-    """Start the server and wait until it answers; returns (process, base_url). Stop it with `stop_server`."""
+    """Start the server and wait until it answers; returns (process, base_url). Stop it with `stop_server`.
+
+    The llama.cpp process gets SIGTERM when the process (main thread) that started it dies, even by
+    SIGKILL (Linux): it is never left serving with parent 1. `log_to_stdout`: its log goes to this
+    process's stdout (a managed server's log file) instead of a temporary file."""
     _require_server()
     model = smollm2_gguf_path()
     port = port or free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="smollm2-", suffix=".log", delete=False)
+    if log_to_stdout:
+        sys.stdout.flush()
+        log_file = sys.stdout
+        log_name = "<stdout>"
+    else:
+        log_file = tempfile.NamedTemporaryFile(prefix="smollm2-", suffix=".log", delete=False)
+        log_name = log_file.name
     cmd = [
         sys.executable,
         "-m",
@@ -87,23 +104,39 @@ def start_smollm2_server(
     ]
     if threads:
         cmd += ["--n_threads", str(threads)]
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proc.log_path = log_file.name  # type: ignore[attr-defined]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=parent_death_signal(signal.SIGTERM),  # noqa: PLW1509 - prctl only, looked up before the fork
+    )
+    proc.log_path = log_name  # type: ignore[attr-defined]
     base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_until_up(proc, base_url, startup_timeout, log_name if not log_to_stdout else None)
+    except BaseException:  # a timeout, a crash, Ctrl-C or SIGTERM while loading: never leave it running
+        stop_server(proc)
+        raise
+    return proc, base_url
+
+
+def _wait_until_up(proc: subprocess.Popen, base_url: str, startup_timeout: float, log_name: str | None) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = Path(log_file.name).read_text(errors="replace")[-2000:]
+            tail = Path(log_name).read_text(errors="replace")[-2000:] if log_name else ""
             raise RuntimeError(f"the SmolLM2 server exited with code {proc.returncode}:\n{tail}")
         try:
-            with urllib.request.urlopen(base_url + "/models", timeout=2) as resp:
+            with opener.open(base_url + "/models", timeout=2) as resp:
                 if resp.status == 200:
-                    return proc, base_url
+                    return
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         time.sleep(0.25)
-    stop_server(proc)
-    raise RuntimeError(f"the SmolLM2 server did not answer within {startup_timeout:.0f} s (log: {log_file.name})")
+    raise RuntimeError(f"the SmolLM2 server did not answer within {startup_timeout:.0f} s (log: {log_name})")
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -124,18 +157,27 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Serve SmolLM2-135M-Instruct on 127.0.0.1 (OpenAI-compatible).")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--log", choices=["temp", "-"], default="temp", help="llama.cpp's log: a temp file, or - (stdout)")
     args = ap.parse_args(argv)
+    # `kill` (SIGTERM) or a closed terminal (SIGHUP) must stop llama.cpp too: raise, so `finally` runs.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    proc = None
     try:
-        proc, base_url = start_smollm2_server(port=args.port, n_ctx=args.n_ctx)
+        proc, base_url = start_smollm2_server(port=args.port, n_ctx=args.n_ctx, log_to_stdout=args.log == "-")
+        print(f"SmolLM2 serving at {base_url} (Ctrl-C stops it)", flush=True)
+        proc.wait()
     except SmolLM2Unavailable as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"SmolLM2 serving at {base_url} (Ctrl-C stops it)", flush=True)
-    try:
-        proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        stop_server(proc)
+        if proc is not None:
+            stop_server(proc)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":  # pragma: no cover
