@@ -504,8 +504,9 @@ def _refuse_secrets(source: str, name: str, ep: dict[str, Any]) -> None:
     for where in _secret_paths(ep.get("extra_body"), f"endpoints.{name}.extra_body"):
         raise ConfigError(f"{source}: {where}: looks like a secret; keys do not belong in the config file; {hint}")
     server = ep.get("server")
-    command = server.get("command") if isinstance(server, dict) else None
-    for i, arg in enumerate(command if isinstance(command, list) else []):
+    given = server.get("command") if isinstance(server, dict) else None
+    command: list[Any] = given if isinstance(given, list) else []
+    for i, arg in enumerate(command):
         flag = arg.split("=", 1)[0].lstrip("-") if isinstance(arg, str) and arg.startswith("-") else ""
         if flag and _SECRET_FIELD.match(flag) and ("=" in arg or i + 1 < len(command)):
             raise ConfigError(
