@@ -23,6 +23,7 @@ from generator.checks import (
     build_units,
 )
 from generator.checks.stage import planned_checks
+from generator.checks.wellformed import WellFormedCheck
 from generator.testing.tiny_models import save_clip
 
 
@@ -35,6 +36,7 @@ def test_units_follow_the_plan_in_order(fake_openai):
     settings = fake_openai.settings()
     units = build_units(settings, planned_checks(settings))
     assert [u.name for u in units] == [
+        "well_formed",
         "alignment",
         "image_benign.clip",
         "image_benign.guard",
@@ -45,6 +47,7 @@ def test_units_follow_the_plan_in_order(fake_openai):
     ]
     kinds = [type(u) for u in units]
     assert kinds == [
+        WellFormedCheck,
         AlignmentCheck,
         ConceptScreenCheck,
         ImageGuardCheck,
@@ -53,8 +56,9 @@ def test_units_follow_the_plan_in_order(fake_openai):
         TextGuardCheck,
         PairHazardCheck,
     ]
-    assert all(isinstance(u, LocalImageCheck) for u in units[:2]) and all(isinstance(u, RemoteCheck) for u in units[2:])
-    assert units[0].clip is units[1].clip  # one CLIP model for both CLIP checks
+    assert all(isinstance(u, LocalImageCheck) for u in units[1:3])
+    assert all(isinstance(u, RemoteCheck) for u in units[3:])
+    assert units[1].clip is units[2].clip  # one CLIP model for both CLIP checks
     settings.roles.image_guard = "opennsfw"
     settings.roles.text_guard = None
     units = {u.name: u for u in build_units(settings, planned_checks(settings))}
