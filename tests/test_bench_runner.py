@@ -420,6 +420,7 @@ def test_run_stops_before_score_when_failures_pass_the_threshold(store, settings
     assert result.failed_stage is None and (store.path / "scores.json").exists()
 
 
+@pytest.mark.slow
 def test_a_short_outage_is_ridden_out_not_recorded(store, settings, fake, outputs):
     import threading
 

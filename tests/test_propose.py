@@ -337,6 +337,7 @@ def test_seed_examples_are_well_formed():
     assert sims.max() < 0.5
 
 
+@pytest.mark.slow
 def test_minilm_embedder_loads_offline_and_separates_paraphrases():
     """The real default embedder, once: a model folder shipped in a PyPI package, no hub."""
     from generator.models.embeddings import load_embedder

@@ -260,6 +260,7 @@ def _run_config(tmp_path: Path, endpoint: dict) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_is_one_line_error_exit_2_and_gone(tmp_path, monkeypatch):
     pid_file = tmp_path / "pid"
     silent = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); print('loading…', flush=True); time.sleep(600)"
