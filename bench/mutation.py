@@ -62,7 +62,7 @@ TESTS = {
     JUDGE: ("tests/test_verdict_integrity.py", "tests/test_protocols.py", *UNIT_BENCH),
     MCQA: ("tests/test_mcqa.py", "tests/test_scoring_mutants.py"),
     PROTOCOL: ("tests/test_protocols.py", "tests/test_verdict_integrity.py"),
-    STATS: UNIT_BENCH,
+    STATS: ("tests/test_statistics.py", *UNIT_BENCH),
     EXPORT: (
         "tests/test_siuo_import.py",
         "tests/test_scoring_mutants.py",
