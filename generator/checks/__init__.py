@@ -42,7 +42,8 @@ def text_checker_endpoint(settings: Settings) -> str | None:
 
 
 def _configured(value: str | None, setting: str) -> str:
-    """A setting a planned check needs; `planned_checks` plans the check only when it is set."""
+    """A setting a planned check needs: the check stage plans or refuses a check without it before any unit is
+    built, so this raises only if that rule is broken."""
     if value is None:
         raise ConfigError(f"{setting} is not set, so its check cannot run")
     return value
@@ -53,8 +54,10 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
     from generator.models.guards import OPENNSFW
 
     cs = settings.check
-    # Never "" when planned: the stage refuses no_leakage without a text checker.
-    text_checker = text_checker_endpoint(settings) or ""
+
+    def text_checker() -> str:
+        return _configured(text_checker_endpoint(settings), "roles.text_checker (or roles.judge)")
+
     clip = ClipEmbedder(cs.clip_model, cs.batch)
     make = {
         "well_formed": WellFormedCheck,
@@ -72,12 +75,12 @@ def build_units(settings: Settings, plan: dict[str, list[str]]) -> list[Check]:
         ),
         "text_benign": lambda: TextGuardCheck("text_benign", "question"),
         "no_leakage.question": lambda: TextOnlyJudgeCheck(
-            "no_leakage.question", "question", QUESTION_KIND, text_checker
+            "no_leakage.question", "question", QUESTION_KIND, text_checker()
         ),
         "no_leakage.description": lambda: (
             TextGuardCheck("no_leakage.description", "image_description")
             if settings.roles.text_guard
-            else TextOnlyJudgeCheck("no_leakage.description", "image_description", DESCRIPTION_KIND, text_checker)
+            else TextOnlyJudgeCheck("no_leakage.description", "image_description", DESCRIPTION_KIND, text_checker())
         ),
         "pair_hazard": lambda: PairHazardCheck(cs.hazard_match_threshold, settings),
     }
