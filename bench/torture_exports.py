@@ -120,16 +120,18 @@ def probes(t) -> None:
     r = t.siuo("export-lmms-eval", "--run", "exp-a", "--out", str(task), "--split", "siuo")
     read = _python(
         t,
-        "import yaml, sys\n"
+        "import os, yaml\n"
         "class L(yaml.SafeLoader): pass\n"
         "L.add_constructor('!function', lambda l, n: None)\n"
-        f"print(yaml.load(open({str(task / 'siuo_exp_a_siuo.yaml')!r}), Loader=L)['dataset_path'])",
+        f"d = yaml.load(open({str(task / 'siuo_exp_a_siuo.yaml')!r}), Loader=L)\n"
+        "files = [f for fs in d['dataset_kwargs']['data_files'].values() for f in fs]\n"
+        f"print(len(files), all(os.path.isfile(os.path.join({str(task)!r}, f)) for f in files))",
     )
     t.record(
         part,
         "export-lmms-eval --out 'dir #x'",
-        f"dataset_path {read.stdout.strip()[-24:]!r}",
-        r.returncode == 0 and read.stdout.strip() == str((task / "dataset").resolve()),
+        f"data files read back: {read.stdout.strip()!r}",
+        r.returncode == 0 and read.stdout.strip().endswith(" True") and not read.stdout.startswith("0 "),
     )
 
     # A case whose 3 samples all failed, in a judged run: the published scoring reads both verdict keys.
