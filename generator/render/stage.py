@@ -452,31 +452,46 @@ def _pick_photos(
     copied: dict[Path, str] = {}
     for w in todo:
         photo = photos[int(ranking[row[w.scenario.key], w.candidate])]
-        with Image.open(photo) as im:
-            width, height = im.size
-        store.append(
-            Render(
-                key=w.key,
-                scenario_id=w.scenario.key,
-                candidate=w.candidate,
-                backend="photos",
-                model=model,
-                path=copy_photo_into_run(store, photo, copied),
-                width=width,
-                height=height,
-                source=str(photo),
-            )
-        )
+        _record_photo(store, w, model, photo, copied, source=str(photo))
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_photo(
+    store: RunStore,
+    work: _Work,
+    model: str,
+    photo: Path,
+    copied: dict[Path, str],
+    source: str,
+    licence: str | None = None,
+) -> None:
+    """A picked photo's Render record, for both photo backends: its size, and its path as copied into the run."""
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        width, height = im.size
+    store.append(
+        Render(
+            key=work.key,
+            scenario_id=work.scenario.key,
+            candidate=work.candidate,
+            backend="photos",
+            model=model,
+            path=copy_photo_into_run(store, photo, copied),
+            width=width,
+            height=height,
+            source=source,
+            licence=licence,
+        )
+    )
 
 
 def _pick_pool_photos(
     store: RunStore, settings: Settings, scenarios: list[Scenario], retry_failed: bool
 ) -> RenderReport:
     """The packaged pool, ranked by caption text match (see `generator.render.photo_pool`)."""
-    from PIL import Image
 
     from generator.models.embeddings import load_embedder
     from generator.render.photo_pool import POOL, rank
@@ -498,23 +513,7 @@ def _pick_pool_photos(
     copied: dict[Path, str] = {}
     for w in todo:
         photo = ranked[w.scenario.key][w.candidate]
-        path = photo.path()
-        with Image.open(path) as im:
-            width, height = im.size
-        store.append(
-            Render(
-                key=w.key,
-                scenario_id=w.scenario.key,
-                candidate=w.candidate,
-                backend="photos",
-                model=model,
-                path=copy_photo_into_run(store, path, copied),
-                width=width,
-                height=height,
-                source=photo.source,
-                licence=photo.licence,
-            )
-        )
+        _record_photo(store, w, model, photo.path(), copied, source=photo.source, licence=photo.licence)
         report.rendered += 1
     report.seconds = time.perf_counter() - started
     return report
