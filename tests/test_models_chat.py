@@ -491,3 +491,43 @@ def test_the_samples_of_one_request_are_cached_all_or_none(tmp_path):
     with pytest.raises(TypeError):
         cache.put_many_sync([("k2", {"text": "c"}), ("k3", {"text": Unserialisable()})])
     assert cache.get_sync("k2") is None  # nothing of the failed batch was stored
+
+
+@pytest.mark.slow  # a stress test (about 6 s)
+def test_cache_threads_with_a_heap_census_running(tmp_path):
+    """CI once failed with sqlite3 "bad parameter or other API misuse": the judge's memory census
+    (`gc.get_objects()` in the fake server's thread) kept a cursor alive past the cache's lock; freed in that
+    thread, it reset a cached statement the judge's thread was stepping. Statements are no longer cached and
+    every cursor is closed under the lock. A race: on the old cache this failed in one run of three."""
+    import gc
+    import threading
+
+    cache = RequestCache(tmp_path / "c.sqlite")
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def census():
+        while not stop.is_set():
+            held = gc.get_objects()  # holds every live cursor for a moment, then frees them here
+            time.sleep(0.0005)
+            del held
+
+    def worker(i: int):
+        try:
+            for n in range(200):
+                cache.put_many_sync([(f"{i}-{n}", {"text": str(n)})])
+                assert cache.get_sync(f"{i}-{n}") == {"text": str(n)}
+        except Exception as exc:  # collected: an exception in a thread would otherwise pass unseen
+            errors.append(repr(exc))
+
+    walker = threading.Thread(target=census)
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    walker.start()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    walker.join()
+    assert errors == [] and cache.stats().entries == 600
+    cache.close()

@@ -6,7 +6,10 @@ so changing any of them is new work, and asking for sample 3 after samples 0..2 
 Only successes are stored: a failure is retried on the next run, never served as an answer.
 
 One connection in WAL mode with a busy timeout, guarded by a lock; async callers go through a worker
-thread so a slow disk never stalls the event loop.
+thread so a slow disk never stalls the event loop. Every statement runs on its own cursor, closed before
+the lock is let go, and statements are not cached: a cursor kept alive past the lock (by a traceback, or by
+`gc.get_objects()` in another thread) would otherwise reset a shared cached statement from that thread while
+this one steps it, which CPython's sqlite3 reports as "bad parameter or other API misuse" (cpython#118172).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,41 +66,65 @@ class RequestCache:
                 "(set [cache] path to a writable place, or [cache] enabled = false)"
             ) from None
         try:
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA busy_timeout=30000")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                "endpoint TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)"
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, timeout=30.0, isolation_level=None, cached_statements=0
             )
-            self._conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
         except sqlite3.DatabaseError as exc:
             raise CacheError(
                 f"{self.path}: cannot open the request cache: {exc} (delete the file or run `siuo cache clear`)"
             ) from None
         self._lock = threading.Lock()
+        try:
+            self._sql("PRAGMA journal_mode=WAL")
+            self._sql("PRAGMA busy_timeout=30000")
+            self._sql("PRAGMA synchronous=NORMAL")
+            self._sql(
+                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                "endpoint TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)"
+            )
+            self._sql("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(
+                f"{self.path}: cannot open the request cache: {exc} (delete the file or run `siuo cache clear`)"
+            ) from None
         self.hits = 0
         self.misses = 0
 
     # -- sync core ------------------------------------------------------------------------------------
 
-    def get_sync(self, key: str) -> dict | None:
+    def _sql(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run one statement under the lock; returns its rows."""
         with self._lock:
-            row = self._conn.execute("SELECT value FROM replies WHERE key = ?", (key,)).fetchone()
-        if row is None:
+            return self._run_locked(sql, params)
+
+    def _run_locked(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Run one statement on a cursor closed before returning (the caller holds the lock)."""
+        cur = self._conn.cursor()
+        try:
+            return cur.execute(sql, params).fetchall()
+        finally:
+            cur.close()
+
+    def _many_locked(self, sql: str, rows: Iterable[Sequence]) -> None:
+        cur = self._conn.cursor()
+        try:
+            cur.executemany(sql, rows)
+        finally:
+            cur.close()
+
+    def get_sync(self, key: str) -> dict | None:
+        rows = self._sql("SELECT value FROM replies WHERE key = ?", (key,))
+        if not rows:
             self.misses += 1
             return None
         self.hits += 1
-        return json.loads(row[0])
+        return json.loads(rows[0][0])
 
     def put_sync(self, key: str, value: dict, kind: str = "chat", endpoint: str = "") -> None:
-        blob = _blob(value)
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)",
-                (key, kind, endpoint, blob, time.time()),
-            )
+        self._sql(
+            "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)",
+            (key, kind, endpoint, _blob(value), time.time()),
+        )
 
     def put_many_sync(self, items: list[tuple[str, dict]], kind: str = "chat", endpoint: str = "") -> None:
         """Store several replies in one transaction: the samples of one request are cached all or none,
@@ -104,24 +132,22 @@ class RequestCache:
         now = time.time()
         rows = [(key, kind, endpoint, _blob(value), now) for key, value in items]
         with self._lock:
-            self._conn.execute("BEGIN")
+            self._run_locked("BEGIN")
             try:
-                self._conn.executemany(
+                self._many_locked(
                     "INSERT OR REPLACE INTO replies (key, kind, endpoint, value, created) VALUES (?, ?, ?, ?, ?)", rows
                 )
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._run_locked("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            self._run_locked("COMMIT")
 
     def get_meta(self, name: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else None
+        rows = self._sql("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
 
     def set_meta(self, name: str, value: str) -> None:
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+        self._sql("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
     # -- async wrappers -------------------------------------------------------------------------------
 
@@ -135,19 +161,17 @@ class RequestCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            entries = self._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-            by_kind = dict(self._conn.execute("SELECT kind, COUNT(*) FROM replies GROUP BY kind").fetchall())
+            entries = self._run_locked("SELECT COUNT(*) FROM replies")[0][0]
+            by_kind = dict(self._run_locked("SELECT kind, COUNT(*) FROM replies GROUP BY kind"))
         size = sum(p.stat().st_size for p in self._files() if p.exists())
         return CacheStats(path=str(self.path), entries=entries, size_bytes=size, by_kind=by_kind)
 
     def clear(self) -> int:
         """Delete every entry (and remembered endpoint facts); returns how many replies were removed."""
         with self._lock:
-            n = self._conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
-            self._conn.execute("DELETE FROM replies")
-            self._conn.execute("DELETE FROM meta")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.execute("VACUUM")
+            n = self._run_locked("SELECT COUNT(*) FROM replies")[0][0]
+            for statement in ("DELETE FROM replies", "DELETE FROM meta", "PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM"):
+                self._run_locked(statement)
         return n
 
     def _files(self) -> list[Path]:
