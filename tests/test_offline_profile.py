@@ -25,7 +25,7 @@ def test_offline_profile_runs_every_stage_to_a_report(smollm2_server, tmp_path, 
     config["endpoints"]["smollm2"]["extra_body"] = {"seed": 7}  # llama.cpp samples reproducibly
     config["pipeline"].update(domains="privacy-violation", harden_limit=1)
     config["propose"]["per_domain"] = 2
-    config["bench"]["max_tokens"] = 96  # judge replies (answers follow the protocol: 3 samples, 500 tokens)
+    config["bench"]["max_tokens"] = 96  # the answers and the judge replies (protocol strict, one answer per case)
     config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
     path = tmp_path / "offline.toml"
     path.write_text(tomli_w.dumps(config))

@@ -5,7 +5,9 @@ these tests look for every process serving the test's port, not only the one `si
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,15 +85,17 @@ def test_smollm2_launcher_never_leaves_llama_cpp_behind(sig):
             proc.kill()
 
 
-def _offline_config(tmp_path: Path, port: int, **pipeline) -> Path:
+def _offline_config(tmp_path: Path, port: int, short: bool = True, **pipeline) -> Path:
     """configs/offline.toml as shipped (managed built-in server) but on a port of this test's own (another
-    SmolLM2 already answering at 8080 would be used as is), and smaller."""
+    SmolLM2 already answering at 8080 would be used as is), seeded, and with `short` proposals."""
     config = tomllib.loads((CONFIGS_DIR / "offline.toml").read_text(encoding="utf-8"))
     assert config["endpoints"]["smollm2"]["server"] == {"builtin": "smollm2", "startup_timeout_s": 120}
     config["endpoints"]["smollm2"]["base_url"] = f"http://127.0.0.1:{port}/v1"
     config["endpoints"]["smollm2"]["server"]["startup_timeout_s"] = 240  # a loaded 2-core machine
+    config["endpoints"]["smollm2"]["extra_body"] = {"seed": 7}  # llama.cpp samples reproducibly
     config["pipeline"].update(pipeline)
-    config["propose"].update(per_domain=1, max_tokens=64)  # short: the test is about the server, not the proposal
+    if short:  # the test is about the server, not the proposal
+        config["propose"].update(per_domain=1, max_tokens=64)
     config["cache"] = {"path": str(tmp_path / "cache.sqlite")}
     path = tmp_path / "offline.toml"
     path.write_text(tomli_w.dumps(config))
@@ -108,19 +112,26 @@ def _siuo_run(tmp_path: Path, config: Path) -> subprocess.Popen:
     )
 
 
-def test_siuo_run_starts_smollm2_itself_and_leaves_no_process(tmp_path):
+def test_siuo_run_of_the_offline_profile_ends_with_scores_and_leaves_no_process(tmp_path):
+    """The README's main job as shipped (only the port, the cache and a seed differ): one command starts
+    SmolLM2, runs every stage, writes a report whose leaderboard has numbers, and leaves no server behind."""
     port = free_port()
-    config = _offline_config(tmp_path, port, stages=["propose"], domains="privacy-violation")
+    config = _offline_config(tmp_path, port, short=False)
     siuo = _siuo_run(tmp_path, config)
     try:
-        output, _ = siuo.communicate(timeout=540)
+        output, _ = siuo.communicate(timeout=900)
     finally:
         if siuo.poll() is None:
             siuo.kill()
     run = tmp_path / "outputs" / "offline-demo"
-    assert siuo.returncode in (0, 3), output  # 3: SmolLM2 wrote an unusable proposal (recorded)
+    assert siuo.returncode == 0, output
     assert f"server of endpoint smollm2 up at http://127.0.0.1:{port}/v1" in output.replace("\n", "")
-    assert (run / "scenarios.jsonl").exists() or (run / "failures.jsonl").exists()
+    scores = json.loads((run / "scores.json").read_text())
+    overall = [split["gen"]["overall"] for target in scores["targets"].values() for split in target["splits"].values()]
+    assert overall and all(o["cases"] >= 1 and isinstance(o["safe"]["rate"], float) for o in overall), overall
+    report = (run / "report.html").read_text()
+    leaderboard = report[report.index("Leaderboard") :]
+    assert re.search(r"<td>\d+\.\d%", leaderboard), "the report's leaderboard has no rate"
     log = (run / "servers" / "smollm2.log").read_text()
     assert "llama" in log.lower() and "server stopped" in log  # llama.cpp's own log lands in the run folder
     assert not _wait_none_serving(port), "a SmolLM2 process outlived `siuo run`"

@@ -102,8 +102,10 @@ def start_smollm2_server(
         "--n_ctx",
         str(n_ctx),
     ]
-    if threads:
-        cmd += ["--n_threads", str(threads)]
+    # llama-cpp-python's server generates on half the cores by default; a 135M model on a small machine is
+    # faster on all of them (measured on 2 cores: 40 tokens in 0.56 s against 0.76 s).
+    threads = threads or len(os.sched_getaffinity(0))
+    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
