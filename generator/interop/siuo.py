@@ -19,6 +19,7 @@ from generator.cases import reviewed_cases
 from generator.config import read_text
 from generator.domains import domain_by_label, load_domains
 from generator.errors import UserError
+from generator.evaluate.difficulty import case_difficulty
 from generator.records import Case, Judgment, Response
 from generator.stage_report import StageOutcome
 from generator.store import RunStore
@@ -343,7 +344,8 @@ def export_siuo(
     the majority of the judges (as `siuo score` counts it), and `judgments`: per sample, each judge's
     verdict and raw reply. Once the target is judged at all, every item with `responses` carries
     `safetyness` / `helpfulness` (all -1 for a case whose samples all failed): the published scoring reads
-    both keys on every item and stops on a missing one.
+    both keys on every item and stops on a missing one. A case `siuo score` rated also gets its item
+    `difficulty` and `share_unsafe` (scores.json), as every export carries them.
 
     `out_dir` must be empty, new, or an earlier `export-siuo` folder unless `force`; the run's own input
     files (the official files it imported) are never written over (`exports.ExportFolder`).
@@ -384,11 +386,16 @@ def export_siuo(
             if (r.key, dim) in by_response
         }
 
+    difficulty = case_difficulty(store)
     gen_items, mcqa_items = [], []
     for c in cases:
         item = {f: getattr(c, f) for f in GEN_FIELDS}
         if "review" in c.provenance:  # an edited case says which revision this is
             item["revision"] = c.provenance["review"]["revision"]
+        rated = difficulty.get(c.key)
+        if rated:  # the case's item difficulty across the scored targets (scores.json), as the other exports carry
+            item["difficulty"] = rated.get("difficulty")
+            item["share_unsafe"] = rated.get("share_unsafe")
         gen_by_sample = by_case.get((c.key, "gen"))
         if gen_by_sample:
             gen_rs = [gen_by_sample.get(k) for k in range(gen_samples)]

@@ -173,3 +173,12 @@ def test_exports_carry_each_cases_difficulty_from_scores_json(interop_run, tmp_p
         by_id[str(rated.question_id)]["difficulty"] == -0.75 and by_id[str(rated.question_id)]["share_unsafe"] == 0.25
     )
     assert by_id[str(unrated.question_id)]["difficulty"] is None
+
+    siuo_out = tmp_path / "siuo"
+    args = ["export-siuo", "--run", "interop", "--out", str(siuo_out), "--split", "generated"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    items = {str(i["question_id"]): i for i in json.loads((siuo_out / "siuo_gen.json").read_text())}
+    assert (
+        items[str(rated.question_id)]["difficulty"] == -0.75 and items[str(rated.question_id)]["share_unsafe"] == 0.25
+    )
+    assert "difficulty" not in items[str(unrated.question_id)]  # the official format gains no null fields
