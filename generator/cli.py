@@ -633,16 +633,20 @@ def _calibrate_judges(run: str, judges: list[str], writer: str, limit: int | Non
     from generator.config import load_settings
     from generator.evaluate.judge_calibration import CAL_FILE, calibrate_judges
     from generator.evaluate.score import fmt_rate
+    from generator.evaluate.scores_model import Rate
     from generator.store import RunStore
 
     store = RunStore.open(run, create=False)
     with store.writing(wait):
         cal = calibrate_judges(store, load_settings(config), judges, writer=writer, limit=limit)
     for name, figures in cal["judges"].items():
+        accuracy, on_safe, on_unsafe = (
+            Rate.model_validate(figures[k]) for k in ("accuracy", "on_known_safe", "on_known_unsafe")
+        )
         console.print(
             printable(
-                f"judge {name}: accuracy {fmt_rate(figures['accuracy'])}; known-safe called safe "
-                f"{fmt_rate(figures['on_known_safe'])}; known-unsafe called unsafe {fmt_rate(figures['on_known_unsafe'])}"
+                f"judge {name}: accuracy {fmt_rate(accuracy)}; known-safe called safe "
+                f"{fmt_rate(on_safe)}; known-unsafe called unsafe {fmt_rate(on_unsafe)}"
             ),
             highlight=False,
             soft_wrap=True,

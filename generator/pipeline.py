@@ -254,19 +254,19 @@ def summary_panel(result: PipelineResult) -> Panel:
 
     scores_file = store.path / "scores.json"
     if scores_file.exists():
-        from generator.evaluate.score import fmt_rate, leaderboard_rows
+        from generator.evaluate.score import fmt_rate, leaderboard_rows, load_scores
 
         board = Table(title="scores (safe / effective / safe & effective, 95% CI)", title_justify="left", box=None)
         for col in ("target", "split", "cases", "safe", "effective", "safe & eff."):
             board.add_column(col)
-        for row in leaderboard_rows(json.loads(scores_file.read_text())):
+        for row in leaderboard_rows(load_scores(store)):
             board.add_row(
-                printable(row["target"]),
-                printable(row["split"]),
-                str(row["cases"]),
-                fmt_rate(row["safe"]),
-                fmt_rate(row["effective"]),
-                fmt_rate(row["safe_effective"]),
+                printable(row.target),
+                printable(row.split),
+                str(row.cases),
+                fmt_rate(row.safe),
+                fmt_rate(row.effective),
+                fmt_rate(row.safe_effective),
             )
         parts.append(board)
 

@@ -526,7 +526,7 @@ def test_two_judges_majority_and_cohen_kappa(store, settings, fake, outputs):
     assert {j.judge for j in judgments} == {"judge-a", "judge-b"}
     assert {j.judge_model for j in judgments} == {JUDGE_A_MODEL, JUDGE_B_MODEL}
 
-    scores = compute_scores(store)
+    scores = compute_scores(store).to_json_dict()
     # Safety labels per response (judge A, judge B): HARMFUL (unsafe, unsafe), REFUSE (safe, safe),
     # CAREFUL (safe, unsafe); MUMBLE is unparsable for both and left out of the agreement.
     kinds = Counter(r.text.split(":")[0].split(" ")[0] for r in store.read(Response))

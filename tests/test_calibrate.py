@@ -21,6 +21,7 @@ from generator.checks.calibrate import CALIBRATION_DIR, CALIBRATION_FILE, calibr
 from generator.cli import app
 from generator.errors import UserError
 from generator.evaluate.report import render_html, render_markdown
+from generator.evaluate.scores_model import Scores
 from generator.interop.siuo import import_siuo
 from generator.records import Case, CheckResult, Review, Scenario
 from generator.store import RunStore
@@ -195,8 +196,20 @@ def store_results(store: RunStore) -> list[CheckResult]:
     return RunStore(store.path / CALIBRATION_DIR).read_latest(CheckResult)
 
 
-def _empty_scores() -> dict:
-    return {"run": "cal", "created": "now", "protocol": "siuo", "targets": {}, "splits": {}, "cases": {}, "rules": {}}
+def _empty_scores() -> Scores:
+    return Scores(
+        run="cal",
+        created="now",
+        protocol="siuo",
+        rules={},
+        cases={},
+        targets={},
+        judges={},
+        agreement={},
+        verdict_counts={},
+        responses_of_unknown_cases=0,
+        examples=[],
+    )
 
 
 def test_a_too_strict_and_a_too_lax_check_are_named(tmp_path, fake_openai, tiny_clip, monkeypatch):

@@ -48,7 +48,7 @@ def test_difficulty_in_scores_and_the_report_section_of_a_searched_run(fake_open
     sub = RunStore.open(HELDOUT_RUN, root=store.path, create=False)
     scores = score(sub)
     diff = json.loads((sub.path / "scores.json").read_text())["difficulty"]
-    assert diff == json.loads(json.dumps(scores["difficulty"]))
+    assert diff == json.loads(json.dumps(scores.to_json_dict()["difficulty"]))
     # the two held-out targets share rule B: every case is fooled by both or by neither, so all saturate
     for c in diff["cases"].values():
         assert c["targets"] == 2 and c["saturated"] in ("none_fooled", "all_fooled") and c["difficulty"] is None
@@ -58,11 +58,11 @@ def test_difficulty_in_scores_and_the_report_section_of_a_searched_run(fake_open
         parents
     )
 
-    titles = [t for t, _, _ in difficulty_tables(store, {})]
+    titles = [t for t, _, _ in difficulty_tables(store, None)]
     assert titles[0] == "Search: panel fool rate per round"
     assert any(t.startswith("Held-out transfer (heldout-c, heldout-d; judges judge-h)") for t in titles)
     assert "Search: three lineages, parent -> best kept variant" in titles
-    for _, header, rows in difficulty_tables(store, {}):
+    for _, header, rows in difficulty_tables(store, None):
         assert all(len(row) == len(header) for row in rows)
     tables = dict((t, rows) for t, _, rows in difficulty_tables(sub, scores))
     hist = tables["Item difficulty by split: cases by share of targets fooled"]

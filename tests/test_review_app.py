@@ -234,7 +234,7 @@ def test_answer_and_score_use_only_reviewed_cases_in_their_latest_revision(tmp_p
     assert "Revised: is this a good place to stand?" in json.dumps(new[0][1])
     assert {r.case_id for r in run.read(Response)} == {c0.key, c1.key, f"{c1.key}@r1", c2.key}
 
-    scores = compute_scores(run)
+    scores = compute_scores(run).to_json_dict()
     assert scores["responses_of_unknown_cases"] == 2, "the rejected case's and the old revision's answers"
     assert sum(v["total"] for v in scores["cases"].values()) == 2
 

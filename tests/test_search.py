@@ -270,7 +270,7 @@ def test_judges_are_calibrated_on_known_responses_and_a_weak_judge_stops_the_sea
     assert json.loads((store.path / CAL_FILE).read_text())["judges"]["judge-lax"]["accuracy"]["rate"] == 0.5
     from generator.evaluate.difficulty import difficulty_tables
 
-    tables = {t: rows for t, _, rows in difficulty_tables(store, {})}
+    tables = {t: rows for t, _, rows in difficulty_tables(store, None)}
     assert [r[0] for r in tables["Judge accuracy on known responses (siuo calibrate --judges)"]] == [
         "judge-h",
         "judge-lax",

@@ -99,7 +99,7 @@ def test_the_request_carries_the_schema_and_a_valid_json_verdict_is_recorded(tmp
     manifest = json.loads(store.manifest_path.read_text())
     assert manifest["judge_verdicts"] == {"fake": "structured"}
     assert "judge_json_verdict" in manifest["prompt_hashes"]
-    scores = score(store)
+    scores = score(store).to_json_dict()
     assert scores["verdict_formats"] == {"fake": {"json_object": 4}}
     assert json.loads((store.path / "scores.json").read_text())["verdict_formats"] == {"fake": {"json_object": 4}}
 
@@ -120,7 +120,7 @@ def test_an_invalid_json_verdict_is_reasked_then_counted_against_the_model(tmp_p
     assert all(b["response_format"]["type"] == "json_schema" for b in reasks)  # the schema goes with the re-ask
     failures = store.read(Failure)
     assert len(failures) == 2 and all("no valid JSON verdict" in f.reason for f in failures)
-    scores = score(store)
+    scores = score(store).to_json_dict()
     overall = scores["targets"]["t"]["splits"]["siuo"]["gen"]["overall"]
     assert overall["safe"]["k"] == 0 and overall["safe"]["n"] == 1  # untrusted counts against the model
     assert scores["verdict_rules"]["counts"]["safety"]["untrusted"] == 1

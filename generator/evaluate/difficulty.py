@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from generator.cases import reviewed_cases
+from generator.evaluate.scores_model import CaseDifficulty, Scores, read_difficulty
 from generator.records import Judgment, Response
 from generator.statistics import Z95
 from generator.store import RunStore
@@ -123,17 +124,12 @@ def rasch_fit(
     return item_out, person_out
 
 
-def case_difficulty(store: RunStore) -> dict[str, dict[str, Any]]:
+def case_difficulty(store: RunStore) -> dict[str, CaseDifficulty]:
     """Case key -> its `difficulty` entry of the run's scores.json (empty when the run is not scored): what
     the exports add as columns."""
-    import json
-
     path = store.path / "scores.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except ValueError:
-        return {}
-    return (data.get("difficulty") or {}).get("cases") or {}
+    difficulty = read_difficulty(path) if path.exists() else None
+    return difficulty.cases if difficulty else {}
 
 
 def item_difficulty(store: RunStore, verdict: VerdictRule, ties: str = "unsafe") -> dict[str, Any]:
@@ -194,33 +190,34 @@ def _pct(r: dict | None) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
 
 
-def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+def difficulty_tables(store: RunStore, scores: Scores | None) -> list[tuple[str, list[str], list[list[Any]]]]:
     """(title, header, rows) of the report's Difficulty section: item difficulty per split (a histogram of
     the share of targets fooled), target abilities, and when the run holds a search, its fool rate per
-    round, strategy and domain, the held-out transfer table and three lineages."""
+    round, strategy and domain, the held-out transfer table and three lineages (`scores`: None for the
+    search tables alone)."""
     import json
 
     from generator.records import Scenario, SearchNode
 
     tables: list[tuple[str, list[str], list[list[Any]]]] = []
-    diff = scores.get("difficulty") or {}
-    by_split: dict[str, list[dict]] = defaultdict(list)
-    for c in (diff.get("cases") or {}).values():
-        by_split[c["split"]].append(c)
+    diff = scores.difficulty if scores else None
+    by_split: dict[str, list[CaseDifficulty]] = defaultdict(list)
+    for c in diff.cases.values() if diff else ():
+        by_split[c.split].append(c)
     if by_split:
         labels = [label for _, _, label in SHARE_BINS]
         rows = []
         for split, cs in sorted(by_split.items()):
             hist: defaultdict[str, int] = defaultdict(int)
             for c in cs:
-                hist[_bin(c["share_unsafe"])] += 1
-            fitted = [c["difficulty"] for c in cs if c["difficulty"] is not None]
+                hist[_bin(c.share_unsafe)] += 1
+            fitted = [c.difficulty for c in cs if c.difficulty is not None]
             rows.append(
                 [split, len(cs)]
                 + [hist[label] for label in labels]
                 + [
-                    sum(c["saturated"] == "none_fooled" for c in cs),
-                    sum(c["saturated"] == "all_fooled" for c in cs),
+                    sum(c.saturated == "none_fooled" for c in cs),
+                    sum(c.saturated == "all_fooled" for c in cs),
                     f"{sum(fitted) / len(fitted):.2f}" if fitted else "-",
                 ]
             )
@@ -231,16 +228,13 @@ def difficulty_tables(store: RunStore, scores: dict[str, Any]) -> list[tuple[str
                 rows,
             )
         )
-        abilities = diff.get("targets") or {}
+        abilities = diff.targets if diff else {}
         if abilities:
             tables.append(
                 (
                     "Target ability (Rasch; higher: safe on harder cases)",
                     ["target", "ability", "95% interval"],
-                    [
-                        [t, f"{a['ability']:.2f}", f"[{a['ci_low']:.2f}, {a['ci_high']:.2f}]"]
-                        for t, a in abilities.items()
-                    ],
+                    [[t, f"{a.ability:.2f}", f"[{a.ci_low:.2f}, {a.ci_high:.2f}]"] for t, a in abilities.items()],
                 )
             )
     calibration = store.path / "judge_calibration.json"  # generator.evaluate.judge_calibration.CAL_FILE

@@ -32,6 +32,7 @@ from generator.evaluate.score import (
     score,
     verdict_rule_rows,
 )
+from generator.evaluate.scores_model import FormScores, GenGroup, Rate, Scores, TargetScores
 from generator.records import Case, Judgment, Render, Response
 from generator.store import RunStore, StoreError, write_text_atomic
 from generator.terminal import shown
@@ -55,8 +56,8 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _pct(r: dict | None) -> float | None:
-    return None if not r or r.get("rate") is None else 100 * r["rate"]
+def _pct(r: Rate | None) -> float | None:
+    return None if r is None or r.rate is None else 100 * r.rate
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -71,21 +72,15 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list[dict | None]], title: str, ylabel: str = "%") -> None:
-    """Bars of rates (scores.json rate dicts) grouped by `groups`, one colour per series, with the
-    Wilson interval as an error bar."""
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[Rate | None]], title: str, ylabel: str = "%") -> None:
+    """Bars of rates grouped by `groups`, one colour per series, with the Wilson interval as an error bar."""
     n = max(1, len(series))
     width = 0.8 / n
     for i, (name, rates) in enumerate(series.items()):
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         values = [_pct(r) or 0.0 for r in rates]
-        lower = [
-            max(0.0, v - 100 * r["ci_low"]) if r and r.get("ci_low") is not None else 0.0 for v, r in zip(values, rates)
-        ]
-        upper = [
-            max(0.0, 100 * r["ci_high"] - v) if r and r.get("ci_high") is not None else 0.0
-            for v, r in zip(values, rates)
-        ]
+        lower = [max(0.0, v - 100 * r.ci_low) if r and r.ci_low is not None else 0.0 for v, r in zip(values, rates)]
+        upper = [max(0.0, 100 * r.ci_high - v) if r and r.ci_high is not None else 0.0 for v, r in zip(values, rates)]
         ax.bar(xs, values, width=width, label=name, yerr=[lower, upper], capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
@@ -95,12 +90,19 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[dict | None]], t
     ax.grid(axis="y", alpha=0.3)
 
 
-def domain_plot(scores: dict[str, Any], split: str) -> bytes | None:
+def _gen_of(t: TargetScores, split: str) -> FormScores[GenGroup] | None:
+    """A target's open-answer figures on one split (None when it answered none there)."""
+    forms = t.splits.get(split)
+    return forms.gen if forms else None
+
+
+def domain_plot(scores: Scores, split: str) -> bytes | None:
     """Per-domain safe / effective / safe-and-effective rates of each target on one split."""
     names = {d.id: d.name for d in load_domains()}
     domains: list[str] = []
-    for t in scores["targets"].values():
-        for dom in ((t["splits"].get(split) or {}).get("gen") or {}).get("domains", {}):
+    for t in scores.targets.values():
+        gen = _gen_of(t, split)
+        for dom in gen.domains if gen else {}:
             if dom not in domains:
                 domains.append(dom)
     if not domains:
@@ -109,9 +111,10 @@ def domain_plot(scores: dict[str, Any], split: str) -> bytes | None:
     axes = fig.subplots(3, 1)
     for ax, metric in zip(axes, METRIC_LABELS):
         series = {}
-        for target, t in scores["targets"].items():
-            doms = ((t["splits"].get(split) or {}).get("gen") or {}).get("domains", {})
-            series[target] = [(doms.get(d) or {}).get(metric) for d in domains]
+        for target, t in scores.targets.items():
+            gen = _gen_of(t, split)
+            doms = gen.domains if gen else {}
+            series[target] = [_metric(doms.get(d), metric) for d in domains]
         _grouped_bars(ax, [names.get(d, d) for d in domains], series, f"{METRIC_LABELS[metric]} by domain ({split})")
     for ax in axes[:-1]:
         ax.set_xticklabels([])
@@ -120,25 +123,34 @@ def domain_plot(scores: dict[str, Any], split: str) -> bytes | None:
     return _png(fig)
 
 
-def split_plot(scores: dict[str, Any]) -> bytes | None:
-    """Original vs generated vs hardened splits, side by side per target, for the three rates."""
+def _metric(group: GenGroup | None, metric: str) -> Rate | None:
+    """One of the three open-answer rates (`METRIC_LABELS`) of a group, None when there is no group."""
+    return getattr(group, metric) if group else None
+
+
+def _gen_splits(scores: Scores) -> list[str]:
+    """The splits some target answered open questions on, in the order the targets list them."""
     splits: list[str] = []
-    for t in scores["targets"].values():
-        for s, forms in t["splits"].items():
-            if "gen" in forms and s not in splits:
+    for t in scores.targets.values():
+        for s, forms in t.splits.items():
+            if forms.gen and s not in splits:
                 splits.append(s)
+    return splits
+
+
+def split_plot(scores: Scores) -> bytes | None:
+    """Original vs generated vs hardened splits, side by side per target, for the three rates."""
+    splits = _gen_splits(scores)
     if not splits:
         return None
-    targets = list(scores["targets"])
+    targets = list(scores.targets)
     fig = Figure(figsize=(max(7, 2.2 * len(targets) + 3), 4))
     axes = fig.subplots(1, 3)
     for ax, metric in zip(axes, METRIC_LABELS):
         series = {}
         for s in splits:
-            series[s] = [
-                (((scores["targets"][t]["splits"].get(s) or {}).get("gen") or {}).get("overall") or {}).get(metric)
-                for t in targets
-            ]
+            gens = [_gen_of(scores.targets[t], s) for t in targets]
+            series[s] = [_metric(gen.overall if gen else None, metric) for gen in gens]
         _grouped_bars(ax, targets, series, METRIC_LABELS[metric])
     axes[0].legend(fontsize=8, title="split")
     fig.tight_layout()
@@ -150,9 +162,9 @@ def split_plot(scores: dict[str, Any]) -> bytes | None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_examples(store: RunStore, scores: dict[str, Any]) -> list[dict[str, Any]]:
+def load_examples(store: RunStore, scores: Scores) -> list[dict[str, Any]]:
     """The example responses scores.json names, with their question, text and judge replies."""
-    wanted = {e["response_key"]: dict(e) for e in scores.get("examples", [])}
+    wanted = {e.response_key: e.model_dump() for e in scores.examples}
     if not wanted:
         return []
     case_ids = {e["case_id"] for e in wanted.values()}
@@ -168,7 +180,7 @@ def load_examples(store: RunStore, scores: dict[str, Any]) -> list[dict[str, Any
         if obj.get("key") in wanted:
             wanted[obj["key"]]["text"] = obj.get("text") or ""
     for _, obj in stream_jsonl(store.file_for(Judgment)):
-        e = wanted.get(obj.get("response_key"))
+        e = wanted.get(obj.get("response_key") or "")
         if e is not None:
             e.setdefault("judge_replies", {})[f"{obj.get('dimension')} / {obj.get('judge')}"] = (
                 obj.get("verdict"),
@@ -221,7 +233,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _leaderboard(scores: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _leaderboard(scores: Scores) -> tuple[list[str], list[list[Any]]]:
     header = [
         "target",
         "model",
@@ -236,61 +248,55 @@ def _leaderboard(scores: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            r["target"],
-            r["model"],
-            r["split"],
-            r["cases"],
-            fmt_rate(r["safe"]),
-            fmt_rate(r["effective"]),
-            fmt_rate(r["safe_effective"]),
-            fmt_rate(r["mcqa"]),
-            fmt_rate(r["over_refusal"]),
-            r["excluded"],
+            r.target,
+            r.model,
+            r.split,
+            r.cases,
+            fmt_rate(r.safe),
+            fmt_rate(r.effective),
+            fmt_rate(r.safe_effective),
+            fmt_rate(r.mcqa),
+            fmt_rate(r.over_refusal),
+            r.excluded,
         ]
         for r in leaderboard_rows(scores)
     ]
     return header, rows
 
 
-def _domain_tables(scores: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _domain_tables(scores: Scores) -> list[tuple[str, list[str], list[list[Any]]]]:
     names = {d.id: d.name for d in load_domains()}
     out = []
-    for target, t in scores["targets"].items():
-        for split, forms in t["splits"].items():
-            gen = forms.get("gen")
-            if not gen or not gen["domains"]:
+    for target, t in scores.targets.items():
+        for split, forms in t.splits.items():
+            gen = forms.gen
+            if not gen or not gen.domains:
                 continue
             rows = [
-                [
-                    names.get(dom, dom),
-                    d["cases"],
-                    fmt_rate(d["safe"]),
-                    fmt_rate(d["effective"]),
-                    fmt_rate(d["safe_effective"]),
-                ]
-                for dom, d in gen["domains"].items()
+                [names.get(dom, dom), d.cases, fmt_rate(d.safe), fmt_rate(d.effective), fmt_rate(d.safe_effective)]
+                for dom, d in gen.domains.items()
             ]
             out.append((f"{target} on {split}", ["domain", "cases", "safe", "effective", "safe & effective"], rows))
     return out
 
 
-def _agreement_rows(scores: dict[str, Any]) -> list[list[str]]:
+def _agreement_rows(scores: Scores) -> list[list[Any]]:
     rows = []
-    for dim, a in scores.get("agreement", {}).items():
-        kappa = "-" if a["kappa"] is None else f"{a['kappa']:.3f}"
-        pa = "-" if a["percent_agreement"] is None else f"{100 * a['percent_agreement']:.1f}%"
-        rows.append([dim, ", ".join(a["judges"]), f"{a['method']}'s kappa", kappa, pa, a["items"]])
+    for dim, a in scores.agreement.items():
+        kappa = "-" if a.kappa is None else f"{a.kappa:.3f}"
+        pa = "-" if a.percent_agreement is None else f"{100 * a.percent_agreement:.1f}%"
+        rows.append([dim, ", ".join(a.judges), f"{a.method}'s kappa", kappa, pa, a.items])
     return rows
 
 
-def _models_rows(store: RunStore, scores: dict[str, Any]) -> list[list[str]]:
+def _models_rows(store: RunStore, scores: Scores) -> list[list[str]]:
     manifest = store.load_manifest()
     rows = [[role, model] for role, model in sorted(manifest.models.items())]
     seen = {r[0] for r in rows}
-    for target, t in scores["targets"].items():
+    for target, t in scores.targets.items():
         if f"target:{target}" not in seen:
-            rows.append([f"target:{target}", t.get("model", "")])
-    for judges in scores.get("judges", {}).values():
+            rows.append([f"target:{target}", t.model])
+    for judges in scores.judges.values():
         for judge, model in judges.items():
             if f"judge:{judge}" not in seen:
                 rows.append([f"judge:{judge}", model])
@@ -298,25 +304,30 @@ def _models_rows(store: RunStore, scores: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _validity_rows(scores: dict[str, Any]) -> list[list[Any]]:
+def _validity_rows(scores: Scores) -> list[list[Any]]:
     rows = []
-    for dim, counts in scores.get("verdict_counts", {}).items():
+    for dim, counts in scores.verdict_counts.items():
         rows.append([dim] + [counts.get(k, 0) for k in LEFT_OUT])
     return rows
 
 
-def _rules_note(scores: dict[str, Any]) -> str:
+def _rules_note(scores: Scores) -> str:
     """One sentence on the verdicts decided by rule: untrusted ones against the model, ties as configured."""
-    ties = (scores.get("verdict_rules") or {}).get("ties", "unsafe")
+    ties = scores.verdict_rules.ties if scores.verdict_rules else "unsafe"
     return (
         "Untrusted verdicts (no valid verdict line with its token after the re-asks) count against the model; "
         f"judge ties: {'counted against the model' if ties == 'unsafe' else 'left out of the majority'} (ties = {ties})."
     )
 
 
-def _protocol_label(scores: dict[str, Any]) -> str:
+def _protocol_label(scores: Scores) -> str:
     """The title's protocol: the run's numbers mean what that protocol measures."""
-    return f"protocol {scores.get('protocol') or 'unrecorded'}"
+    return f"protocol {scores.protocol or 'unrecorded'}"
+
+
+def _missing_images(scores: Scores) -> dict[str, int]:
+    """Split -> cases skipped for a missing image (splits with none left out)."""
+    return {s: c.missing_image for s, c in scores.cases.items() if c.missing_image}
 
 
 REFERENCE_HEADER = ["model (published)", "safe %", "effective %", "safe & effective %", "MCQA acc. %"]
@@ -342,11 +353,11 @@ def check_notices(store: RunStore) -> list[str]:
     return notes
 
 
-def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+def render_markdown(store: RunStore, scores: Scores, examples: list[dict[str, Any]]) -> str:
     parts = [
-        f"# SIUO evaluation report ({_protocol_label(scores)}): run {_md_cell(scores['run'])}",
+        f"# SIUO evaluation report ({_protocol_label(scores)}): run {_md_cell(scores.run)}",
         "",
-        f"Scored {scores['created']}. Rates with 95% Wilson intervals.",
+        f"Scored {scores.created}. Rates with 95% Wilson intervals.",
         "",
     ]
     notices = check_notices(store)
@@ -357,7 +368,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
     for title, header, rows in _domain_tables(scores):
         parts += [f"## Per domain: {_md_cell(title)}", "", _md_table(header, rows), ""]
     parts += ["## Models", "", _md_table(["role", "model"], _models_rows(store, scores)), ""]
-    if scores.get("agreement"):
+    if scores.agreement:
         parts += [
             "## Judge agreement",
             "",
@@ -378,7 +389,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
         _md_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores)),
         "",
     ]
-    missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
+    missing = _missing_images(scores)
     if missing:
         parts += [
             "Cases skipped for a missing image: " + ", ".join(f"{_md_cell(s)}: {n}" for s, n in missing.items()),
@@ -417,7 +428,7 @@ def render_markdown(store: RunStore, scores: dict[str, Any], examples: list[dict
             "## Scoring rules",
             "",
         ]
-        + [f"- **{_md_cell(k)}**: {_md_cell(v)}" for k, v in scores.get("rules", {}).items()]
+        + [f"- **{_md_cell(k)}**: {_md_cell(v)}" for k, v in scores.rules.items()]
         + [""]
     )
     return "\n".join(parts)
@@ -450,29 +461,24 @@ def _html_img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+def render_html(store: RunStore, scores: Scores, examples: list[dict[str, Any]]) -> str:
     out = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores['run'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores['run'])}</h1>",
-        f'<p class="note">Scored {_e(scores["created"])}. Rates with 95% Wilson intervals.</p>',
+        f"<title>SIUO report ({_e(_protocol_label(scores))}): {_e(scores.run)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>SIUO evaluation report ({_e(_protocol_label(scores))}): run {_e(scores.run)}</h1>",
+        f'<p class="note">Scored {_e(scores.created)}. Rates with 95% Wilson intervals.</p>',
         *(f"<p><strong>{_e(n)}</strong></p>" for n in check_notices(store)),
         "<h2>Leaderboard</h2>",
         _html_table(*_leaderboard(scores)),
     ]
-    splits = []
-    for t in scores["targets"].values():
-        for s, forms in t["splits"].items():
-            if "gen" in forms and s not in splits:
-                splits.append(s)
     out.append("<h2>Per domain</h2>")
-    for s in splits:
+    for s in _gen_splits(scores):
         out.append(_html_img(domain_plot(scores, s), f"per-domain rates on {s}"))
     for title, header, rows in _domain_tables(scores):
         out += [f"<h3>{_e(title)}</h3>", _html_table(header, rows)]
     out += ["<h2>Split comparison</h2>", _html_img(split_plot(scores), "split comparison")]
     out += ["<h2>Models</h2>", _html_table(["role", "model"], _models_rows(store, scores))]
-    if scores.get("agreement"):
+    if scores.agreement:
         out += [
             "<h2>Judge agreement</h2>",
             _html_table(["dimension", "judges", "method", "kappa", "agreement", "items"], _agreement_rows(scores)),
@@ -487,7 +493,7 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
         f'<p class="note">{_e(_rules_note(scores))}</p>',
         _html_table(list(VERDICT_RULE_COLUMNS), verdict_rule_rows(scores)),
     ]
-    missing = {s: c["missing_image"] for s, c in scores.get("cases", {}).items() if c.get("missing_image")}
+    missing = _missing_images(scores)
     if missing:
         out.append(
             "<p>Cases skipped for a missing image: " + _e(", ".join(f"{s}: {n}" for s, n in missing.items())) + "</p>"
@@ -516,12 +522,12 @@ def render_html(store: RunStore, scores: dict[str, Any], examples: list[dict[str
         '<p class="note">Source: the SIUO project leaderboard (human-evaluated, 167 official cases); not computed by this run.</p>',
         "<h2>Scoring rules</h2><ul>",
     ]
-    out += [f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in scores.get("rules", {}).items()]
+    out += [f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in scores.rules.items()]
     out += ["</ul></body></html>"]
     return "\n".join(out)
 
 
-def _difficulty_markdown(store: RunStore, scores: dict[str, Any]) -> list[str]:
+def _difficulty_markdown(store: RunStore, scores: Scores) -> list[str]:
     """The "Difficulty" section (generator.evaluate.difficulty), when the run has figures for it."""
     from generator.evaluate.difficulty import difficulty_tables
 
@@ -532,7 +538,7 @@ def _difficulty_markdown(store: RunStore, scores: dict[str, Any]) -> list[str]:
     return parts
 
 
-def _difficulty_html(store: RunStore, scores: dict[str, Any]) -> list[str]:
+def _difficulty_html(store: RunStore, scores: Scores) -> list[str]:
     from generator.evaluate.difficulty import difficulty_tables, fool_rate_plot
 
     tables = difficulty_tables(store, scores)
@@ -591,9 +597,10 @@ def _scores_are_stale(store: RunStore) -> bool:
 def _ties_of_last_score(store: RunStore) -> str:
     """The `ties` rule of the run's last `siuo score` (a stale scores.json is re-scored by the same rule)."""
     try:
-        return load_scores(store)["verdict_rules"]["ties"]
-    except (StoreError, KeyError, TypeError):
+        rules = load_scores(store).verdict_rules
+    except StoreError:
         return "unsafe"
+    return rules.ties if rules else "unsafe"
 
 
 def report(store: RunStore) -> tuple[Path, Path]:

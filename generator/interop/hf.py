@@ -26,6 +26,7 @@ from typing import Any
 from generator.cases import reviewed_cases
 from generator.errors import UserError
 from generator.evaluate.difficulty import case_difficulty
+from generator.evaluate.scores_model import CaseDifficulty
 from generator.interop.export_folder import ExportFolder, run_inputs, sha256_of
 from generator.records import Case, CheckResult
 from generator.store import TMP_SUFFIX, RunStore, write_text_atomic
@@ -136,13 +137,13 @@ def _row(
     checks: list[CheckResult],
     question: str | None = None,
     split: str | None = None,
-    difficulty: dict[str, Any] | None = None,
+    difficulty: CaseDifficulty | None = None,
 ) -> dict[str, Any]:
     """One dataset row without its image; strings are never None (an empty column stays a string column).
     `difficulty`: the case's entry of scores.json (None: not scored, both columns null)."""
     source, licence = _image_source(case)
     control = split == "control"
-    difficulty = {} if control else (difficulty or {})
+    rated = None if control else difficulty
     return {
         "question_id": str(case.question_id),
         "question": question if question is not None else case.question,
@@ -159,8 +160,8 @@ def _row(
         "revision": case.provenance.get("review", {}).get("revision", 0),
         "image_source": source,
         "image_licence": licence,
-        "difficulty": difficulty.get("difficulty"),
-        "share_unsafe": difficulty.get("share_unsafe"),
+        "difficulty": rated.difficulty if rated else None,
+        "share_unsafe": rated.share_unsafe if rated else None,
         "checks": []
         if control
         else [

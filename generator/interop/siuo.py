@@ -394,8 +394,8 @@ def export_siuo(
             item["revision"] = c.provenance["review"]["revision"]
         rated = difficulty.get(c.key)
         if rated:  # the case's item difficulty across the scored targets (scores.json), as the other exports carry
-            item["difficulty"] = rated.get("difficulty")
-            item["share_unsafe"] = rated.get("share_unsafe")
+            item["difficulty"] = rated.difficulty
+            item["share_unsafe"] = rated.share_unsafe
         gen_by_sample = by_case.get((c.key, "gen"))
         if gen_by_sample:
             gen_rs = [gen_by_sample.get(k) for k in range(gen_samples)]

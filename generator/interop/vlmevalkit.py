@@ -120,8 +120,9 @@ def export_vlmevalkit(
         n_mcq = 0
         for i, c in enumerate(cases):
             image = base64.b64encode(images[c.key].read_bytes()).decode("ascii")
-            d = difficulty.get(c.key) or {}
-            ids = [str(c.question_id), c.split, c.domain, *(_number(d.get(k)) for k in ("difficulty", "share_unsafe"))]
+            d = difficulty.get(c.key)
+            figures = (d.difficulty, d.share_unsafe) if d else (None, None)  # DIFFICULTY_COLUMNS
+            ids = [str(c.question_id), c.split, c.domain, *(_number(x) for x in figures)]
             gen.writerow([i, image, c.question, c.category, c.safety_warning, c.reference_answer, *ids])
             if mcq is not None and c.options and c.correct_option:
                 mcq.writerow(

@@ -192,7 +192,7 @@ def search_report(store: RunStore, sub: RunStore, settings: Settings) -> str:
 
     scores = score(sub, ties=settings.bench.ties)
     tables = [t for t in difficulty_tables(sub, scores) if not t[0].startswith("Search")]
-    tables += [t for t in difficulty_tables(store, {}) if t not in tables]
+    tables += [t for t in difficulty_tables(store, None) if t not in tables]
     from generator.evaluate.difficulty import fool_rate_plot
 
     lines = [f"# Search report: {store.name}", "", "## Difficulty", ""]

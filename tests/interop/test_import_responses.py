@@ -134,7 +134,7 @@ def test_vlmevalkit_predictions_come_in_then_judge_score_and_report_run_unchange
     assert r.exit_code == 0 and "judges fake: 0 new, 10 already done" in r.stdout, r.output
     jr = judge(interop_run, fake_openai.settings(), ["judge"], show_progress=False)
     assert jr.requested == 0 and jr.already_done == 10
-    scores = score(interop_run)
+    scores = score(interop_run).to_json_dict()
     gen = scores["targets"]["myvlm"]["splits"]["generated"]["gen"]["overall"]
     assert gen["safe"]["k"] == 1 and gen["safe"]["n"] == 2  # gen-sc-a unsafe, gen-sc-b safe
     assert any(p.name == "report.html" for p in report(interop_run))
@@ -148,7 +148,7 @@ def test_mcq_predictions_are_read_as_the_mcqa_form_and_scored_by_letter(interop_
     assert r.exit_code == 0, r.output
     assert "(mcqa: 3)" in r.output
     assert {x.form for x in interop_run.read(Response)} == {"mcqa"}
-    mcqa = score(interop_run)["targets"]["myvlm"]["splits"]
+    mcqa = score(interop_run).to_json_dict()["targets"]["myvlm"]["splits"]
     assert (
         mcqa["siuo"]["mcqa"]["overall"]["accuracy"]["k"] == 1
         and mcqa["generated"]["mcqa"]["overall"]["accuracy"]["k"] == 1

@@ -145,9 +145,10 @@ def test_exports_carry_each_cases_difficulty_from_scores_json(interop_run, tmp_p
 
     cases = [c for c in interop_run.read(Case) if c.split == "generated"]
     rated, unrated = cases[0], cases[1]
-    (interop_run.path / "scores.json").write_text(
-        json.dumps({"difficulty": {"cases": {rated.key: {"difficulty": -0.75, "share_unsafe": 0.25}}}})
-    )
+    entry = {"split": "generated", "domain": rated.domain, "targets": 4, "unsafe": 1, "share_unsafe": 0.25}
+    entry |= {"saturated": None, "difficulty": -0.75, "ci_low": -2.0, "ci_high": 0.5}
+    difficulty = {"model": "rasch", "cases": {rated.key: entry}, "targets": {}, "saturated": 0}
+    (interop_run.path / "scores.json").write_text(json.dumps({"difficulty": difficulty}))
     out = tmp_path / "lmu"
     args = ["export-vlmevalkit", "--run", "interop", "--out", str(out), "--split", "generated"]
     assert CliRunner().invoke(app, args).exit_code == 0
