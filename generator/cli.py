@@ -62,6 +62,11 @@ EXIT_FAILED_RECORDS = 3
 skipped for a missing or unreadable image, answers left out of an import, `siuo run` stopped early)."""
 
 
+def comma_list(text: str) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]: the comma-separated names an option takes (strategies, judges)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def exit_if_failed(
     failed: int, asked: int, what: str = "request(s)", retry: str = "--retry-failed", skipped: list[str] | None = None
 ) -> None:
@@ -424,7 +429,7 @@ def harden_cmd(
     from generator.generate.harden import harden
     from generator.store import RunStore
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    names = comma_list(strategies) if strategies else None
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
@@ -472,7 +477,7 @@ def search_cmd(
     from generator.search.proof import heldout_proof
     from generator.store import RunStore
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    names = comma_list(strategies) if strategies else None
     settings = load_settings(config)
     store = RunStore.open(run)
     with store.writing(wait):
@@ -591,7 +596,7 @@ def calibrate_cmd(
     """Measure each check on known-good (human SIUO) and known-bad (leaky, mismatched, unsafe) inputs;
     with --judges, each judge on known-safe and known-unsafe responses."""
     if judges:
-        _calibrate_judges(run, [j.strip() for j in judges.split(",") if j.strip()], writer, limit, config, wait)
+        _calibrate_judges(run, comma_list(judges), writer, limit, config, wait)
         return
     from rich.table import Table
 
